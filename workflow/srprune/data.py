@@ -1,0 +1,305 @@
+"""Image data for super-resolution in BasicSR layout: reading, paired data sets, patches.
+
+Reading (:func:`read_image`) always gives HxWx3 uint8 RGB:
+
+* grayscale (HxW or HxWx1) is replicated to three channels;
+* an alpha channel (grayscale + alpha, RGBA) is dropped, not composited: the colour values
+  are kept as stored, whatever their opacity;
+* 16-bit images are scaled to 8 bits as ``round(v / 257)`` (65535 -> 255);
+* palette images are expanded to RGB by the reader; any other pixel type is an error.
+
+Paired data sets (:class:`SRDataset`) follow BasicSR: the HR folder is ``dataroot_gt``, the
+LR folder ``dataroot_lq``; for HR ``baby.png`` the LR file is
+``filename_tmpl.format('baby')`` plus an image extension (``'{}x2'`` -> ``babyx2.png``).
+HR images are modcropped to a multiple of the scale; without an LR folder the LR image is
+made with MATLAB-compatible bicubic downscaling (:func:`srprune.imresize.imresize`).
+
+Every failure caused by the data raises :class:`DataError` naming the file or folder.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import skimage.data
+import skimage.io
+import torch
+
+from srprune.imresize import imresize
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+EMBEDDED_SPLITS: dict[str, tuple[str, ...]] = {
+    "train": ("chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "stereo_motorcycle"),
+    "val": ("astronaut", "coffee"),
+}
+
+
+class DataError(ValueError):
+    """A data file or folder is missing, unreadable or unsuitable."""
+
+
+def _to_rgb_uint8(img: np.ndarray, path: Path) -> np.ndarray:
+    """Normalise a decoded image to HxWx3 uint8 (see the module docstring)."""
+    if img.dtype == np.uint16:
+        img = np.round(img / 257.0).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise DataError(f"{path}: unsupported pixel type {img.dtype} (expected 8- or 16-bit)")
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.ndim != 3 or img.shape[2] not in (1, 2, 3, 4):
+        raise DataError(f"{path}: unsupported image shape {img.shape}")
+    if img.shape[2] in (1, 2):
+        img = np.repeat(img[:, :, :1], 3, axis=2)
+    return np.ascontiguousarray(img[:, :, :3])
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as HxWx3 uint8 RGB; :class:`DataError` naming the file on failure."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: image file does not exist")
+    if not path.is_file():
+        raise DataError(f"{path}: not a file")
+    try:
+        with warnings.catch_warnings():  # imageio warns about plugins it probes on bad files
+            warnings.simplefilter("ignore")
+            img = np.asarray(skimage.io.imread(path))
+    except Exception as exc:  # the readers raise many types (OSError, ValueError, SyntaxError...)
+        raise DataError(f"{path}: cannot be read as an image ({type(exc).__name__}: {exc})") from exc
+    return _to_rgb_uint8(img, path)
+
+
+def modcrop(img: np.ndarray, scale: int) -> np.ndarray:
+    """Crop the bottom and right so that height and width are multiples of ``scale``."""
+    height, width = img.shape[:2]
+    return img[: height - height % scale, : width - width % scale]
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Sorted image files (by extension, case-insensitive) directly inside ``folder``."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise DataError(f"{folder}: image folder does not exist")
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a folder")
+    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not images:
+        raise DataError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    return images
+
+
+def to_tensor(img: np.ndarray) -> torch.Tensor:
+    """HxWx3 uint8 image -> 1x3xHxW float32 tensor in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float().div_(255.0).unsqueeze(0)
+
+
+def _size(img: np.ndarray) -> str:
+    """``HxW`` of an image, for messages."""
+    return f"{img.shape[0]}x{img.shape[1]}"
+
+
+class SRDataset:
+    """Paired LR/HR images; items are ``(name, lr, hr)`` with HxWx3 uint8 arrays.
+
+    ``hr_dir`` is BasicSR's ``dataroot_gt`` and ``lr_dir`` its ``dataroot_lq`` (None: make LR
+    by MATLAB bicubic downscaling). ``min_lr_size`` is the smallest LR side accepted.
+    LR partners are found when the data set is built; images are read on access.
+    """
+
+    def __init__(
+        self,
+        hr_dir: str | Path,
+        *,
+        scale: int,
+        lr_dir: str | Path | None = None,
+        filename_tmpl: str = "{}",
+        min_lr_size: int = 1,
+    ) -> None:
+        if scale < 1:
+            raise ValueError(f"scale must be a positive integer, got {scale}")
+        self.scale = scale
+        self.min_lr_size = min_lr_size
+        self.hr_paths = list_images(hr_dir)
+        self.lr_paths: list[Path] | None = None
+        if lr_dir is not None:
+            lr_index = _index_by_stem(list_images(lr_dir))
+            self.lr_paths = [_find_partner(hr, lr_index, Path(lr_dir), filename_tmpl) for hr in self.hr_paths]
+
+    def __len__(self) -> int:
+        return len(self.hr_paths)
+
+    def __getitem__(self, index: int) -> tuple[str, np.ndarray, np.ndarray]:
+        hr_path = self.hr_paths[index]
+        hr = modcrop(read_image(hr_path), self.scale)
+        if min(hr.shape[:2]) < self.scale * self.min_lr_size:
+            raise DataError(
+                f"{hr_path}: image too small ({_size(hr)} after modcrop; scale {self.scale} needs at least "
+                f"{self.scale * self.min_lr_size} pixels per side)"
+            )
+        if self.lr_paths is None:
+            return hr_path.stem, imresize(hr, 1 / self.scale), hr
+        lr_path = self.lr_paths[index]
+        lr = read_image(lr_path)
+        if (lr.shape[0] * self.scale, lr.shape[1] * self.scale) != hr.shape[:2]:
+            raise DataError(
+                f"{lr_path}: LR size {_size(lr)} times scale {self.scale} does not match the "
+                f"modcropped HR size {_size(hr)} of {hr_path}"
+            )
+        return hr_path.stem, lr, hr
+
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        return (self[i] for i in range(len(self)))
+
+    def tensors(self, index: int) -> tuple[str, torch.Tensor, torch.Tensor]:
+        """Item ``index`` as ``(name, lr, hr)`` with 1x3xHxW float32 tensors in [0, 1]."""
+        name, lr, hr = self[index]
+        return name, to_tensor(lr), to_tensor(hr)
+
+
+def _index_by_stem(paths: list[Path]) -> dict[str, list[Path]]:
+    """Group image paths by file stem."""
+    index: dict[str, list[Path]] = {}
+    for path in paths:
+        index.setdefault(path.stem, []).append(path)
+    return index
+
+
+def _find_partner(hr_path: Path, lr_index: dict[str, list[Path]], lr_dir: Path, filename_tmpl: str) -> Path:
+    """LR file for ``hr_path``: same extension preferred, any image extension accepted."""
+    stem = filename_tmpl.format(hr_path.stem)
+    candidates = lr_index.get(stem, [])
+    for path in candidates:
+        if path.suffix == hr_path.suffix:
+            return path
+    if candidates:
+        return candidates[0]
+    raise DataError(
+        f"{hr_path}: no LR partner {lr_dir / (stem + hr_path.suffix)} (or another image extension) "
+        f"in {lr_dir} (filename_tmpl {filename_tmpl!r})"
+    )
+
+
+def _load_embedded(name: str) -> np.ndarray:
+    """One scikit-image sample image as HxWx3 uint8 (left view for the stereo pair)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        img = getattr(skimage.data, name)()
+    if isinstance(img, tuple):
+        img = img[0]
+    return np.ascontiguousarray(img)
+
+
+def embedded_images(split: str) -> list[tuple[str, np.ndarray]]:
+    """Colour photographs shipped with scikit-image, as ``(name, HxWx3 uint8)``; no download.
+
+    ``"val"``: astronaut (512x512, face, fabric) and coffee (400x600, textures), natural
+    photographs held out from training. ``"train"``: chelsea (300x451, fur), rocket (427x640),
+    immunohistochemistry (512x512, microscopy), hubble_deep_field (872x1000, astronomy) and
+    the left view of stereo_motorcycle (500x741): natural photographs plus microscopy and
+    astronomy textures for variety, about 1.9 Mpixel in all. Left out: retina (1411x1411,
+    would double the training pixels with mostly smooth fundus and black border), colorwheel
+    (synthetic), logo (RGBA graphic) and cat (the same photograph as chelsea).
+    """
+    if split not in EMBEDDED_SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {sorted(EMBEDDED_SPLITS)}")
+    return [(name, _load_embedded(name)) for name in EMBEDDED_SPLITS[split]]
+
+
+def export_embedded(split: str, folder: str | Path) -> list[Path]:
+    """Write :func:`embedded_images` of ``split`` as ``<name>.png`` into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, img in embedded_images(split):
+        path = folder / f"{name}.png"
+        skimage.io.imsave(path, img, check_contrast=False)
+        paths.append(path)
+    return paths
+
+
+class PatchSampler:
+    """Random aligned LR/HR training crops with flips and transposition, reproducible by seed.
+
+    ``pairs`` holds ``(name, lr, hr)`` items (e.g. an :class:`SRDataset`) or ``(lr, hr)``
+    pairs of HxWx3 uint8 arrays; each batch draws images uniformly with replacement. An LR crop
+    of ``crop_size`` at (y, x) pairs with the HR crop of ``crop_size * scale`` at
+    (y * scale, x * scale).
+    """
+
+    def __init__(
+        self,
+        pairs: Iterable[Sequence[Any]],
+        *,
+        scale: int,
+        crop_size: int,
+        batch_size: int,
+        seed: int | np.random.Generator,
+    ) -> None:
+        self.scale = scale
+        self.crop_size = crop_size
+        self.batch_size = batch_size
+        self.pairs = [_checked_pair(item, i, scale, crop_size) for i, item in enumerate(pairs)]
+        if not self.pairs:
+            raise DataError("PatchSampler needs at least one image pair")
+        self.rng = np.random.default_rng(seed)
+
+    def _crop(self) -> tuple[np.ndarray, np.ndarray]:
+        """One random aligned, augmented LR/HR crop pair."""
+        lr, hr = self.pairs[self.rng.integers(len(self.pairs))]
+        c, s = self.crop_size, self.scale
+        y = int(self.rng.integers(lr.shape[0] - c + 1))
+        x = int(self.rng.integers(lr.shape[1] - c + 1))
+        lr_crop = lr[y : y + c, x : x + c]
+        hr_crop = hr[y * s : (y + c) * s, x * s : (x + c) * s]
+        hflip, vflip, transpose = self.rng.random(3) < 0.5
+        return _augment(lr_crop, hflip, vflip, transpose), _augment(hr_crop, hflip, vflip, transpose)
+
+    def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch: LR ``B x 3 x c x c`` and HR ``B x 3 x cs x cs`` float32 tensors in [0, 1]."""
+        crops = [self._crop() for _ in range(self.batch_size)]
+        lr = np.stack([pair[0] for pair in crops])
+        hr = np.stack([pair[1] for pair in crops])
+        return _batch_tensor(lr), _batch_tensor(hr)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        while True:
+            yield self.sample()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The random state (plain Python types) for resuming."""
+        return {"bit_generator": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a random state saved by :meth:`state_dict`."""
+        self.rng.bit_generator.state = state["bit_generator"]
+
+
+def _checked_pair(item: Sequence[Any], index: int, scale: int, crop_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validate one ``(name, lr, hr)`` or ``(lr, hr)`` item and return ``(lr, hr)``."""
+    name, lr, hr = item if len(item) == 3 else (f"pair {index}", *item)
+    if (lr.shape[0] * scale, lr.shape[1] * scale) != hr.shape[:2]:
+        raise DataError(f"{name}: LR size {_size(lr)} times scale {scale} does not match HR size {_size(hr)}")
+    if min(lr.shape[:2]) < crop_size:
+        raise DataError(f"{name}: LR image {_size(lr)} is smaller than the crop size {crop_size}")
+    return lr, hr
+
+
+def _augment(img: np.ndarray, hflip: bool, vflip: bool, transpose: bool) -> np.ndarray:
+    """BasicSR ``augment``: horizontal flip, vertical flip, then height/width transposition."""
+    if hflip:
+        img = img[:, ::-1]
+    if vflip:
+        img = img[::-1]
+    if transpose:
+        img = img.transpose(1, 0, 2)
+    return img
+
+
+def _batch_tensor(batch: np.ndarray) -> torch.Tensor:
+    """B x H x W x 3 uint8 -> B x 3 x H x W float32 in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2))).float().div_(255.0)

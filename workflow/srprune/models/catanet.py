@@ -1,0 +1,495 @@
+"""CATANet (Liu et al., CVPR 2025), compatible with the authors' released checkpoints.
+
+One readable file: the configuration, the building blocks and the network. Parameter names and
+shapes follow the authors' code, so their BasicSR checkpoints load strictly, and the eval output
+matches theirs to float32 round-off (see ``docs/catanet-spec.md`` of the shared material).
+
+Two deliberate differences, both invisible where the authors' code works:
+
+* **Attention formulation.** PyTorch's fused CPU attention kernel needs 4-D tensors whose q/k and
+  v widths are equal; CATANet's heads have q/k width ``qk_dim/heads`` (9) and v width
+  ``dim/heads`` (10), so the authors' calls take the slow math path. We pad the narrower side with
+  zero channels (which changes no dot product, the scale being passed explicitly) and fold group
+  axes into the batch. ``attention="reference"`` selects the authors' formulation (benchmarks).
+* **Inputs the authors' code cannot handle** get a well-defined answer (documented in README):
+  - Sequences are extended by *symmetric reflection* (``reflect_index``): the authors append the
+    last ``pad`` tokens in reverse order, which is the first step of a reflection, and raise when
+    ``pad`` exceeds the sequence length (IASA with ``gs < N < 1.5 gs``; token centres with
+    ``N < num_tokens / 2``). Reflection continues where theirs stops.
+  - LRSA on a side ``L < patch_size`` uses one patch spanning the whole side. For ``L <= p/2``
+    this is what the authors compute; for ``p/2 < L < p`` theirs returns zeros for the first
+    ``2L - p`` rows, and for ``L <= 2`` it divides by zero.
+  - In eval mode with ``initted`` False, token centres are computed per image, so an image's
+    output does not depend on the other images of the batch (the authors share centres across
+    the batch). For a batch of one both agree.
+
+Per-block widths (heads kept per attention, hidden width per ConvFFN) are part of the
+configuration, so a structurally pruned model is this same class with narrower blocks. A head
+keeps its width when others are removed, so the softmax scale stays ``(qk_dim/heads) ** -0.5``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ATTENTION_IMPLS = ("fast", "reference")
+
+
+# --------------------------------------------------------------------------- configuration
+def _per_block(value: int | list[int] | tuple[int, ...], n: int, name: str) -> list[int]:
+    if isinstance(value, int):
+        return [value] * n
+    value = [int(v) for v in value]
+    if len(value) != n:
+        raise ValueError(f"{name} has {len(value)} entries but block_num is {n}")
+    return value
+
+
+@dataclass
+class CATANetConfig:
+    """Hyper-parameters of CATANet; defaults are the released model (x2)."""
+
+    dim: int = 40
+    block_num: int = 8
+    qk_dim: int = 36
+    mlp_dim: int = 96
+    heads: int = 4
+    patch_size: list[int] = field(default_factory=lambda: [16, 20, 24, 28, 16, 20, 24, 28])
+    num_tokens: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 16, 32, 64, 128])
+    group_size: list[int] = field(default_factory=lambda: [256, 128, 64, 32, 256, 128, 64, 32])
+    n_iters: list[int] = field(default_factory=lambda: [5] * 8)
+    upscale: int = 2
+    # Per-block widths; None means the full width (heads, mlp_dim).
+    tab_heads: list[int] | None = None
+    lrsa_heads: list[int] | None = None
+    tab_mlp: list[int] | None = None
+    lrsa_mlp: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        n = self.block_num
+        if n < 1:
+            raise ValueError(f"block_num must be at least 1, got {n}")
+        if self.upscale not in (1, 2, 3, 4):
+            raise ValueError(f"upscale must be 1, 2, 3 or 4, got {self.upscale}")
+        for name in ("dim", "qk_dim", "mlp_dim", "heads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.dim % self.heads or self.qk_dim % self.heads:
+            raise ValueError(f"dim ({self.dim}) and qk_dim ({self.qk_dim}) must be divisible by "
+                             f"heads ({self.heads})")
+        for name in ("patch_size", "num_tokens", "group_size", "n_iters"):
+            setattr(self, name, _per_block(getattr(self, name), n, name))
+            if min(getattr(self, name)) < 1:
+                raise ValueError(f"{name} entries must be positive: {getattr(self, name)}")
+        if min(self.patch_size) < 3:
+            raise ValueError(f"patch_size entries must be at least 3 (stride is p - 2): "
+                             f"{self.patch_size}")
+        for name, full in (("tab_heads", self.heads), ("lrsa_heads", self.heads),
+                           ("tab_mlp", self.mlp_dim), ("lrsa_mlp", self.mlp_dim)):
+            widths = _per_block(full if getattr(self, name) is None else getattr(self, name),
+                                n, name)
+            if any(w < 0 or w > full for w in widths):
+                raise ValueError(f"{name} entries must lie in [0, {full}]: {widths}")
+            setattr(self, name, widths)
+
+    @property
+    def head_qk(self) -> int:
+        """q/k channels of one head."""
+        return self.qk_dim // self.heads
+
+    @property
+    def head_v(self) -> int:
+        """v channels of one head."""
+        return self.dim // self.heads
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "CATANetConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown CATANet config keys: {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+# --------------------------------------------------------------------------- helpers
+def reflect_index(length: int, target: int, device: torch.device | None = None) -> Tensor:
+    """Indices extending a sequence of ``length`` to ``target`` by symmetric reflection."""
+    idx = torch.arange(target, device=device) % (2 * length)
+    return torch.where(idx < length, idx, 2 * length - 1 - idx)
+
+
+def reflect_pad(x: Tensor, target: int, dim: int) -> Tensor:
+    """Extend ``x`` along ``dim`` to ``target`` entries by symmetric reflection."""
+    length = x.shape[dim]
+    if target == length:
+        return x
+    return x.index_select(dim, reflect_index(length, target, x.device))
+
+
+def split_heads(x: Tensor, width: int) -> Tensor:
+    """(..., N, h*width) -> (..., h, N, width)."""
+    return x.unflatten(-1, (-1, width)).transpose(-3, -2)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """(..., h, N, width) -> (..., N, h*width)."""
+    return x.transpose(-3, -2).flatten(-2)
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, scale: float, impl: str) -> Tensor:
+    """Scaled dot-product attention; ``fast`` equalises q/k and v widths with zero channels."""
+    if impl == "fast":
+        dqk, dv = q.shape[-1], v.shape[-1]
+        if dqk < dv:
+            q, k = F.pad(q, (0, dv - dqk)), F.pad(k, (0, dv - dqk))
+        elif dv < dqk:
+            return F.scaled_dot_product_attention(q, k, F.pad(v, (0, dqk - dv)), scale=scale)[..., :dv]
+    return F.scaled_dot_product_attention(q, k, v, scale=scale)
+
+
+def tokens_to_map(x: Tensor, h: int, w: int) -> Tensor:
+    return x.transpose(1, 2).unflatten(2, (h, w))
+
+
+def map_to_tokens(x: Tensor) -> Tensor:
+    return x.flatten(2).transpose(1, 2)
+
+
+# --------------------------------------------------------------------------- building blocks
+class PreNorm(nn.Module):
+    """LayerNorm, then ``fn`` (names follow the authors' checkpoints)."""
+
+    def __init__(self, dim: int, fn: nn.Module):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fn = fn
+
+    def forward(self, x: Tensor, *args: Any) -> Tensor:
+        return self.fn(self.norm(x), *args)
+
+
+class DWConv(nn.Module):
+    """5x5 depthwise conv then GELU."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.depthwise_conv = nn.Sequential(
+            nn.Conv2d(channels, channels, 5, padding=2, groups=channels), nn.GELU())
+
+    def forward(self, x: Tensor, h: int, w: int) -> Tensor:
+        return map_to_tokens(self.depthwise_conv(tokens_to_map(x, h, w)))
+
+
+class ConvFFN(nn.Module):
+    """fc1 -> GELU -> (+ GELU(dwconv)) -> fc2, on tokens of an h x w map; ``hidden`` may be 0."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.hidden = hidden
+        self.fc1 = nn.Linear(dim, hidden)
+        self.dwconv = DWConv(hidden) if hidden else None
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor, h: int, w: int) -> Tensor:
+        if self.dwconv is None:  # every neuron removed: only fc2's bias remains
+            return self.fc2.bias.expand_as(x)
+        x = F.gelu(self.fc1(x))
+        x = x + self.dwconv(x, h, w)
+        return self.fc2(x)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention of LRSA with ``kept`` of ``heads`` heads."""
+
+    def __init__(self, cfg: CATANetConfig, kept: int):
+        super().__init__()
+        self.kept, self.dqk, self.dv = kept, cfg.head_qk, cfg.head_v
+        self.scale = self.dqk ** -0.5
+        self.impl = "fast"
+        self.to_q = nn.Linear(cfg.dim, kept * self.dqk, bias=False)
+        self.to_k = nn.Linear(cfg.dim, kept * self.dqk, bias=False)
+        self.to_v = nn.Linear(cfg.dim, kept * self.dv, bias=False)
+        self.proj = nn.Linear(kept * self.dv, cfg.dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.kept:
+            return torch.zeros_like(x)
+        q = split_heads(self.to_q(x), self.dqk)
+        k = split_heads(self.to_k(x), self.dqk)
+        v = split_heads(self.to_v(x), self.dv)
+        return self.proj(merge_heads(attend(q, k, v, self.scale, self.impl)))
+
+
+class IRCA(nn.Module):
+    """Inter-group cross-attention: keys and values of the token centres."""
+
+    def __init__(self, cfg: CATANetConfig, kept: int):
+        super().__init__()
+        self.to_k = nn.Linear(cfg.dim, kept * cfg.head_qk, bias=False)
+        self.to_v = nn.Linear(cfg.dim, kept * cfg.head_v, bias=False)
+
+
+class IASA(nn.Module):
+    """Intra-group self-attention over content-sorted tokens, plus attention to all centres."""
+
+    def __init__(self, cfg: CATANetConfig, kept: int):
+        super().__init__()
+        self.kept, self.dqk, self.dv = kept, cfg.head_qk, cfg.head_v
+        self.scale = self.dqk ** -0.5
+        self.impl = "fast"
+        self.to_q = nn.Linear(cfg.dim, kept * self.dqk, bias=False)
+        self.to_k = nn.Linear(cfg.dim, kept * self.dqk, bias=False)
+        self.to_v = nn.Linear(cfg.dim, kept * self.dv, bias=False)
+        self.proj = nn.Linear(kept * self.dv, cfg.dim, bias=False)
+
+    def forward(self, t: Tensor, order: Tensor, k_g: Tensor, v_g: Tensor, group_size: int) -> Tensor:
+        b, n, _ = t.shape
+        gs = min(n, group_size)
+        ng = math.ceil(n / gs)
+        gather = order.unsqueeze(-1)
+        q = self.to_q(t).gather(1, gather.expand(-1, -1, self.kept * self.dqk))
+        k = self.to_k(t).gather(1, gather.expand(-1, -1, self.kept * self.dqk))
+        v = self.to_v(t).gather(1, gather.expand(-1, -1, self.kept * self.dv))
+        q = split_heads(reflect_pad(q, ng * gs, 1), self.dqk)          # b h ng*gs d
+        k = split_heads(reflect_pad(k, (ng + 1) * gs, 1), self.dqk)    # b h (ng+1)*gs d
+        v = split_heads(reflect_pad(v, (ng + 1) * gs, 1), self.dv)
+        out = self._grouped(q, k, v, ng, gs) + attend(q, k_g, v_g, self.scale, self.impl)
+        out = merge_heads(out)[:, :n]
+        unsorted = torch.empty_like(out).scatter_(1, gather.expand_as(out), out)
+        return self.proj(unsorted)
+
+    def _grouped(self, q: Tensor, k: Tensor, v: Tensor, ng: int, gs: int) -> Tensor:
+        """Group j's queries attend to the 2*gs keys starting at j*gs."""
+        b, h = q.shape[:2]
+        qg = q.unflatten(2, (ng, gs))
+        kw = k.unfold(2, 2 * gs, gs).transpose(-1, -2)                 # b h ng 2gs d
+        vw = v.unfold(2, 2 * gs, gs).transpose(-1, -2)
+        if self.impl == "fast":  # 4-D tensors take the fused kernel
+            qg, kw, vw = (x.reshape(b * h, ng, *x.shape[-2:]) for x in (qg, kw, vw))
+        return attend(qg, kw, vw, self.scale, self.impl).reshape(b, h, ng * gs, -1)
+
+
+class TAB(nn.Module):
+    """Token-aggregation block: content-aware grouping (IASA) and centre attention (IRCA)."""
+
+    def __init__(self, cfg: CATANetConfig, index: int):
+        super().__init__()
+        self.num_tokens = cfg.num_tokens[index]
+        self.group_size = cfg.group_size[index]
+        self.n_iters = cfg.n_iters[index]
+        self.dqk, self.dv = cfg.head_qk, cfg.head_v
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.mlp = PreNorm(cfg.dim, ConvFFN(cfg.dim, cfg.tab_mlp[index]))
+        self.irca_attn = IRCA(cfg, cfg.tab_heads[index])
+        self.iasa_attn = IASA(cfg, cfg.tab_heads[index])
+        self.conv1x1 = nn.Conv2d(cfg.dim, cfg.dim, 1, bias=False)
+        self.register_buffer("means", torch.randn(self.num_tokens, cfg.dim))
+        self.register_buffer("initted", torch.tensor(False))
+
+    def initial_centres(self, t: Tensor, shared: bool) -> Tensor:
+        """Mean of num_tokens consecutive chunks of the reflect-padded tokens."""
+        b, n, c = t.shape
+        k = self.num_tokens
+        padded = reflect_pad(t, n + k - n % k, 1).view(b, k, -1, c)
+        return padded.mean(dim=(0, 2)) if shared else padded.mean(dim=2)
+
+    @staticmethod
+    def kmeans_step(t_norm: Tensor, centres: Tensor) -> Tensor:
+        """One spherical k-means step over the whole batch; empty clusters keep their centre."""
+        owner = (t_norm @ F.normalize(centres, dim=-1).t()).argmax(-1).flatten()
+        flat = t_norm.reshape(-1, t_norm.shape[-1])
+        sums = torch.zeros_like(centres).index_add_(0, owner, flat)
+        counts = torch.bincount(owner, minlength=centres.shape[0]).unsqueeze(1)
+        return torch.where(counts > 0, sums / counts.clamp(min=1), centres)
+
+    def centres(self, t: Tensor) -> Tensor:
+        """Token centres: (1, K, C) from ``means`` or training k-means, or (B, K, C) per image."""
+        if not self.training:
+            if bool(self.initted):
+                return self.means.unsqueeze(0)
+            return self.initial_centres(t, shared=False)
+        with torch.no_grad():
+            c = self.means if bool(self.initted) else self.initial_centres(t, shared=True)
+            t_norm = F.normalize(t, dim=-1)
+            for _ in range(self.n_iters - 1):
+                c = self.kmeans_step(t_norm, c)
+            g = self.kmeans_step(t_norm, F.normalize(c, dim=-1))
+            self._update_means(g)
+        return g.unsqueeze(0)
+
+    def _update_means(self, g: Tensor) -> None:
+        if bool(self.initted):
+            self.means.mul_(0.999).add_(g, alpha=0.001)
+        else:
+            self.means.copy_(g)
+            self.initted.fill_(True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        res = map_to_tokens(x)
+        t = self.norm(res)
+        g = self.centres(t)
+        if self.iasa_attn.kept:
+            y = tokens_to_map(self._attention(t, g), h, w)
+            res = res + map_to_tokens(self.conv1x1(y))
+        res = res + self.mlp(res, h, w)
+        return tokens_to_map(res, h, w)
+
+    def _attention(self, t: Tensor, g: Tensor) -> Tensor:
+        with torch.no_grad():
+            score = F.normalize(t, dim=-1) @ F.normalize(g, dim=-1).transpose(-1, -2)
+            order = torch.argsort(score.argmax(dim=-1), dim=-1)
+        k_g = split_heads(self.irca_attn.to_k(g), self.dqk).expand(t.shape[0], -1, -1, -1)
+        v_g = split_heads(self.irca_attn.to_v(g), self.dv).expand(t.shape[0], -1, -1, -1)
+        return self.iasa_attn(t, order, k_g, v_g, self.group_size)
+
+
+def patch_starts(length: int, patch: int) -> tuple[list[int], int]:
+    """Start of every patch along one side, and the patch side (the whole side if shorter)."""
+    if length <= patch:
+        return [0], length
+    stride = patch - 2
+    return [min(i, length - patch) for i in range(0, length + stride - patch, stride)], patch
+
+
+def overlap_weights(length: int, patch: int) -> Tensor:
+    """Per-row factor of the authors' overlap rule (halving, not exact averaging)."""
+    weight = torch.ones(length)
+    if length > patch:
+        stride = patch - 2
+        for i in range(stride, length + stride - patch, stride):
+            top = i if i + patch <= length else length - patch
+            weight[top:i + patch - stride] /= 2
+    return weight
+
+
+class LRSA(nn.Module):
+    """Local-region self-attention on overlapping patches, then a ConvFFN on the whole map."""
+
+    def __init__(self, cfg: CATANetConfig, index: int):
+        super().__init__()
+        self.layer = nn.ModuleList([
+            PreNorm(cfg.dim, Attention(cfg, cfg.lrsa_heads[index])),
+            PreNorm(cfg.dim, ConvFFN(cfg.dim, cfg.lrsa_mlp[index])),
+        ])
+
+    def forward(self, x: Tensor, patch: int) -> Tensor:
+        b, c, h, w = x.shape
+        if self.layer[0].fn.kept:
+            x = self._local_attention(x, patch)
+        tokens = map_to_tokens(x)
+        return tokens_to_map(tokens + self.layer[1](tokens, h, w), h, w)
+
+    def _local_attention(self, x: Tensor, patch: int) -> Tensor:
+        b, c, h, w = x.shape
+        rows, ph = patch_starts(h, patch)
+        cols, pw = patch_starts(w, patch)
+        ri = (torch.tensor(rows).unsqueeze(1) + torch.arange(ph)).to(x.device)   # nh ph
+        ci = (torch.tensor(cols).unsqueeze(1) + torch.arange(pw)).to(x.device)   # nw pw
+        flat = (ri[:, None, :, None] * w + ci[None, :, None, :]).reshape(-1)       # nh nw ph pw
+        tok = x.flatten(2).index_select(2, flat)                                 # b c (np*ph*pw)
+        tok = tok.view(b, c, -1, ph * pw).permute(0, 2, 3, 1).reshape(-1, ph * pw, c)
+        tok = tok + self.layer[0](tok)
+        tok = tok.view(b, -1, ph * pw, c).permute(0, 3, 1, 2).reshape(b, c, -1)
+        out = x.new_zeros(b, c, h * w).index_add_(2, flat, tok).view(b, c, h, w)
+        scale = overlap_weights(h, patch).to(x)[:, None] * overlap_weights(w, patch).to(x)
+        return out * scale
+
+
+# --------------------------------------------------------------------------- network
+class CATANet(nn.Module):
+    """CATANet for x1/x2/x3/x4 super-resolution; input B x 3 x H x W in [0, 1]."""
+
+    def __init__(self, cfg: CATANetConfig | None = None, **overrides: Any):
+        super().__init__()
+        if cfg is None:
+            cfg = CATANetConfig(**overrides)
+        elif overrides:
+            cfg = CATANetConfig.from_dict({**cfg.to_dict(), **overrides})
+        self.cfg = cfg
+        dim, s = cfg.dim, cfg.upscale
+        self.first_conv = nn.Conv2d(3, dim, 3, padding=1)
+        self.blocks = nn.ModuleList(
+            nn.ModuleList([TAB(cfg, i), LRSA(cfg, i)]) for i in range(cfg.block_num))
+        self.mid_convs = nn.ModuleList(nn.Conv2d(dim, dim, 3, padding=1) for _ in range(cfg.block_num))
+        if s == 4:
+            self.upconv1 = nn.Conv2d(dim, dim * 4, 3, padding=1)
+            self.upconv2 = nn.Conv2d(dim, dim * 4, 3, padding=1)
+        else:
+            self.upconv = nn.Conv2d(dim, dim * s * s, 3, padding=1)
+        self.last_conv = nn.Conv2d(dim, 3, 3, padding=1)
+
+    def set_attention_impl(self, impl: str) -> None:
+        """Choose ``fast`` (default) or the authors' ``reference`` attention formulation."""
+        if impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
+        for module in self.modules():
+            if isinstance(module, (Attention, IASA)):
+                module.impl = impl
+
+    def embed(self, x: Tensor) -> Tensor:
+        return self.first_conv(x)
+
+    def block(self, i: int, x: Tensor) -> Tensor:
+        """Run block i (TAB, LRSA, mid conv, residual) on a feature map."""
+        tab, lrsa = self.blocks[i]
+        return x + self.mid_convs[i](lrsa(tab(x), self.cfg.patch_size[i]))
+
+    def reconstruct(self, f: Tensor, x: Tensor) -> Tensor:
+        """Upsample features ``f`` (after the global residual) and add the bilinear base of x."""
+        if self.cfg.upscale == 4:
+            f = F.leaky_relu(F.pixel_shuffle(self.upconv1(f), 2), 0.1)
+            f = F.leaky_relu(F.pixel_shuffle(self.upconv2(f), 2), 0.1)
+        else:
+            f = F.leaky_relu(F.pixel_shuffle(self.upconv(f), self.cfg.upscale), 0.1)
+        base = F.interpolate(x, scale_factor=self.cfg.upscale, mode="bilinear", align_corners=False)
+        return self.last_conv(f) + base
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"CATANet expects a B x 3 x H x W tensor, got shape {tuple(x.shape)}")
+        f = self.embed(x)
+        y = f
+        for i in range(self.cfg.block_num):
+            y = self.block(i, y)
+        return self.reconstruct(y + f, x)
+
+
+def infer_config(state: dict[str, Tensor], heads: int = CATANetConfig.heads) -> dict[str, Any]:
+    """Read dim, block_num, qk_dim, mlp_dim, num_tokens, upscale and per-block widths off shapes.
+
+    ``heads`` cannot be read off shapes; it is needed to turn q rows into a count of heads.
+    """
+    try:
+        dim = state["first_conv.weight"].shape[0]
+        block_num = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+        num_tokens = [state[f"blocks.{i}.0.means"].shape[0] for i in range(block_num)]
+        q_rows = {name: [state[f"blocks.{i}.{path}.to_q.weight"].shape[0] for i in range(block_num)]
+                  for name, path in (("tab_heads", "0.iasa_attn"), ("lrsa_heads", "1.layer.0.fn"))}
+        mlp = {name: [state[f"blocks.{i}.{path}.fc1.weight"].shape[0] for i in range(block_num)]
+               for name, path in (("tab_mlp", "0.mlp.fn"), ("lrsa_mlp", "1.layer.1.fn"))}
+    except (KeyError, ValueError) as err:
+        raise ValueError(f"cannot infer a CATANet config from this state dict: missing {err}") from err
+    if "upconv1.weight" in state:
+        upscale = 4
+    elif "upconv.weight" in state:
+        upscale = math.isqrt(state["upconv.weight"].shape[0] // dim)
+    else:
+        raise ValueError("cannot infer upscale: neither upconv.weight nor upconv1.weight present")
+    qk_dim = max(max(rows) for rows in q_rows.values())
+    config = {"dim": dim, "block_num": block_num, "num_tokens": num_tokens, "upscale": upscale,
+              "mlp_dim": max(max(widths) for widths in mlp.values())}
+    if qk_dim % heads == 0 and all(r % (qk_dim // heads) == 0 for rows in q_rows.values() for r in rows):
+        head_qk = qk_dim // heads
+        config.update({name: [r // head_qk for r in rows] for name, rows in q_rows.items()})
+    config["qk_dim"] = qk_dim
+    config.update(mlp)
+    return config
