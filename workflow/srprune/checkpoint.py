@@ -49,7 +49,6 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"types, and srprune never unpickles untrusted code (weights_only=True). If you trust "
             f"it, re-save only its state dict.") from None
     except Exception as err:  # a corrupt file can fail anywhere inside the reader
-
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or "
                               f"corrupt?): {str(err).splitlines()[0]}") from None
     if not isinstance(obj, dict):
