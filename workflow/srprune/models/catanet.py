@@ -30,6 +30,7 @@ keeps its width when others are removed, so the softmax scale stays ``(qk_dim/he
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -155,6 +156,13 @@ def attend(q: Tensor, k: Tensor, v: Tensor, scale: float, impl: str) -> Tensor:
     return F.scaled_dot_product_attention(q, k, v, scale=scale)
 
 
+def linear(n_in: int, n_out: int, bias: bool = True) -> nn.Linear:
+    """nn.Linear that also accepts zero width (a fully pruned module) without a warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+        return nn.Linear(n_in, n_out, bias=bias)
+
+
 def tokens_to_map(x: Tensor, h: int, w: int) -> Tensor:
     return x.transpose(1, 2).unflatten(2, (h, w))
 
@@ -194,9 +202,9 @@ class ConvFFN(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.hidden = hidden
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = linear(dim, hidden)
         self.dwconv = DWConv(hidden) if hidden else None
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = linear(hidden, dim)
 
     def forward(self, x: Tensor, h: int, w: int) -> Tensor:
         if self.dwconv is None:  # every neuron removed: only fc2's bias remains
@@ -214,10 +222,10 @@ class Attention(nn.Module):
         self.kept, self.dqk, self.dv = kept, cfg.head_qk, cfg.head_v
         self.scale = self.dqk ** -0.5
         self.impl = "fast"
-        self.to_q = nn.Linear(cfg.dim, kept * self.dqk, bias=False)
-        self.to_k = nn.Linear(cfg.dim, kept * self.dqk, bias=False)
-        self.to_v = nn.Linear(cfg.dim, kept * self.dv, bias=False)
-        self.proj = nn.Linear(kept * self.dv, cfg.dim, bias=False)
+        self.to_q = linear(cfg.dim, kept * self.dqk, bias=False)
+        self.to_k = linear(cfg.dim, kept * self.dqk, bias=False)
+        self.to_v = linear(cfg.dim, kept * self.dv, bias=False)
+        self.proj = linear(kept * self.dv, cfg.dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.kept:
@@ -233,8 +241,8 @@ class IRCA(nn.Module):
 
     def __init__(self, cfg: CATANetConfig, kept: int):
         super().__init__()
-        self.to_k = nn.Linear(cfg.dim, kept * cfg.head_qk, bias=False)
-        self.to_v = nn.Linear(cfg.dim, kept * cfg.head_v, bias=False)
+        self.to_k = linear(cfg.dim, kept * cfg.head_qk, bias=False)
+        self.to_v = linear(cfg.dim, kept * cfg.head_v, bias=False)
 
 
 class IASA(nn.Module):
@@ -245,10 +253,10 @@ class IASA(nn.Module):
         self.kept, self.dqk, self.dv = kept, cfg.head_qk, cfg.head_v
         self.scale = self.dqk ** -0.5
         self.impl = "fast"
-        self.to_q = nn.Linear(cfg.dim, kept * self.dqk, bias=False)
-        self.to_k = nn.Linear(cfg.dim, kept * self.dqk, bias=False)
-        self.to_v = nn.Linear(cfg.dim, kept * self.dv, bias=False)
-        self.proj = nn.Linear(kept * self.dv, cfg.dim, bias=False)
+        self.to_q = linear(cfg.dim, kept * self.dqk, bias=False)
+        self.to_k = linear(cfg.dim, kept * self.dqk, bias=False)
+        self.to_v = linear(cfg.dim, kept * self.dv, bias=False)
+        self.proj = linear(kept * self.dv, cfg.dim, bias=False)
 
     def forward(self, t: Tensor, order: Tensor, k_g: Tensor, v_g: Tensor, group_size: int) -> Tensor:
         b, n, _ = t.shape

@@ -1,0 +1,100 @@
+"""``srprune`` command line: one subcommand per pipeline stage (Snakemake rules call these)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from .checkpoint import CheckpointError
+from .data import DataError
+
+log = logging.getLogger("srprune")
+
+
+def _read_yaml(path: str) -> dict:
+    try:
+        with open(path) as handle:
+            data = yaml.safe_load(handle)
+    except OSError as err:
+        raise SystemExit(f"error: cannot read config {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise SystemExit(f"error: {path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise SystemExit(f"error: {path} must hold a mapping, found {type(data).__name__}")
+    return data
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .train import train_teacher
+
+    config = _read_yaml(args.config)
+    workdir = args.workdir or str(Path(args.out).with_suffix("")) + "_work"
+    summary = train_teacher(config, args.out, workdir, progress=not args.quiet)
+    print(f"best validation PSNR {summary['best_psnr']:.3f} dB at iteration {summary['best_iter']}; "
+          f"last {summary['last_psnr']:.3f} dB; model written to {args.out}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .report import evaluate_command
+
+    evaluate_command(args)
+
+
+def cmd_export_data(args: argparse.Namespace) -> None:
+    from .data import export_embedded
+
+    paths = export_embedded(args.split, args.out)
+    print(f"wrote {len(paths)} images to {args.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="srprune", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model from a YAML config (L1 loss, Adam, resume)")
+    p.add_argument("--config", required=True, help="training config (see config/demo_teacher.yaml)")
+    p.add_argument("--out", required=True, help="output checkpoint (.pth)")
+    p.add_argument("--workdir", help="resume state, last/best checkpoints and log.csv "
+                                     "(default: <out without suffix>_work)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="PSNR/SSIM (Y channel), params and MACs of a model")
+    p.add_argument("--model", required=True, help="checkpoint path, or 'bicubic' for the baseline")
+    p.add_argument("--hr", required=True, help="HR folder (dataroot_gt), or embedded:train|val")
+    p.add_argument("--lr", help="LR folder (dataroot_lq); default: bicubic-downscale the HR images")
+    p.add_argument("--scale", type=int, required=True, choices=(1, 2, 3, 4))
+    p.add_argument("--filename-tmpl", default="{}", help="LR name template, e.g. '{}x4'")
+    p.add_argument("--json", help="write the results as JSON to this file")
+    p.add_argument("--float-output", action="store_true",
+                   help="score the float output instead of rounding it to uint8 first")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export-data", help="write the embedded scikit-image images as PNG files")
+    p.add_argument("--split", required=True, choices=("train", "val"))
+    p.add_argument("--out", required=True, help="folder to write into")
+    p.set_defaults(func=cmd_export_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    func: Callable[[argparse.Namespace], None] = args.func
+    try:
+        func(args)
+    except (CheckpointError, DataError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""Training loop shared by teacher training and (later) fine-tuning.
+
+Adam, a stateless learning-rate schedule (linear warm-up, then cosine or multistep), periodic
+validation PSNR, the last and the best model kept, a CSV log, and exact resume: the training
+state (model, optimizer, sampler and torch RNG, iteration, best PSNR) is written atomically every
+``save_every`` iterations, and a killed run continues from it to the same final weights as an
+uninterrupted run with the same seed.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from .checkpoint import CheckpointError, read_checkpoint, save_model
+from .evaluate import Pair, score_model
+from .fileio import save_torch
+
+log = logging.getLogger(__name__)
+
+LossFn = Callable[[nn.Module, Tensor, Tensor], tuple[Tensor, dict[str, float]]]
+LOG_FIELDS = ("iter", "lr", "loss", "val_psnr", "seconds")
+RESUMABLE_CHANGES = ("val_every", "save_every", "keep")  # settings a resumed run may change
+
+
+@dataclass
+class TrainSettings:
+    """Optimisation settings; every field can be set from the YAML config."""
+
+    iters: int = 20000
+    batch_size: int = 16
+    crop_size: int = 48           # LR crop side
+    lr: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 0.0
+    schedule: str = "cosine"      # cosine | multistep
+    warmup_iters: int = 0
+    min_lr: float = 1e-6          # cosine floor
+    milestones: list[int] = field(default_factory=list)  # multistep
+    gamma: float = 0.5            # multistep factor
+    grad_clip: float = 0.0        # 0: off
+    val_every: int = 1000
+    save_every: int = 500
+    seed: int = 0
+    keep: str = "best"            # which model becomes the output: best | last
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        if self.schedule not in ("cosine", "multistep"):
+            raise ValueError(f"schedule must be 'cosine' or 'multistep', got {self.schedule!r}")
+        if self.keep not in ("best", "last"):
+            raise ValueError(f"keep must be 'best' or 'last', got {self.keep!r}")
+        for name in ("iters", "batch_size", "crop_size", "val_every", "save_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainSettings":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown training settings {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+def lr_at(s: TrainSettings, it: int) -> float:
+    """Learning rate for iteration ``it`` (0-based)."""
+    if it < s.warmup_iters:
+        return s.lr * (it + 1) / s.warmup_iters
+    if s.schedule == "multistep":
+        return s.lr * s.gamma ** sum(it >= m for m in s.milestones)
+    progress = (it - s.warmup_iters) / max(1, s.iters - s.warmup_iters)
+    return s.min_lr + 0.5 * (s.lr - s.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+class Trainer:
+    """Runs ``loss_fn`` over batches of ``sampler`` with resume, validation and logging.
+
+    ``step_hook(model)`` runs after every optimizer step (fine-tuning re-applies masks there).
+    Files in ``workdir``: ``state.pth`` (resume), ``last.pth``, ``best.pth``, ``log.csv``.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, sampler: Any, val_pairs: Sequence[Pair],
+                 scale: int, settings: TrainSettings, workdir: str | Path,
+                 step_hook: Callable[[nn.Module], None] | None = None,
+                 meta: dict[str, Any] | None = None):
+        self.model, self.loss_fn, self.sampler = model, loss_fn, sampler
+        self.val_pairs, self.scale, self.s = val_pairs, scale, settings
+        self.workdir = Path(workdir)
+        self.step_hook = step_hook
+        self.meta = dict(meta or {})
+        self.device = next(model.parameters()).device
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, betas=settings.betas,
+                                          weight_decay=settings.weight_decay)
+        self.iteration = 0
+        self.best_psnr = -math.inf
+        self.best_iter = -1
+
+    # ------------------------------------------------------------------ state
+    @property
+    def state_path(self) -> Path:
+        return self.workdir / "state.pth"
+
+    def _state(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "sampler": self.sampler.state_dict(), "torch_rng": torch.get_rng_state(),
+                "iteration": self.iteration, "best_psnr": self.best_psnr,
+                "best_iter": self.best_iter, "settings": asdict(self.s)}
+
+    def resume(self) -> bool:
+        """Load ``state.pth`` if present; True when a run was resumed."""
+        if not self.state_path.exists():
+            return False
+        state = read_checkpoint(self.state_path)
+        changed = sorted(k for k, v in asdict(self.s).items()
+                         if k not in RESUMABLE_CHANGES and state["settings"].get(k) != v)
+        if changed:
+            raise CheckpointError(f"{self.state_path} was written with other training settings "
+                                  f"({', '.join(changed)}); delete {self.workdir} to start afresh")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.iteration, self.best_psnr = state["iteration"], state["best_psnr"]
+        self.best_iter = state["best_iter"]
+        self._trim_log()
+        log.info("resumed from %s at iteration %d", self.state_path, self.iteration)
+        return True
+
+    # ------------------------------------------------------------------ loop
+    def run(self, progress: bool = True) -> dict[str, Any]:
+        """Train to ``settings.iters``; returns a summary (best/last validation PSNR)."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(self.s.seed)
+        self.resume()
+        bar = tqdm(total=self.s.iters, initial=self.iteration, desc="train", unit="it",
+                   disable=not progress, dynamic_ncols=True)
+        self.model.train()
+        last_psnr, start = math.nan, time.time()
+        postfix: dict[str, str] = {}
+        while self.iteration < self.s.iters:
+            loss, parts = self._step()
+            self.iteration += 1
+            postfix.update({"loss": f"{loss:.4f}", **{k: f"{v:.4f}" for k, v in parts.items()}})
+            psnr = math.nan
+            if self.iteration % self.s.val_every == 0 or self.iteration == self.s.iters:
+                psnr = last_psnr = self._validate()
+                postfix["val_psnr"] = f"{psnr:.3f}"
+            self._log(loss, psnr, time.time() - start)
+            if self.iteration % self.s.save_every == 0 or self.iteration == self.s.iters:
+                save_torch(self._state(), self.state_path)
+            bar.set_postfix(postfix, refresh=False)
+            bar.update()
+        bar.close()
+        return {"best_psnr": self.best_psnr, "best_iter": self.best_iter, "last_psnr": last_psnr,
+                "iters": self.iteration}
+
+    def _step(self) -> tuple[float, dict[str, float]]:
+        lr_img, hr_img = (t.to(self.device) for t in self.sampler.sample())
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.s, self.iteration)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, parts = self.loss_fn(self.model, lr_img, hr_img)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at iteration {self.iteration}")
+        loss.backward()
+        if self.s.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.s.grad_clip)
+        self.optimizer.step()
+        if self.step_hook is not None:
+            self.step_hook(self.model)
+        return loss.item(), parts
+
+    def _validate(self) -> float:
+        psnr = score_model(self.model, self.val_pairs, self.scale, ssim=False)["psnr"]
+        meta = {**self.meta, "iteration": self.iteration, "val_psnr": psnr}
+        save_model(self.model, self.workdir / "last.pth", meta)
+        if psnr > self.best_psnr:
+            self.best_psnr, self.best_iter = psnr, self.iteration
+            save_model(self.model, self.workdir / "best.pth", meta)
+        return psnr
+
+    def _log(self, loss: float, psnr: float, seconds: float) -> None:
+        path = self.workdir / "log.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as handle:
+            writer = csv.writer(handle)
+            if new:
+                writer.writerow(LOG_FIELDS)
+            writer.writerow([self.iteration, f"{lr_at(self.s, self.iteration - 1):.3e}",
+                             f"{loss:.6f}", "" if math.isnan(psnr) else f"{psnr:.4f}",
+                             f"{seconds:.1f}"])
+
+    def _trim_log(self) -> None:
+        """Drop log rows written after the resumed state (they will be redone)."""
+        path = self.workdir / "log.csv"
+        if path.exists():
+            with open(path, newline="") as handle:
+                rows = list(csv.reader(handle))
+            kept = rows[:1] + [r for r in rows[1:] if int(r[0]) <= self.iteration]
+            with open(path, "w", newline="") as handle:
+                csv.writer(handle).writerows(kept)
+
+    def output_checkpoint(self) -> Path:
+        """The checkpoint chosen by ``settings.keep``."""
+        return self.workdir / ("best.pth" if self.s.keep == "best" else "last.pth")
+
+
+def l1_loss(model: nn.Module, lr_img: Tensor, hr_img: Tensor) -> tuple[Tensor, dict[str, float]]:
+    """Plain L1 between the model output and HR."""
+    return torch.nn.functional.l1_loss(model(lr_img), hr_img), {}
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` takes the first CUDA GPU when one is present, else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    log.info("using device %s%s", device,
+             f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+    return device
+
+
+def train_teacher(config: dict[str, Any], out: str | Path, workdir: str | Path,
+                  progress: bool = True) -> dict[str, Any]:
+    """Train a model from scratch with L1 loss as ``config`` says; write the chosen model to out."""
+    from .data import PatchSampler
+    from .evaluate import load_pairs
+    from .models import create_model
+
+    scale = int(config["scale"])
+    settings = TrainSettings.from_dict(config.get("train", {}))
+    torch.manual_seed(settings.seed)
+    device = pick_device(config.get("device", "auto"))
+    model = create_model(config.get("arch", "catanet"), **{**config.get("model", {}),
+                                                           "upscale": scale}).to(device)
+    data = config["data"]
+    train_pairs = load_pairs(scale=scale, **data["train"])
+    sampler = PatchSampler(train_pairs, scale=scale, crop_size=settings.crop_size,
+                           batch_size=settings.batch_size, seed=settings.seed)
+    val_pairs = list(load_pairs(scale=scale, **data["val"]))
+    meta = {"stage": "train", "scale": scale, "train_settings": asdict(settings),
+            "data": {k: dict(v) for k, v in data.items()}}
+    trainer = Trainer(model, l1_loss, sampler, val_pairs, scale, settings, workdir, meta=meta)
+    summary = trainer.run(progress=progress)
+    best = read_checkpoint(trainer.output_checkpoint())
+    save_torch(best, out)
+    log.info("wrote %s (%s model, validation PSNR %.3f dB)", out, settings.keep,
+             best["meta"]["val_psnr"])
+    return summary
