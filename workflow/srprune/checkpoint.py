@@ -50,7 +50,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"it, re-save only its state dict.") from None
     except Exception as err:  # a corrupt file can fail anywhere inside the reader
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or "
-                              f"corrupt?): {str(err).splitlines()[0]}") from None
+                              f"corrupt?): {(str(err) or type(err).__name__).splitlines()[0]}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict (state dict or checkpoint), "
                               f"found {type(obj).__name__}")

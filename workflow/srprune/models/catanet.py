@@ -214,8 +214,8 @@ class ConvFFN(nn.Module):
         return self.fc2(x)
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention of LRSA with ``kept`` of ``heads`` heads."""
+class HeadProjections(nn.Module):
+    """q/k/v/proj of ``kept`` heads; a head keeps its width, so the softmax scale is fixed."""
 
     def __init__(self, cfg: CATANetConfig, kept: int):
         super().__init__()
@@ -226,6 +226,10 @@ class Attention(nn.Module):
         self.to_k = linear(cfg.dim, kept * self.dqk, bias=False)
         self.to_v = linear(cfg.dim, kept * self.dv, bias=False)
         self.proj = linear(kept * self.dv, cfg.dim, bias=False)
+
+
+class Attention(HeadProjections):
+    """Multi-head self-attention of LRSA with ``kept`` of ``heads`` heads."""
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.kept:
@@ -245,18 +249,8 @@ class IRCA(nn.Module):
         self.to_v = linear(cfg.dim, kept * cfg.head_v, bias=False)
 
 
-class IASA(nn.Module):
+class IASA(HeadProjections):
     """Intra-group self-attention over content-sorted tokens, plus attention to all centres."""
-
-    def __init__(self, cfg: CATANetConfig, kept: int):
-        super().__init__()
-        self.kept, self.dqk, self.dv = kept, cfg.head_qk, cfg.head_v
-        self.scale = self.dqk ** -0.5
-        self.impl = "fast"
-        self.to_q = linear(cfg.dim, kept * self.dqk, bias=False)
-        self.to_k = linear(cfg.dim, kept * self.dqk, bias=False)
-        self.to_v = linear(cfg.dim, kept * self.dv, bias=False)
-        self.proj = linear(kept * self.dv, cfg.dim, bias=False)
 
     def forward(self, t: Tensor, order: Tensor, k_g: Tensor, v_g: Tensor, group_size: int) -> Tensor:
         b, n, _ = t.shape
@@ -440,7 +434,7 @@ class CATANet(nn.Module):
         if impl not in ATTENTION_IMPLS:
             raise ValueError(f"attention impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
         for module in self.modules():
-            if isinstance(module, (Attention, IASA)):
+            if isinstance(module, HeadProjections):
                 module.impl = impl
 
     def embed(self, x: Tensor) -> Tensor:
