@@ -44,6 +44,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if "Weights only load failed" not in str(err):
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or "
+                                  f"corrupt?): {str(err).splitlines()[0]}") from None
         raise CheckpointError(
             f"{path}: refused to load: the file holds pickled objects other than tensors and plain "
             f"types, and srprune never unpickles untrusted code (weights_only=True). If you trust "
