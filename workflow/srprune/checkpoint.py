@@ -44,7 +44,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "Unsupported global" not in str(err):  # bad bytes, not a refused object
+        if "GLOBAL" not in str(err):  # bad bytes rather than a refused object
             raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or "
                                   f"corrupt?): {str(err).splitlines()[0]}") from None
         raise CheckpointError(

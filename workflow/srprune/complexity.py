@@ -167,7 +167,9 @@ def thop_profile(model: nn.Module, lr_size: Any, *, count_norms: bool = False,
     into the units of :func:`macs_full` (``first_conv``, ``blocks.i.0``, ...); both sum to
     ``total``. See :func:`macs_thop` for what is counted and what is missed.
     """
-    import thop  # noqa: PLC0415  (imported lazily: thop's import warns and is slowish)
+    with warnings.catch_warnings():  # thop 0.1.1 imports distutils' deprecated LooseVersion
+        warnings.simplefilter("ignore")
+        import thop  # noqa: PLC0415
 
     hw = _lr_hw(lr_size)
     custom_ops = {} if count_norms else {nn.LayerNorm: _thop_no_ops}
