@@ -39,9 +39,31 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .report import evaluate_command
+    from .evaluate import evaluate_spec
+    from .fileio import save_json
 
-    evaluate_command(args)
+    result = evaluate_spec(args.model, args.hr, args.scale, args.lr, args.filename_tmpl,
+                           quantize=not args.float_output, device=args.device,
+                           model_config=_model_config(args.model_config))
+    for row in result["per_image"]:
+        print(f"  {row['name']:<28} PSNR {row['psnr']:7.3f} dB  SSIM {row['ssim']:.4f}")
+    macs = "" if result["macs_full"] is None else (
+        f"; params {result['params']:,}; MACs thop {result['macs_thop'] / 1e9:.3f} G, "
+        f"full {result['macs_full'] / 1e9:.3f} G at LR {result['macs_lr_size']}")
+    print(f"{args.model} x{args.scale} on {args.hr}: PSNR {result['psnr']:.3f} dB, "
+          f"SSIM {result['ssim']:.4f} ({len(result['per_image'])} images){macs}")
+    if args.json:
+        save_json(result, args.json)
+
+
+def _model_config(text: str | None) -> dict:
+    """Hyper-parameters given as a YAML/JSON mapping on the command line."""
+    if not text:
+        return {}
+    value = yaml.safe_load(text)
+    if not isinstance(value, dict):
+        raise ValueError(f"--model-config must be a mapping such as '{{heads: 4}}', got {text!r}")
+    return value
 
 
 def cmd_export_data(args: argparse.Namespace) -> None:
@@ -74,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--float-output", action="store_true",
                    help="score the float output instead of rounding it to uint8 first")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
+    p.add_argument("--model-config", help="hyper-parameters a BasicSR checkpoint cannot tell, "
+                                          "as YAML, e.g. '{heads: 4, patch_size: [16, 20]}'")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("export-data", help="write the embedded scikit-image images as PNG files")

@@ -91,9 +91,11 @@ def _counting_copy(model: nn.Module, device: str) -> nn.Module:
     On the meta device only shapes are computed, so the count costs no arithmetic and almost no
     memory whatever the size; MACs of this architecture depend on shapes only. Boolean buffers
     (CATANet's ``initted`` flags, read with ``bool()`` in Python control flow) stay real CPU
-    tensors, since a meta tensor has no value.
+    tensors, since a meta tensor has no value. Parameters stop requiring grad: a ConvFFN with no
+    neuron left returns a view of ``fc2.bias``, which makes FlopCounterMode's module tracker fail
+    under ``no_grad`` ("Expected gradient function to be set").
     """
-    counted = copy.deepcopy(model).eval()
+    counted = copy.deepcopy(model).eval().requires_grad_(False)
     if hasattr(counted, "set_attention_impl"):
         counted.set_attention_impl("reference")
     flags = [(module, name, buf.detach().cpu().clone())

@@ -82,3 +82,31 @@ def score_model(model: nn.Module, pairs: Iterable[Pair], scale: int, ssim: bool 
         return score(model_upscaler(model, device, quantize), pairs, scale, progress=progress, ssim=ssim)
     finally:
         model.train(training)
+
+
+def evaluate_spec(model: str, hr: str, scale: int, lr: str | None = None,
+                  filename_tmpl: str = "{}", quantize: bool = True, device: str = "cpu",
+                  model_config: dict[str, Any] | None = None,
+                  progress: bool = True) -> dict[str, Any]:
+    """``srprune evaluate``: scores plus params and MACs of a checkpoint, or of ``bicubic``."""
+    from .checkpoint import load_model
+    from .complexity import complexity_report
+    from .train import pick_device
+
+    pairs = load_pairs(hr, scale, lr, filename_tmpl)
+    result: dict[str, Any] = {"model": model, "hr": str(hr), "lr": lr, "scale": scale,
+                              "quantized_uint8": quantize, "crop_border": scale,
+                              "metric": "Y channel (BT.601), BasicSR conventions"}
+    if model == "bicubic":
+        scores = score(bicubic_upscaler(scale), pairs, scale, progress=progress)
+        result.update({"params": 0, "params_nonzero": 0, "macs_thop": None, "macs_full": None})
+    else:
+        net = load_model(model, **(model_config or {})).to(pick_device(device))
+        if net.cfg.upscale != scale:
+            raise ValueError(f"{model} is an x{net.cfg.upscale} model but --scale is {scale}")
+        scores = score_model(net, pairs, scale, progress=progress, quantize=quantize)
+        cx = complexity_report(net.cpu(), scale=scale)
+        result.update({"params": cx["params_total"], "params_nonzero": cx["params_nonzero"],
+                       "macs_thop": cx["macs_thop"], "macs_full": cx["macs_full"],
+                       "macs_lr_size": cx["lr_size"], "macs_per_module": cx["per_module"]})
+    return {**result, **scores}

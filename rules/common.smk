@@ -1,0 +1,24 @@
+# Helpers shared by the rules: paths and command-line fragments built from the config.
+import json
+import shlex
+
+RUN = config["run"]
+SCALE = config["scale"]
+RESULTS = f"results/{RUN}"
+DATASETS = config["datasets"]
+EVAL = config.get("evaluate", {})
+
+
+def data_args(dataset):
+    """--hr/--lr/--filename-tmpl arguments of `srprune evaluate` for one configured data set."""
+    spec = DATASETS[dataset]
+    args = ["--hr", spec["hr"], "--filename-tmpl", spec.get("filename_tmpl", "{}")]
+    if "lr" in spec:
+        args += ["--lr", spec["lr"]]
+    return shlex.join(args)
+
+
+def teacher_config_arg():
+    """--model-config for hyper-parameters the teacher checkpoint cannot tell."""
+    model_config = config["teacher"].get("model_config") or {}
+    return f"--model-config {shlex.quote(json.dumps(model_config))}" if model_config else ""

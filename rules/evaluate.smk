@@ -1,0 +1,32 @@
+# Evaluation: PSNR/SSIM (Y channel), params and MACs, as JSON under results/<run>/eval/.
+
+
+rule evaluate_teacher:
+    input:
+        model=config["teacher"]["weights_path"],
+    output:
+        f"{RESULTS}/eval/teacher_{{dataset}}.json",
+    params:
+        data=lambda w: data_args(w.dataset),
+        model_config=teacher_config_arg(),
+        device=EVAL.get("device", "cpu"),
+    log:
+        f"{RESULTS}/logs/evaluate_teacher_{{dataset}}.log",
+    threads: 2
+    shell:
+        "srprune evaluate --model {input.model} {params.data} --scale {SCALE} "
+        "--device {params.device} {params.model_config} --json {output} > {log} 2>&1"
+
+
+rule evaluate_baseline:
+    output:
+        f"{RESULTS}/eval/{{baseline}}_{{dataset}}.json",
+    wildcard_constraints:
+        baseline="bicubic",
+    params:
+        data=lambda w: data_args(w.dataset),
+    log:
+        f"{RESULTS}/logs/evaluate_{{baseline}}_{{dataset}}.log",
+    shell:
+        "srprune evaluate --model {wildcards.baseline} {params.data} --scale {SCALE} "
+        "--json {output} > {log} 2>&1"
