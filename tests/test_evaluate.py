@@ -1,0 +1,58 @@
+"""`srprune evaluate`: published numbers on Set5, JSON contents, clear errors."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import skimage.io
+
+from srprune.cli import main
+from srprune.evaluate import evaluate_spec
+
+
+def set5(shared_dir, scale):
+    root = shared_dir / "data/Set5"
+    return dict(hr=str(root / "HR"), lr=str(root / f"LR_bicubic/X{scale}"),
+                filename_tmpl=f"{{}}x{scale}")
+
+
+@pytest.mark.parametrize("scale,published", [(2, 33.66), (3, 30.39), (4, 28.42)])
+def test_bicubic_matches_published_set5(shared_dir, tmp_path, scale, published, capsys):
+    data = set5(shared_dir, scale)
+    out = tmp_path / "bicubic.json"
+    code = main(["evaluate", "--model", "bicubic", "--hr", data["hr"], "--lr", data["lr"],
+                 "--filename-tmpl", data["filename_tmpl"], "--scale", str(scale), "--json", str(out)])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert abs(result["psnr"] - published) <= 0.02
+    assert len(result["per_image"]) == 5 and result["params"] == 0
+    assert "PSNR" in capsys.readouterr().out
+
+
+def test_third_party_x4_checkpoint_on_set5(shared_dir):
+    result = evaluate_spec(str(shared_dir / "weights/catanet_x4_third_party.pth"), scale=4,
+                           progress=False, **set5(shared_dir, 4))
+    assert abs(result["psnr"] - 31.72) <= 0.02
+    assert abs(result["ssim"] - 0.8899) <= 0.001
+    assert result["params"] == 535_195
+    assert result["macs_lr_size"] == [180, 320]
+    assert result["macs_full"] > result["macs_thop"] > 0
+    assert result["quantized_uint8"] is True
+    # the float output scores about as well (the shared README's float figure is 31.725 dB)
+    floating = evaluate_spec(str(shared_dir / "weights/catanet_x4_third_party.pth"), scale=4,
+                             progress=False, quantize=False, **set5(shared_dir, 4))
+    assert abs(floating["psnr"] - 31.725) <= 0.002
+
+
+def test_errors_are_clear(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["evaluate", "--model", "bicubic", "--hr", str(empty), "--scale", "2"]) == 2
+    assert str(empty) in capsys.readouterr().err
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    skimage.io.imsave(hr / "a.png", np.zeros((16, 16, 3), np.uint8), check_contrast=False)
+    assert main(["evaluate", "--model", str(tmp_path / "missing.pth"), "--hr", str(hr),
+                 "--scale", "2"]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err

@@ -1,0 +1,93 @@
+"""Training loop: schedule, validation bookkeeping, exact resume after an interruption."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from srprune.data import PatchSampler
+from srprune.models import create_model
+from srprune.train import Trainer, TrainSettings, l1_loss, lr_at
+
+TINY = dict(dim=8, block_num=1, qk_dim=8, mlp_dim=8, heads=2, patch_size=[8], num_tokens=[4],
+            group_size=[16], n_iters=[2], upscale=2)
+
+
+def pairs(n=3, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        lr = rng.integers(0, 256, (14, 16, 3), dtype=np.uint8)
+        out.append((f"img{i}", lr, np.kron(lr, np.ones((2, 2, 1), dtype=np.uint8))))
+    return out
+
+
+def make_trainer(workdir, settings, hook=None):
+    torch.manual_seed(0)
+    model = create_model("catanet", **TINY)
+    sampler = PatchSampler(pairs(), scale=2, crop_size=8, batch_size=2, seed=settings.seed)
+    return Trainer(model, l1_loss, sampler, pairs(1, seed=9), 2, settings, workdir, step_hook=hook)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_kill_gives_the_same_weights(tmp_path):
+    settings = TrainSettings(iters=7, batch_size=2, crop_size=8, val_every=3, save_every=2,
+                             warmup_iters=2, lr=1e-3)
+    straight = make_trainer(tmp_path / "a", settings)
+    straight.run(progress=False)
+
+    def kill_at_5(model):
+        if interrupted.iteration == 4:  # the 5th step has run; state was saved after step 4
+            raise Interrupt
+
+    interrupted = make_trainer(tmp_path / "b", settings, hook=kill_at_5)
+    with pytest.raises(Interrupt):
+        interrupted.run(progress=False)
+    resumed = make_trainer(tmp_path / "b", settings)
+    assert resumed.resume() and resumed.iteration == 4
+    resumed.run(progress=False)
+
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    rows = list(csv.DictReader(open(tmp_path / "b/log.csv")))
+    assert [int(r["iter"]) for r in rows] == list(range(1, 8))   # no duplicated rows
+    assert resumed.best_psnr == straight.best_psnr
+    for name in ("best.pth", "last.pth", "state.pth"):
+        assert (tmp_path / "b" / name).exists()
+
+
+def test_resume_refuses_changed_settings(tmp_path):
+    settings = TrainSettings(iters=2, batch_size=2, crop_size=8, val_every=2, save_every=1)
+    make_trainer(tmp_path, settings).run(progress=False)
+    changed = make_trainer(tmp_path, TrainSettings(iters=2, batch_size=2, crop_size=8, val_every=2,
+                                                   save_every=1, lr=1e-2))
+    with pytest.raises(ValueError, match=r"other training settings \(lr\)"):
+        changed.resume()
+
+
+def test_training_reduces_the_loss(tmp_path):
+    settings = TrainSettings(iters=30, batch_size=2, crop_size=8, val_every=30, save_every=30,
+                             lr=2e-3)
+    trainer = make_trainer(tmp_path, settings)
+    trainer.run(progress=False)
+    losses = [float(r["loss"]) for r in csv.DictReader(open(tmp_path / "log.csv"))]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+
+
+def test_schedules():
+    cosine = TrainSettings(iters=100, lr=1.0, min_lr=0.0, warmup_iters=10)
+    assert lr_at(cosine, 0) == pytest.approx(0.1)
+    assert lr_at(cosine, 9) == pytest.approx(1.0)
+    assert lr_at(cosine, 10) == pytest.approx(1.0)
+    assert lr_at(cosine, 55) == pytest.approx(0.5)
+    step = TrainSettings(iters=100, lr=1.0, schedule="multistep", milestones=[50, 80], gamma=0.1)
+    assert [lr_at(step, i) for i in (0, 49, 50, 80)] == pytest.approx([1.0, 1.0, 0.1, 0.01])
+    with pytest.raises(ValueError, match="schedule"):
+        TrainSettings(schedule="linear")
+    with pytest.raises(ValueError, match="unknown training settings"):
+        TrainSettings.from_dict({"iterations": 3})
