@@ -1,0 +1,73 @@
+"""The Snakemake workflow: config validation, dry run from the repository, a real tiny run."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.io
+import torch
+import yaml
+
+import srprune
+from srprune.models import create_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def snakemake(*args, cwd):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture()
+def workflow_copy(tmp_path):
+    """The workflow files (not results) copied into a scratch folder."""
+    for name in ("Snakefile", "rules", "config", "profiles"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    return tmp_path
+
+
+def test_dry_run_of_the_default_config():
+    result = snakemake("-n", "--cores", "2", cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "evaluate_teacher" in result.stdout + result.stderr
+
+
+def test_invalid_config_is_rejected(workflow_copy):
+    result = snakemake("-n", "--cores", "1", "--config", "scale=5", cwd=workflow_copy)
+    assert result.returncode != 0
+    assert "Error validating config" in result.stderr + result.stdout
+
+
+def test_tiny_run_writes_evaluation_json(workflow_copy):
+    torch.manual_seed(0)
+    teacher = create_model("catanet", dim=8, block_num=1, qk_dim=8, mlp_dim=8, heads=2,
+                           patch_size=[8], num_tokens=[4], group_size=[16], n_iters=[2], upscale=2)
+    srprune.save_model(teacher, workflow_copy / "teacher.pth")
+    hr = workflow_copy / "hr"
+    hr.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        skimage.io.imsave(hr / f"im{i}.png", rng.integers(0, 256, (24, 20, 3), dtype=np.uint8),
+                          check_contrast=False)
+    config = yaml.safe_load((workflow_copy / "config/config.yaml").read_text())
+    config.update(run="tiny", teacher={"weights_path": "teacher.pth"},
+                  datasets={"mine": {"hr": "hr"}})
+    (workflow_copy / "config/config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake("--cores", "1", cwd=workflow_copy)
+    assert result.returncode == 0, result.stderr[-3000:]
+    teacher_json = json.loads((workflow_copy / "results/tiny/eval/teacher_mine.json").read_text())
+    bicubic_json = json.loads((workflow_copy / "results/tiny/eval/bicubic_mine.json").read_text())
+    assert len(teacher_json["per_image"]) == 2 and teacher_json["macs_full"] > 0
+    assert bicubic_json["macs_full"] is None
+    assert "results are in results/tiny/" in result.stdout + result.stderr
+    again = snakemake("-n", "--cores", "1", cwd=workflow_copy)   # nothing stale: nothing to do
+    assert "Nothing to be done" in again.stdout + again.stderr
