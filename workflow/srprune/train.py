@@ -12,7 +12,7 @@ import csv
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -23,6 +23,7 @@ from tqdm import tqdm
 from .checkpoint import CheckpointError, read_checkpoint, save_model
 from .evaluate import Pair, score_model
 from .fileio import save_torch
+from .settings import from_mapping
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +67,7 @@ class TrainSettings:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainSettings":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown training settings {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return from_mapping(cls, values, "training settings")
 
 
 def lr_at(s: TrainSettings, it: int) -> float:

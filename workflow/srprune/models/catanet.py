@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..settings import from_mapping
 
 ATTENTION_IMPLS = ("fast", "reference")
 
@@ -113,11 +115,7 @@ class CATANetConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "CATANetConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown CATANet config keys: {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return from_mapping(cls, values, "CATANet config")
 
 
 # --------------------------------------------------------------------------- helpers
