@@ -301,9 +301,9 @@ def macs_full(model: nn.Module, lr_size: Any, *, method: str = "measured",
     v ``dim/heads``; the default ``fast`` attention pads q/k with zero channels to the v width and
     would be over-counted), with the fused CPU SDPA kernel mapped (FlopCounterMode counts it as
     zero otherwise), and halves FLOPs into MACs. By default it runs on the meta device: shapes
-    only, so the released x2 model at 640x360 costs about 0.3 s and 0.3 GB; ``device="cpu"`` runs
-    real arithmetic (same numbers; about 20 s and 2.5 GB for x4 at 320x180). Should the meta device
-    fail for some model, it falls back to CPU with a warning. ``method="analytic"`` returns
+    only, so the released x2 model at 640x360 costs about 0.3 s and 0.3 GB; ``device="cpu"``
+    runs real arithmetic (same numbers; 20-40 s and 2.5 GB for x4 at 320x180 on 2 cores). Should
+    the meta device fail for some model, it falls back to CPU with a warning. ``method="analytic"`` returns
     :func:`analytic_breakdown` of ``model.cfg`` (CATANet only); the tests check both agree.
 
     Measured facts (torch 2.13 CPU, released x4 model, 320x180 input, real CPU tensors):
