@@ -161,6 +161,22 @@ def linear(n_in: int, n_out: int, bias: bool = True) -> nn.Linear:
         return nn.Linear(n_in, n_out, bias=bias)
 
 
+def apply_unit_mask(x: Tensor, mask: Tensor | None, width: int) -> Tensor:
+    """Multiply unit u (channels [u*width, (u+1)*width) of the last axis) by its mask value.
+
+    ``mask`` is (units,) for every sample, or (B, units) with one row per sample; the leading
+    axis of ``x`` is then B times any number of sub-items (e.g. the patches of each image).
+    """
+    if mask is None:
+        return x
+    units = x.unflatten(-1, (-1, width))
+    if mask.dim() == 1:
+        return (units * mask[:, None].to(x)).flatten(-2)
+    per_sample = units.unflatten(0, (mask.shape[0], -1))
+    rows = mask.reshape(mask.shape[0], *[1] * (per_sample.dim() - 3), mask.shape[1], 1).to(x)
+    return (per_sample * rows).flatten(0, 1).flatten(-2)
+
+
 def tokens_to_map(x: Tensor, h: int, w: int) -> Tensor:
     return x.transpose(1, 2).unflatten(2, (h, w))
 
@@ -200,6 +216,7 @@ class ConvFFN(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.hidden = hidden
+        self.unit_mask: Tensor | None = None  # neuron mask, see apply_unit_mask
         self.fc1 = linear(dim, hidden)
         self.dwconv = DWConv(hidden) if hidden else None
         self.fc2 = linear(hidden, dim)
@@ -209,7 +226,8 @@ class ConvFFN(nn.Module):
             return torch.zeros_like(x) + self.fc2.bias
         x = F.gelu(self.fc1(x))
         x = x + self.dwconv(x, h, w)
-        return self.fc2(x)
+        # Masking after the depthwise branch removes GELU(dw bias) too: exact removal.
+        return self.fc2(apply_unit_mask(x, self.unit_mask, 1))
 
 
 class HeadProjections(nn.Module):
@@ -220,6 +238,7 @@ class HeadProjections(nn.Module):
         self.kept, self.dqk, self.dv = kept, cfg.head_qk, cfg.head_v
         self.scale = self.dqk ** -0.5
         self.impl = "fast"
+        self.unit_mask: Tensor | None = None  # head mask, see apply_unit_mask
         self.to_q = linear(cfg.dim, kept * self.dqk, bias=False)
         self.to_k = linear(cfg.dim, kept * self.dqk, bias=False)
         self.to_v = linear(cfg.dim, kept * self.dv, bias=False)
@@ -235,7 +254,8 @@ class Attention(HeadProjections):
         q = split_heads(self.to_q(x), self.dqk)
         k = split_heads(self.to_k(x), self.dqk)
         v = split_heads(self.to_v(x), self.dv)
-        return self.proj(merge_heads(attend(q, k, v, self.scale, self.impl)))
+        out = merge_heads(attend(q, k, v, self.scale, self.impl))
+        return self.proj(apply_unit_mask(out, self.unit_mask, self.dv))
 
 
 class IRCA(nn.Module):
@@ -264,7 +284,7 @@ class IASA(HeadProjections):
         out = self._grouped(q, k, v, ng, gs) + attend(q, k_g, v_g, self.scale, self.impl)
         out = merge_heads(out)[:, :n]
         unsorted = torch.empty_like(out).scatter_(1, gather.expand_as(out), out)
-        return self.proj(unsorted)
+        return self.proj(apply_unit_mask(unsorted, self.unit_mask, self.dv))
 
     def _grouped(self, q: Tensor, k: Tensor, v: Tensor, ng: int, gs: int) -> Tensor:
         """Group j's queries attend to the 2*gs keys starting at j*gs."""

@@ -1,0 +1,18 @@
+"""The committed demo teacher loads on its own and beats bicubic on the embedded validation set."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import srprune
+from srprune.evaluate import bicubic_upscaler, load_pairs, score, score_model
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights/demo_catanet_x2.pth"
+
+
+def test_demo_teacher_beats_bicubic_by_one_db():
+    model = srprune.load_model(WEIGHTS)
+    assert model.cfg.upscale == 2 and model.checkpoint_meta["stage"] == "train"
+    pairs = load_pairs("embedded:val", 2)
+    teacher = score_model(model, pairs, 2, ssim=False)["psnr"]
+    bicubic = score(bicubic_upscaler(2), pairs, 2, ssim=False)["psnr"]
+    assert teacher - bicubic >= 1.0

@@ -1,0 +1,106 @@
+"""What a model must describe to be pruned: the adapter interface.
+
+Pruning is described by *groups*: a group is one prunable module (an attention with its heads,
+an FFN with its neurons) whose units are coupled slices of several layers (rows of the layers
+that produce a unit's channels, columns of the layer that consumes them). Importance
+(:mod:`.importance`), selection (:mod:`.selection`) and zeroing or physical removal are separate
+steps that talk to the model only through an :class:`Adapter`, so another architecture plugs in
+by writing one adapter, not by editing the core.
+
+Masks are ``{group name: tensor of shape (units,)}`` with 1 (keep) or 0 (remove); during scoring a
+group's mask may carry one row per sample, ``(batch, units)``, so that many masked variants run in
+one batched forward. Applying a mask must be exactly equivalent to removing the masked units.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from torch import Tensor, nn
+
+KINDS = ("head", "neuron")
+
+
+@dataclass(frozen=True)
+class UnitGroup:
+    """One prunable module: ``count`` units of one ``kind``, inside trajectory block ``block``."""
+
+    name: str
+    kind: str
+    block: int
+    count: int
+
+
+class Adapter(ABC):
+    """Everything the pruning core needs to know about one architecture."""
+
+    @abstractmethod
+    def groups(self, model: nn.Module) -> list[UnitGroup]:
+        """Prunable groups in forward order; every group is scored on its own."""
+
+    @abstractmethod
+    def reference_lr_size(self, model: nn.Module) -> tuple[int, int]:
+        """The input size (H, W) at which MACs are counted and budgets are set."""
+
+    @abstractmethod
+    def macs(self, model: nn.Module, kept: dict[str, int], lr_size: tuple[int, int]) -> int:
+        """Full MACs (attention included) of the model with ``kept[g]`` units left in group g."""
+
+    @abstractmethod
+    def set_masks(self, model: nn.Module, masks: dict[str, Tensor] | None) -> None:
+        """Make the forward pass apply ``masks`` (None: remove all masks)."""
+
+    @abstractmethod
+    def trajectory(self, model: nn.Module, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        """Output of every block as tokens (B x N x C), in order, and the model output."""
+
+    @abstractmethod
+    def cache(self, model: nn.Module, x: Tensor) -> Any:
+        """Teacher activations needed to restart the forward at any group (opaque)."""
+
+    @abstractmethod
+    def run_from(self, model: nn.Module, cache: Any, group: UnitGroup,
+                 masks: Tensor) -> tuple[list[Tensor], Tensor]:
+        """Forward from ``group`` on with V masked variants of it at once.
+
+        ``masks`` is (V, units) for ``group``; the cached batch of B inputs is repeated V times
+        (variant-major: sample ``v * B + b``). Returns the token outputs of blocks
+        ``group.block`` to the last, each (V*B) x N x C, and the model output, (V*B) x ...
+        """
+
+    @abstractmethod
+    def unit_magnitude(self, model: nn.Module, group: UnitGroup) -> Tensor:
+        """L1 norm of each unit's weights (all its coupled slices, biases included)."""
+
+    @abstractmethod
+    def zero_units(self, model: nn.Module, masks: dict[str, Tensor]) -> None:
+        """Set every weight (and bias) slice of the masked units to zero, in place."""
+
+
+@contextmanager
+def masked(adapter: Adapter, model: nn.Module, masks: dict[str, Tensor]) -> Iterator[nn.Module]:
+    """Run ``model`` with ``masks`` applied inside the ``with`` block."""
+    adapter.set_masks(model, masks)
+    try:
+        yield model
+    finally:
+        adapter.set_masks(model, None)
+
+
+def full_kept(groups: list[UnitGroup]) -> dict[str, int]:
+    return {g.name: g.count for g in groups}
+
+
+def kept_counts(masks: dict[str, Tensor]) -> dict[str, int]:
+    return {name: int(mask.bool().sum()) for name, mask in masks.items()}
+
+
+def unit_costs(adapter: Adapter, model: nn.Module, lr_size: tuple[int, int]) -> dict[str, int]:
+    """MACs one unit of each group costs: full model minus the model with one unit fewer."""
+    groups = adapter.groups(model)
+    full = full_kept(groups)
+    total = adapter.macs(model, full, lr_size)
+    return {g.name: total - adapter.macs(model, {**full, g.name: g.count - 1}, lr_size)
+            for g in groups}

@@ -1,0 +1,177 @@
+"""Unit importance: OPTIN's trajectory score adapted to super-resolution, and two baselines.
+
+OPTIN (Khaki & Plataniotis, ICLR 2024) scores a unit by how much masking it alone disturbs the
+teacher's later-layer features, with no retraining. For a unit in block i:
+
+    score = sum over blocks j > i of MD_j  +  lambda * c * D          (j = i for the last block)
+
+* **MD_j** (manifold distillation): each token of block j's output is L2-normalised over
+  channels; the same K token positions (sampled once per image, seeded) are taken from the
+  teacher and the masked run; MD_j is the squared Frobenius norm of the difference of the two
+  K x K Gram matrices, averaged over the calibration images.
+* **D** (output distortion, replacing OPTIN's classification KL): the mean squared error
+  between the masked and the teacher SR outputs, over all pixels and calibration images.
+* **Balance.** OPTIN rescales its KL term per unit to about 1/lambda of the MD's order of
+  magnitude. We use one factor for the whole model instead, ``c = sum MD / sum D`` over all
+  units, so that the output term as a whole weighs ``lambda`` times the trajectory term and the
+  ranking of units within the output term is kept. ``lambda = 0`` scores by the trajectory only.
+
+The raw terms (``md``, ``out``) are kept beside the combined score so that another lambda can be
+applied without rescoring.
+
+Speed: the teacher runs once and its activations are cached; each unit's masked forward
+restarts at its own module, and many masked variants of one module run as one batch.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Iterable
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from .adapter import Adapter, UnitGroup, masked
+
+METHODS = ("optin", "magnitude", "random")
+
+
+@dataclass
+class OptinSettings:
+    """Settings of the OPTIN score; defaults are documented in the module docstring."""
+
+    tokens: int = 64          # K token positions per image for the Gram matrices
+    lam: float = 1.0          # weight of the output term relative to the trajectory term
+    seed: int = 0             # token positions
+    max_batch: int = 64       # images (variants x calibration crops) per masked forward
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def token_positions(feats: list[Tensor], k: int, seed: int) -> list[Tensor]:
+    """K sampled token positions per image for each block (B x K), the same for every run."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for f in feats:
+        b, n, _ = f.shape
+        out.append(torch.stack([torch.randperm(n, generator=gen)[:min(k, n)] for _ in range(b)]))
+    return out
+
+
+def gram(tokens: Tensor, positions: Tensor) -> Tensor:
+    """Gram matrices (B x K x K) of the L2-normalised tokens at ``positions`` (B' x K).
+
+    ``tokens`` may hold several variants of the batch (B = V * B'); positions repeat per variant.
+    """
+    reps = tokens.shape[0] // positions.shape[0]
+    idx = positions.repeat(reps, 1).to(tokens.device)
+    picked = torch.nn.functional.normalize(
+        tokens.gather(1, idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])), dim=-1)
+    return picked @ picked.transpose(1, 2)
+
+
+def later_blocks(group: UnitGroup, n_blocks: int) -> list[int]:
+    """Blocks whose features a unit of ``group`` is scored on."""
+    return [group.block] if group.block == n_blocks - 1 else list(range(group.block + 1, n_blocks))
+
+
+@dataclass
+class Reference:
+    """The teacher's Gram matrices, output and token positions for a calibration batch."""
+
+    grams: list[Tensor]
+    output: Tensor
+    positions: list[Tensor]
+
+
+def teacher_reference(adapter: Adapter, model: nn.Module, x: Tensor,
+                      settings: OptinSettings) -> Reference:
+    feats, output = adapter.trajectory(model, x)
+    positions = token_positions(feats, settings.tokens, settings.seed)
+    return Reference([gram(f, p) for f, p in zip(feats, positions)], output, positions)
+
+
+def distortion(ref: Reference, group: UnitGroup, feats: list[Tensor], output: Tensor,
+               variants: int) -> tuple[Tensor, Tensor]:
+    """(MD summed over the scored blocks, output MSE) per variant; ``feats`` start at the group."""
+    md = torch.zeros(variants)
+    for j in later_blocks(group, len(ref.grams)):
+        g = gram(feats[j - group.block], ref.positions[j])
+        diff = (g.unflatten(0, (variants, -1)) - ref.grams[j].unsqueeze(0)).pow(2)
+        md += diff.sum(dim=(2, 3)).mean(dim=1).cpu()
+    out = (output.unflatten(0, (variants, -1)) - ref.output.unsqueeze(0)).pow(2)
+    return md, out.flatten(1).mean(dim=1).cpu()
+
+
+def one_off_masks(count: int, units: Iterable[int]) -> Tensor:
+    """One row per unit in ``units``: all ones but that unit."""
+    units = list(units)
+    masks = torch.ones(len(units), count)
+    masks[torch.arange(len(units)), torch.tensor(units)] = 0
+    return masks
+
+
+@torch.no_grad()
+def optin_terms(adapter: Adapter, model: nn.Module, x: Tensor, settings: OptinSettings,
+                progress: bool = True, groups: list[UnitGroup] | None = None
+                ) -> dict[str, dict[str, Tensor]]:
+    """Raw trajectory (``md``) and output (``out``) terms of every unit, batched and cached."""
+    model.eval()
+    ref = teacher_reference(adapter, model, x, settings)
+    cache = adapter.cache(model, x)
+    groups = adapter.groups(model) if groups is None else groups
+    per_forward = max(1, settings.max_batch // x.shape[0])
+    terms = {}
+    bar = tqdm(total=sum(g.count for g in groups), desc="optin scores", unit="unit",
+               disable=not progress, dynamic_ncols=True)
+    for group in groups:
+        md, out = torch.zeros(group.count), torch.zeros(group.count)
+        for start in range(0, group.count, per_forward):
+            units = range(start, min(group.count, start + per_forward))
+            masks = one_off_masks(group.count, units).to(x.device)
+            feats, output = adapter.run_from(model, cache, group, masks)
+            md[start:units.stop], out[start:units.stop] = distortion(ref, group, feats, output,
+                                                                     len(units))
+            bar.update(len(units))
+        terms[group.name] = {"md": md, "out": out}
+    bar.close()
+    return terms
+
+
+@torch.no_grad()
+def naive_optin_terms(adapter: Adapter, model: nn.Module, x: Tensor,
+                      settings: OptinSettings) -> dict[str, dict[str, Tensor]]:
+    """Reference scorer: one full forward from the input per unit (for tests and benchmarks)."""
+    model.eval()
+    ref = teacher_reference(adapter, model, x, settings)
+    terms = {}
+    for group in adapter.groups(model):
+        md, out = torch.zeros(group.count), torch.zeros(group.count)
+        for unit in range(group.count):
+            with masked(adapter, model, {group.name: one_off_masks(group.count, [unit])[0]}):
+                feats, output = adapter.trajectory(model, x)
+            md[unit:unit + 1], out[unit:unit + 1] = distortion(ref, group, feats[group.block:],
+                                                               output, 1)
+        terms[group.name] = {"md": md, "out": out}
+    return terms
+
+
+def combine(terms: dict[str, dict[str, Tensor]], lam: float) -> tuple[dict[str, Tensor], float]:
+    """OPTIN score per unit and the balance factor ``c`` (see the module docstring)."""
+    md_total = sum(float(t["md"].sum()) for t in terms.values())
+    out_total = sum(float(t["out"].sum()) for t in terms.values())
+    factor = md_total / out_total if out_total > 0 else 0.0
+    return {name: t["md"] + lam * factor * t["out"] for name, t in terms.items()}, factor
+
+
+def magnitude_scores(adapter: Adapter, model: nn.Module) -> dict[str, Tensor]:
+    """Baseline: L1 norm of each unit's weights."""
+    return {g.name: adapter.unit_magnitude(model, g) for g in adapter.groups(model)}
+
+
+def random_scores(adapter: Adapter, model: nn.Module, seed: int) -> dict[str, Tensor]:
+    """Baseline: uniform random scores, seeded."""
+    gen = torch.Generator().manual_seed(seed)
+    return {g.name: torch.rand(g.count, generator=gen) for g in adapter.groups(model)}
+
