@@ -73,6 +73,47 @@ def cmd_export_data(args: argparse.Namespace) -> None:
     print(f"wrote {len(paths)} images to {args.out}")
 
 
+def cmd_score_units(args: argparse.Namespace) -> None:
+    from .pruning.importance import OptinSettings
+    from .pruning.search import Calibration, save_artifact, score_units
+
+    calibration = Calibration(hr=args.calib_hr, lr=args.calib_lr, filename_tmpl=args.filename_tmpl,
+                              num_crops=args.num_crops, crop_size=args.crop_size, seed=args.seed)
+    settings = OptinSettings(tokens=args.tokens, lam=args.lam, seed=args.seed,
+                             max_batch=args.max_batch)
+    artifact = score_units(args.teacher, args.method, calibration, settings,
+                           _model_config(args.model_config), args.device)
+    save_artifact(artifact, args.out)
+    print(f"scored {sum(len(s) for s in artifact['scores'].values())} units of "
+          f"{len(artifact['scores'])} groups with {args.method}; wrote {args.out}")
+
+
+def cmd_search_masks(args: argparse.Namespace) -> None:
+    from .pruning.search import save_artifact, search_masks
+
+    artifact = search_masks(args.teacher, args.scores, args.mac_constraint, args.selection,
+                            args.min_keep, _model_config(args.model_config))
+    save_artifact(artifact, args.out)
+    kept, total = sum(artifact["kept"].values()), sum(len(m) for m in artifact["masks"].values())
+    print(f"{artifact['method']}/{args.selection}: kept {kept} of {total} units; full MACs "
+          f"{artifact['macs_pruned'] / 1e9:.3f} G of {artifact['macs_teacher'] / 1e9:.3f} G "
+          f"(ratio {artifact['achieved_mac_ratio']:.4f}, budget {args.mac_constraint}); "
+          f"wrote {args.out}")
+
+
+def cmd_export_zeroed(args: argparse.Namespace) -> None:
+    from .pruning.search import export_zeroed
+
+    export_zeroed(args.teacher, args.masks, args.out, _model_config(args.model_config))
+    print(f"wrote {args.out}")
+
+
+def _teacher_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--teacher", required=True, help="the trained model (checkpoint)")
+    p.add_argument("--model-config", help="hyper-parameters a BasicSR checkpoint cannot tell, "
+                                          "as YAML, e.g. '{heads: 4}'")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="srprune", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -99,6 +140,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-config", help="hyper-parameters a BasicSR checkpoint cannot tell, "
                                           "as YAML, e.g. '{heads: 4, patch_size: [16, 20]}'")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("score-units", help="score every head and FFN neuron (OPTIN or a baseline)")
+    _teacher_args(p)
+    p.add_argument("--method", default="optin", choices=("optin", "magnitude", "random"))
+    p.add_argument("--out", required=True, help="unit-scores artifact (.pth)")
+    p.add_argument("--calib-hr", default="embedded:train",
+                   help="training images for calibration crops (folder or embedded:train)")
+    p.add_argument("--calib-lr", help="their LR folder (default: bicubic-downscale the HR)")
+    p.add_argument("--filename-tmpl", default="{}", help="LR name template, e.g. '{}x2'")
+    p.add_argument("--num-crops", type=int, default=32, help="calibration LR crops")
+    p.add_argument("--crop-size", type=int, default=48, help="side of each LR crop")
+    p.add_argument("--tokens", type=int, default=64, help="token positions K per Gram matrix")
+    p.add_argument("--lam", type=float, default=1.0, help="weight of the output term")
+    p.add_argument("--max-batch", type=int, default=64,
+                   help="images per masked forward (variants x crops); bounds memory")
+    p.add_argument("--seed", type=int, default=0, help="calibration crops, token positions, random")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.set_defaults(func=cmd_score_units)
+
+    p = sub.add_parser("search-masks", help="choose units to keep under a MAC budget")
+    _teacher_args(p)
+    p.add_argument("--scores", required=True, help="unit-scores artifact from score-units")
+    p.add_argument("--mac-constraint", type=float, required=True,
+                   help="r in (0, 1]: pruned full MACs at most r times the teacher's")
+    p.add_argument("--selection", default="optin", choices=("optin", "greedy"))
+    p.add_argument("--min-keep", type=int, default=0, help="units always kept per group")
+    p.add_argument("--out", required=True, help="masks artifact (catanet_pruning_masks.pth)")
+    p.set_defaults(func=cmd_search_masks)
+
+    p = sub.add_parser("export-zeroed", help="the teacher with masked units' weights zeroed")
+    _teacher_args(p)
+    p.add_argument("--masks", required=True, help="masks artifact from search-masks")
+    p.add_argument("--out", required=True, help="zeroed checkpoint (catanet_pruned.pth)")
+    p.set_defaults(func=cmd_export_zeroed)
 
     p = sub.add_parser("export-data", help="write the embedded scikit-image images as PNG files")
     p.add_argument("--split", required=True, choices=("train", "val"))

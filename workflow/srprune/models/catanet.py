@@ -391,6 +391,19 @@ def overlap_weights(length: int, patch: int) -> Tensor:
     return weight
 
 
+def fold_gain(length: int, patch: int) -> Tensor:
+    """Per-row factor that cutting and putting back (without attention) applies to the map.
+
+    Rows covered by k patches are summed k times, then scaled by the overlap rule; the result
+    is 1 except where three patches overlap. A module with every head removed still applies it.
+    """
+    starts, side = patch_starts(length, patch)
+    coverage = torch.zeros(length)
+    for start in starts:
+        coverage[start:start + side] += 1
+    return coverage * overlap_weights(length, patch)
+
+
 class LRSA(nn.Module):
     """Local-region self-attention on overlapping patches, then a ConvFFN on the whole map."""
 
@@ -405,6 +418,8 @@ class LRSA(nn.Module):
         b, c, h, w = x.shape
         if self.layer[0].fn.kept:
             x = self._local_attention(x, patch)
+        else:  # no attention left, but the patch put-back still scales triple overlaps
+            x = x * (fold_gain(h, patch).to(x)[:, None] * fold_gain(w, patch).to(x))
         tokens = map_to_tokens(x)
         return tokens_to_map(tokens + self.layer[1](tokens, h, w), h, w)
 

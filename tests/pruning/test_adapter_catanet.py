@@ -1,0 +1,189 @@
+"""CATANetAdapter: a mask is exactly the removal of its units; zeroing, MACs and magnitudes."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from srprune.complexity import macs_full
+from srprune.pruning.adapter import full_kept, kept_counts, masked
+from srprune.pruning.catanet import CATANetAdapter
+from tiny_catanet import kept_units, narrowed, owned_slices, tiny_catanet, unit_index
+
+ADAPTER = CATANetAdapter()
+T0, F0, L0, G0 = "blocks.0.0.iasa_attn", "blocks.0.0.mlp.fn", "blocks.0.1.layer.0.fn", "blocks.0.1.layer.1.fn"
+T1, F1, L1, G1 = "blocks.1.0.iasa_attn", "blocks.1.0.mlp.fn", "blocks.1.1.layer.0.fn", "blocks.1.1.layer.1.fn"
+
+
+def m(*bits: int) -> torch.Tensor:
+    return torch.tensor(bits, dtype=torch.float32)
+
+
+def neurons(seed: int, zeros: bool = False) -> torch.Tensor:
+    """A 12-neuron mask with some kept and some removed (or all removed)."""
+    if zeros:
+        return torch.zeros(12)
+    mask = (torch.rand(12, generator=torch.Generator().manual_seed(seed)) < 0.5).float()
+    mask[seed % 12], mask[(seed + 1) % 12] = 1.0, 0.0
+    return mask
+
+
+CASES = {
+    "tab_heads": {T0: m(0, 1), T1: m(1, 0)},
+    "tab_heads_all_removed": {T0: m(0, 0), T1: m(0, 1)},
+    "lrsa_heads": {L0: m(1, 0), L1: m(0, 1)},
+    "lrsa_heads_all_removed": {L0: m(0, 1), L1: m(0, 0)},
+    "tab_ffn": {F0: neurons(1), F1: neurons(2)},
+    "tab_ffn_all_removed": {F0: neurons(0, zeros=True), F1: neurons(3)},
+    "lrsa_ffn": {G0: neurons(4), G1: neurons(5)},
+    "lrsa_ffn_all_removed": {G0: neurons(6), G1: neurons(0, zeros=True)},
+    "everything": {T0: m(1, 0), F0: neurons(7), L0: m(0, 0), G0: neurons(8),
+                   T1: m(0, 0), F1: neurons(0, zeros=True), L1: m(0, 1), G1: neurons(9)},
+}
+
+
+@pytest.fixture(scope="module", params=[8, 4], ids=["dq=dv", "dq<dv"])
+def model(request):
+    """qk_dim 8 gives q/k and v heads of equal width (4); qk_dim 4 gives dq = 2 < dv = 4."""
+    return tiny_catanet(seed=request.param, qk_dim=request.param)
+
+
+@pytest.fixture(scope="module")
+def x():
+    return torch.rand(2, 3, 12, 16, generator=torch.Generator().manual_seed(0))
+
+
+def masked_output(model, masks, x):
+    with torch.no_grad(), masked(ADAPTER, model, masks):
+        return model(x)
+
+
+def test_groups_follow_the_config(model):
+    groups = ADAPTER.groups(model)
+    assert [g.name for g in groups] == [T0, F0, L0, G0, T1, F1, L1, G1]
+    assert [(g.kind, g.block, g.count) for g in groups] == \
+        [("head", 0, 2), ("neuron", 0, 12)] * 2 + [("head", 1, 2), ("neuron", 1, 12)] * 2
+    narrow = tiny_catanet(tab_heads=[1, 2], lrsa_mlp=[12, 5])
+    assert [g.count for g in ADAPTER.groups(narrow)] == [1, 12, 2, 12, 2, 12, 2, 5]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_mask_equals_removal(model, x, case):
+    masks = CASES[case]
+    out = masked_output(model, masks, x)
+    with torch.no_grad():
+        small = narrowed(model, masks)
+        expected = small(x)
+        full = model(x)
+    assert (out - expected).abs().max().item() <= 1e-5
+    assert (out - full).abs().max().item() > 1e-3  # the masks do change the output
+    # the context manager leaves no mask behind
+    assert all(model.get_submodule(g.name).unit_mask is None for g in ADAPTER.groups(model))
+
+
+def test_fully_masked_modules(model):
+    """All heads removed: the attention adds nothing; all neurons: the FFN adds fc2's bias."""
+    with torch.no_grad():
+        lrsa = model.blocks[0][1]
+        y = torch.randn(2, 8, 12, 16, generator=torch.Generator().manual_seed(3))
+        ffn = lrsa.layer[1].fn
+        tokens = y.flatten(2).transpose(1, 2)
+        ffn.unit_mask = torch.zeros(12)
+        try:
+            out = ffn(tokens, 12, 16)
+        finally:
+            ffn.unit_mask = None
+        assert torch.allclose(out, ffn.fc2.bias.expand_as(out), atol=1e-6)
+        attn = lrsa.layer[0].fn
+        attn.unit_mask = torch.zeros(2)
+        try:
+            assert attn(tokens).abs().max().item() == 0
+        finally:
+            attn.unit_mask = None
+
+
+def test_all_lrsa_heads_removed_at_triple_overlap_size(model):
+    """Removing every LRSA head keeps the put-back's 3/4 scaling of rows covered three times."""
+    x = torch.rand(1, 3, 11, 11, generator=torch.Generator().manual_seed(5))
+    masks = {L1: m(0, 0)}  # block 1 has patch 6, stride 4: rows 5 is covered three times at 11
+    out = masked_output(model, masks, x)
+    with torch.no_grad():
+        expected = narrowed(model, masks)(x)
+    assert (out - expected).abs().max().item() <= 1e-5
+
+
+def test_per_sample_masks_equal_one_run_per_sample(model):
+    x = torch.rand(3, 3, 12, 16, generator=torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(2)
+    masks = {}
+    for g in ADAPTER.groups(model):
+        rows = (torch.rand(3, g.count, generator=gen) < 0.6).float()
+        rows[0] = 1.0            # sample 0: nothing removed
+        if g.kind == "head":
+            rows[1] = 0.0        # sample 1: every head removed
+        masks[g.name] = rows
+    batched = masked_output(model, masks, x)
+    for b in range(3):
+        alone = masked_output(model, {k: v[b] for k, v in masks.items()}, x[b:b + 1])
+        assert (batched[b:b + 1] - alone).abs().max().item() <= 1e-5, b
+    with torch.no_grad():
+        assert (batched[0] - model(x[:1])[0]).abs().max().item() <= 1e-5
+
+
+def test_zeroed_model_equals_masked_model(model, x):
+    masks = CASES["everything"]
+    zeroed = copy.deepcopy(model)
+    ADAPTER.zero_units(zeroed, masks)
+    with torch.no_grad():
+        out = zeroed(x)
+    assert (out - masked_output(model, masks, x)).abs().max().item() <= 1e-5
+
+    # exactly the spec's slices are zero, everything else is untouched
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    for name, mask in masks.items():
+        removed = [u for u in range(mask.numel()) if u not in kept_units(mask)]
+        for key, axis, width in owned_slices(model, name):
+            expected[key].index_fill_(axis, unit_index(removed, width), 0.0)
+    got = zeroed.state_dict()
+    assert set(got) == set(expected)
+    for key in expected:
+        assert torch.equal(got[key], expected[key]), key
+    # the zeroed slices were not already zero
+    assert not torch.equal(got[f"{T0}.to_q.weight"], model.state_dict()[f"{T0}.to_q.weight"])
+    assert all(zeroed.get_submodule(g.name).unit_mask is None for g in ADAPTER.groups(zeroed))
+
+
+@pytest.mark.parametrize("case", ["everything", "tab_heads", "lrsa_ffn_all_removed"])
+def test_macs_equal_measured_macs_of_the_narrowed_model(model, case):
+    masks = CASES[case]
+    small = narrowed(model, masks)
+    kept = {**full_kept(ADAPTER.groups(model)), **kept_counts(masks)}
+    for size in [(12, 16), (11, 11), ADAPTER.reference_lr_size(model)]:
+        assert ADAPTER.macs(model, kept, size) == macs_full(small, size)["total"], size
+        assert ADAPTER.macs(model, kept_counts(masks), size) == macs_full(small, size)["total"]
+    full = full_kept(ADAPTER.groups(model))
+    assert ADAPTER.macs(model, full, (12, 16)) == macs_full(model, (12, 16))["total"]
+
+
+def test_unit_magnitude_is_the_l1_norm_of_its_slices(model):
+    groups = {g.name: g for g in ADAPTER.groups(model)}
+    sd = model.state_dict()
+    dq, dv = model.cfg.head_qk, model.cfg.head_v
+    q, v = slice(dq, 2 * dq), slice(dv, 2 * dv)  # head 1
+    tab_head = (sd[f"{T0}.to_q.weight"][q].abs().sum() + sd[f"{T0}.to_k.weight"][q].abs().sum()
+                + sd[f"{T0}.to_v.weight"][v].abs().sum() + sd[f"{T0}.proj.weight"][:, v].abs().sum()
+                + sd["blocks.0.0.irca_attn.to_k.weight"][q].abs().sum()
+                + sd["blocks.0.0.irca_attn.to_v.weight"][v].abs().sum())
+    lrsa_head = sum(sd[f"{L1}.{n}.weight"][:dq].abs().sum() for n in ("to_q", "to_k")) \
+        + sd[f"{L1}.to_v.weight"][:dv].abs().sum() + sd[f"{L1}.proj.weight"][:, :dv].abs().sum()
+    j = 5
+    neuron = (sd[f"{G1}.fc1.weight"][j].abs().sum() + sd[f"{G1}.fc1.bias"][j].abs()
+              + sd[f"{G1}.dwconv.depthwise_conv.0.weight"][j].abs().sum()
+              + sd[f"{G1}.dwconv.depthwise_conv.0.bias"][j].abs()
+              + sd[f"{G1}.fc2.weight"][:, j].abs().sum())
+    mags = {n: ADAPTER.unit_magnitude(model, groups[n]) for n in (T0, L1, G1)}
+    assert mags[T0].shape == (2,) and mags[G1].shape == (12,)
+    assert torch.allclose(mags[T0][1], tab_head, rtol=1e-6)
+    assert torch.allclose(mags[L1][0], lrsa_head, rtol=1e-6)
+    assert torch.allclose(mags[G1][j], neuron, rtol=1e-6)
