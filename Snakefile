@@ -1,5 +1,6 @@
 # srprune: one-shot structured pruning of SR transformers, as one Snakemake DAG.
-# Stages so far: teacher evaluation (and the bicubic baseline) on every configured data set.
+# Stages so far: teacher evaluation (and the bicubic baseline) on every configured data set;
+# unit scores per method, masks and the zeroed teacher per (method, budget), and their evaluation.
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -13,6 +14,13 @@ validate(config, "config/schema.yaml")
 
 include: "rules/common.smk"
 include: "rules/evaluate.smk"
+include: "rules/prune.smk"
+
+
+wildcard_constraints:
+    method="optin|magnitude|random",
+    budget=r"(0?\.[0-9]+|1(\.0+)?)",
+    dataset="[A-Za-z0-9_-]+",
 
 
 rule all:
@@ -20,6 +28,9 @@ rule all:
         expand(f"{RESULTS}/eval/teacher_{{dataset}}.json", dataset=DATASETS),
         expand(f"{RESULTS}/eval/{{baseline}}_{{dataset}}.json", dataset=DATASETS,
                baseline=EVAL.get("baselines", ["bicubic"])),
+        expand(f"{RESULTS}/{{method}}/{{budget}}/eval_pruned_{{dataset}}.json",
+               method=PRUNE.get("methods", ["optin"]), budget=PRUNE.get("budgets", [0.5]),
+               dataset=DATASETS),
     default_target: True
 
 

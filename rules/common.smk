@@ -7,6 +7,9 @@ SCALE = config["scale"]
 RESULTS = f"results/{RUN}"
 DATASETS = config["datasets"]
 EVAL = config.get("evaluate", {})
+PRUNE = config.get("prune", {})
+CALIB = PRUNE.get("calibration", {})
+OPTIN = PRUNE.get("optin", {})
 
 
 def data_args(dataset):

@@ -36,9 +36,11 @@ def workflow_copy(tmp_path):
 
 
 def test_dry_run_of_the_default_config():
-    result = snakemake("-n", "--cores", "2", cwd=ROOT)
+    result = snakemake("-n", "--forceall", "--cores", "2", cwd=ROOT)
     assert result.returncode == 0, result.stderr
-    assert "evaluate_teacher" in result.stdout + result.stderr
+    for rule in ("evaluate_teacher", "evaluate_baseline", "score_units", "search_masks",
+                 "export_zeroed", "evaluate_pruned"):
+        assert f"rule {rule}:" in result.stdout + result.stderr, rule
 
 
 def test_invalid_config_is_rejected(workflow_copy):
@@ -61,6 +63,8 @@ def test_tiny_run_writes_evaluation_json(workflow_copy):
     config = yaml.safe_load((workflow_copy / "config/config.yaml").read_text())
     config.update(run="tiny", teacher={"weights_path": "teacher.pth"},
                   datasets={"mine": {"hr": "hr"}})
+    config["prune"].update(methods=["optin", "magnitude"], budgets=[0.9, 0.8],
+                           calibration={"hr": "hr", "num_crops": 2, "crop_size": 8})
     (workflow_copy / "config/config.yaml").write_text(yaml.safe_dump(config))
     result = snakemake("--cores", "1", cwd=workflow_copy)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -69,5 +73,13 @@ def test_tiny_run_writes_evaluation_json(workflow_copy):
     assert len(teacher_json["per_image"]) == 2 and teacher_json["macs_full"] > 0
     assert bicubic_json["macs_full"] is None
     assert "results are in results/tiny/" in result.stdout + result.stderr
+    for method in ("optin", "magnitude"):
+        for budget in ("0.9", "0.8"):
+            folder = workflow_copy / "results/tiny" / method / budget
+            masks = torch.load(folder / "catanet_pruning_masks.pth", weights_only=True)
+            assert masks["achieved_mac_ratio"] <= float(budget)
+            assert masks["method"] == method and masks["mac_constraint"] == float(budget)
+            zeroed = json.loads((folder / "eval_pruned_mine.json").read_text())
+            assert zeroed["params_nonzero"] < teacher_json["params_nonzero"]
     again = snakemake("-n", "--cores", "1", cwd=workflow_copy)   # nothing stale: nothing to do
     assert "Nothing to be done" in again.stdout + again.stderr

@@ -1,0 +1,91 @@
+"""The mask-search stages through the CLI: artifacts, budgets, zeroed export, clear errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import skimage.io
+import torch
+
+import srprune
+from srprune.cli import main
+from srprune.pruning.adapter import masked
+from srprune.pruning.catanet import CATANetAdapter
+from tiny_catanet import tiny_catanet
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("search")
+    teacher = root / "teacher.pth"
+    srprune.save_model(tiny_catanet(upscale=1), teacher)
+    train = root / "train"
+    train.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        skimage.io.imsave(train / f"t{i}.png", rng.integers(0, 256, (20, 22, 3), dtype=np.uint8),
+                          check_contrast=False)
+    return root, teacher
+
+
+def score(setup, method, out_name, *extra):
+    root, teacher = setup
+    out = root / out_name
+    code = main(["score-units", "--teacher", str(teacher), "--method", method, "--out", str(out),
+                 "--calib-hr", str(root / "train"), "--num-crops", "3", "--crop-size", "12",
+                 "--tokens", "16", *extra])
+    assert code == 0
+    return out
+
+
+def test_scores_artifact_is_plain_and_reproducible(setup):
+    first = torch.load(score(setup, "optin", "a.pth"), weights_only=True)
+    second = torch.load(score(setup, "optin", "b.pth"), weights_only=True)
+    assert first["kind"] == "unit_scores" and first["method"] == "optin"
+    assert first["calibration_crops"].shape == (3, 3, 12, 12)
+    assert first["settings"]["tokens"] == 16 and first["calibration"]["num_crops"] == 3
+    for name, values in first["scores"].items():
+        assert torch.equal(values, second["scores"][name])
+        expected = first["terms"][name]["md"] + first["balance_factor"] * first["terms"][name]["out"]
+        assert torch.allclose(values, expected)
+
+
+@pytest.mark.parametrize("method", ["optin", "magnitude", "random"])
+@pytest.mark.parametrize("budget", [0.9, 0.6])
+def test_masks_meet_the_budget_and_zeroed_equals_masked(setup, method, budget, capsys):
+    root, teacher = setup
+    scores = score(setup, method, f"{method}.pth")
+    masks_path = root / f"masks_{method}_{budget}.pth"
+    assert main(["search-masks", "--teacher", str(teacher), "--scores", str(scores),
+                 "--mac-constraint", str(budget), "--out", str(masks_path)]) == 0
+    artifact = torch.load(masks_path, weights_only=True)
+    assert artifact["achieved_mac_ratio"] <= budget
+    assert artifact["macs_pruned"] == CATANetAdapter().macs(
+        srprune.load_model(teacher), artifact["kept"], tuple(artifact["macs_lr_size"]))
+    assert artifact["method"] == method and artifact["mac_constraint"] == budget
+    assert set(artifact["masks"]) == set(artifact["scores"])
+    assert "ratio" in capsys.readouterr().out
+
+    zeroed_path = root / f"zeroed_{method}_{budget}.pth"
+    assert main(["export-zeroed", "--teacher", str(teacher), "--masks", str(masks_path),
+                 "--out", str(zeroed_path)]) == 0
+    zeroed, model = srprune.load_model(zeroed_path), srprune.load_model(teacher)
+    assert zeroed.checkpoint_meta["stage"] == "zeroed"
+    x = torch.rand(2, 3, 13, 11, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), masked(CATANetAdapter(), model, artifact["masks"]):
+        expected = model(x)
+    with torch.no_grad():
+        assert (zeroed(x) - expected).abs().max().item() <= 1e-5
+
+
+def test_budget_below_floor_and_wrong_teacher(setup, capsys):
+    root, teacher = setup
+    scores = score(setup, "magnitude", "m.pth")
+    assert main(["search-masks", "--teacher", str(teacher), "--scores", str(scores),
+                 "--mac-constraint", "0.01", "--out", str(root / "x.pth")]) == 2
+    assert "below the floor of" in capsys.readouterr().err
+    assert not (root / "x.pth").exists()
+    other = root / "other.pth"
+    srprune.save_model(tiny_catanet(seed=5, upscale=1), other)
+    assert main(["search-masks", "--teacher", str(other), "--scores", str(scores),
+                 "--mac-constraint", "0.9", "--out", str(root / "y.pth")]) == 2
+    assert "another teacher" in capsys.readouterr().err
