@@ -4,8 +4,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import numpy as np
-import skimage.io
 import torch
 import yaml
 
@@ -20,18 +18,9 @@ def test_help_lists_subcommands():
         assert command in out
 
 
-def write_images(folder, n, size, seed):
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        smooth = rng.random((size // 4, size // 4, 3))
-        img = np.kron(smooth, np.ones((4, 4, 1)))
-        skimage.io.imsave(folder / f"im{i}.png", (img * 255).astype(np.uint8), check_contrast=False)
-
-
-def test_train_command_writes_a_self_describing_model(tmp_path, capsys):
-    write_images(tmp_path / "train", 2, 48, 0)
-    write_images(tmp_path / "val", 1, 32, 1)
+def test_train_command_writes_a_self_describing_model(tmp_path, capsys, make_images):
+    make_images(tmp_path / "train", 2, (48, 48), seed=0)
+    make_images(tmp_path / "val", 1, (32, 32), seed=1)
     config = {
         "scale": 2, "device": "cpu",
         "model": dict(dim=8, block_num=1, qk_dim=8, mlp_dim=8, heads=2, patch_size=[8],

@@ -8,9 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import skimage.io
 import torch
 import yaml
 
@@ -49,17 +47,12 @@ def test_invalid_config_is_rejected(workflow_copy):
     assert "Error validating config" in result.stderr + result.stdout
 
 
-def test_tiny_run_writes_evaluation_json(workflow_copy):
+def test_tiny_run_writes_evaluation_json(workflow_copy, make_images):
     torch.manual_seed(0)
     teacher = create_model("catanet", dim=8, block_num=1, qk_dim=8, mlp_dim=8, heads=2,
                            patch_size=[8], num_tokens=[4], group_size=[16], n_iters=[2], upscale=2)
     srprune.save_model(teacher, workflow_copy / "teacher.pth")
-    hr = workflow_copy / "hr"
-    hr.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        skimage.io.imsave(hr / f"im{i}.png", rng.integers(0, 256, (24, 20, 3), dtype=np.uint8),
-                          check_contrast=False)
+    make_images(workflow_copy / "hr", 2, (24, 20))
     config = yaml.safe_load((workflow_copy / "config/config.yaml").read_text())
     config.update(run="tiny", teacher={"weights_path": "teacher.pth"},
                   datasets={"mine": {"hr": "hr"}})

@@ -1,9 +1,7 @@
 """The mask-search stages through the CLI: artifacts, budgets, zeroed export, clear errors."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
-import skimage.io
 import torch
 
 import srprune
@@ -14,16 +12,11 @@ from tiny_catanet import tiny_catanet
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, make_images):
     root = tmp_path_factory.mktemp("search")
     teacher = root / "teacher.pth"
     srprune.save_model(tiny_catanet(upscale=1), teacher)
-    train = root / "train"
-    train.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        skimage.io.imsave(train / f"t{i}.png", rng.integers(0, 256, (20, 22, 3), dtype=np.uint8),
-                          check_contrast=False)
+    make_images(root / "train", 2, (20, 22))
     return root, teacher
 
 
