@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import warnings
 
 import pytest
 import torch
@@ -186,31 +185,6 @@ def tiny_vit(seed=0) -> TinyViT:
     return model.eval()
 
 
-def vit_narrowed(model: TinyViT, masks: dict[str, torch.Tensor]) -> TinyViT:
-    """The ViT with the masked heads and neurons sliced out of its state dict."""
-    cfg = model.cfg
-    heads, hidden = list(cfg.heads), list(cfg.hidden)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    for i in range(len(heads)):
-        hk = masks[f"blocks.{i}.attn"].nonzero().flatten()
-        rows = (hk[:, None] * cfg.head_dim + torch.arange(cfg.head_dim)).flatten()
-        for lin in ("q", "k", "v"):
-            for p in ("weight", "bias"):
-                state[f"blocks.{i}.{lin}.{p}"] = state[f"blocks.{i}.{lin}.{p}"][rows]
-        state[f"blocks.{i}.proj.weight"] = state[f"blocks.{i}.proj.weight"][:, rows]
-        nk = masks[f"blocks.{i}.mlp"].nonzero().flatten()
-        for p in ("weight", "bias"):
-            state[f"blocks.{i}.fc1.{p}"] = state[f"blocks.{i}.fc1.{p}"][nk]
-        state[f"blocks.{i}.fc2.weight"] = state[f"blocks.{i}.fc2.weight"][:, nk]
-        heads[i], hidden[i] = len(hk), len(nk)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Initializing zero-element tensors")
-        small = TinyViT(ViTConfig(cfg.dim, cfg.head_dim, tuple(heads), tuple(hidden),
-                                  cfg.patch, cfg.scale))
-    small.load_state_dict(state, strict=True)
-    return small.eval()
-
-
 @pytest.mark.parametrize("selection", SELECTIONS)
 def test_whole_search_on_the_vit(selection):
     adapter, model = TinyViTAdapter(), tiny_vit()
@@ -233,7 +207,7 @@ def test_whole_search_on_the_vit(selection):
         with masked(adapter, model, masks):
             expected = model(x)
         out = zeroed(x)
-        small = vit_narrowed(model, masks)
+        small = adapter.rebuild(model, masks)
         compact = small(x)
         full = model(x)
     assert (out - expected).abs().max().item() <= 1e-5

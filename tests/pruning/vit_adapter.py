@@ -8,6 +8,7 @@ model is this same class with fewer heads or hidden neurons.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -175,3 +176,37 @@ class TinyViTAdapter(Adapter):
             for t, axis, width in self.slices(model, by_name[name]):
                 keep = mask.bool().repeat_interleave(width).to(t.dtype)
                 t.mul_(keep.view([-1 if a == axis else 1 for a in range(t.dim())]))
+
+    def params(self, model: TinyViT, kept: dict[str, int]) -> int:
+        """Embedding, head, and per block: 2 LayerNorms, q/k/v/proj of the heads, fc1/fc2."""
+        cfg, d = model.cfg, model.cfg.dim
+        total = sum(p.numel() for p in (*model.embed.parameters(), *model.head.parameters()))
+        for i in range(len(cfg.heads)):
+            h = kept.get(f"blocks.{i}.attn", cfg.heads[i]) * cfg.head_dim
+            m = kept.get(f"blocks.{i}.mlp", cfg.hidden[i])
+            total += 4 * d + 3 * (d * h + h) + h * d + d + (d * m + m) + (m * d + d)
+        return total
+
+    def rebuild(self, model: TinyViT, masks: dict[str, Tensor]) -> TinyViT:
+        """The ViT with the masked heads and neurons sliced out of its state dict."""
+        cfg = model.cfg
+        heads, hidden = list(cfg.heads), list(cfg.hidden)
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        for i in range(len(heads)):
+            hk = masks[f"blocks.{i}.attn"].nonzero().flatten()
+            rows = (hk[:, None] * cfg.head_dim + torch.arange(cfg.head_dim)).flatten()
+            for lin in ("q", "k", "v"):
+                for p in ("weight", "bias"):
+                    state[f"blocks.{i}.{lin}.{p}"] = state[f"blocks.{i}.{lin}.{p}"][rows]
+            state[f"blocks.{i}.proj.weight"] = state[f"blocks.{i}.proj.weight"][:, rows]
+            nk = masks[f"blocks.{i}.mlp"].nonzero().flatten()
+            for p in ("weight", "bias"):
+                state[f"blocks.{i}.fc1.{p}"] = state[f"blocks.{i}.fc1.{p}"][nk]
+            state[f"blocks.{i}.fc2.weight"] = state[f"blocks.{i}.fc2.weight"][:, nk]
+            heads[i], hidden[i] = len(hk), len(nk)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+            small = TinyViT(ViTConfig(cfg.dim, cfg.head_dim, tuple(heads), tuple(hidden),
+                                      cfg.patch, cfg.scale))
+        small.load_state_dict(state, strict=True)
+        return small.eval()

@@ -78,6 +78,14 @@ class Adapter(ABC):
     def zero_units(self, model: nn.Module, masks: dict[str, Tensor]) -> None:
         """Set every weight (and bias) slice of the masked units to zero, in place."""
 
+    @abstractmethod
+    def params(self, model: nn.Module, kept: dict[str, int]) -> int:
+        """Parameters of the physically rebuilt model with ``kept[g]`` units left in group g."""
+
+    @abstractmethod
+    def rebuild(self, model: nn.Module, masks: dict[str, Tensor]) -> nn.Module:
+        """A physically smaller model of the same class without the masked units."""
+
 
 @contextmanager
 def masked(adapter: Adapter, model: nn.Module, masks: dict[str, Tensor]) -> Iterator[nn.Module]:

@@ -19,8 +19,8 @@ import torch
 from torch import Tensor
 
 from ..complexity import analytic_macs, reference_lr_size
-from ..models.catanet import CATANet, map_to_tokens
-from .adapter import Adapter, UnitGroup
+from ..models.catanet import CATANet, CATANetConfig, map_to_tokens
+from .adapter import Adapter, UnitGroup, kept_counts
 
 # group suffix -> (config field of its width, kind)
 GROUP_FIELDS = {
@@ -113,26 +113,27 @@ class CATANetAdapter(Adapter):
         finally:
             module.unit_mask = None
 
-    def slices(self, model: CATANet, group: UnitGroup) -> list[tuple[Tensor, int, int]]:
-        """(tensor, axis, width per unit) of every weight slice the group's units own."""
-        module = model.get_submodule(group.name)
+    def slices(self, model: CATANet, group: UnitGroup) -> list[tuple[str, int, int]]:
+        """(parameter name, axis, width per unit) of every weight slice the group's units own."""
         i, suffix = _split(group.name)
         if group.kind == "neuron":
-            conv = module.dwconv.depthwise_conv[0] if module.dwconv is not None else None
-            parts = [(module.fc1.weight, 0, 1), (module.fc1.bias, 0, 1), (module.fc2.weight, 1, 1)]
-            return parts + ([(conv.weight, 0, 1), (conv.bias, 0, 1)] if conv is not None else [])
+            parts = [("fc1.weight", 0, 1), ("fc1.bias", 0, 1), ("fc2.weight", 1, 1)]
+            if model.get_submodule(group.name).dwconv is not None:
+                parts += [("dwconv.depthwise_conv.0.weight", 0, 1),
+                          ("dwconv.depthwise_conv.0.bias", 0, 1)]
+            return [(f"{group.name}.{name}", axis, width) for name, axis, width in parts]
         dq, dv = model.cfg.head_qk, model.cfg.head_v
-        parts = [(module.to_q.weight, 0, dq), (module.to_k.weight, 0, dq),
-                 (module.to_v.weight, 0, dv), (module.proj.weight, 1, dv)]
+        parts = [(f"{group.name}.to_q.weight", 0, dq), (f"{group.name}.to_k.weight", 0, dq),
+                 (f"{group.name}.to_v.weight", 0, dv), (f"{group.name}.proj.weight", 1, dv)]
         if suffix == "0.iasa_attn":
-            irca = model.blocks[i][0].irca_attn
-            parts += [(irca.to_k.weight, 0, dq), (irca.to_v.weight, 0, dv)]
+            parts += [(f"blocks.{i}.0.irca_attn.to_k.weight", 0, dq),
+                      (f"blocks.{i}.0.irca_attn.to_v.weight", 0, dv)]
         return parts
 
     def unit_magnitude(self, model: CATANet, group: UnitGroup) -> Tensor:
         total = torch.zeros(group.count)
-        for tensor, axis, width in self.slices(model, group):
-            per_unit = tensor.detach().abs().movedim(axis, 0).reshape(group.count, width, -1)
+        for name, axis, width in self.slices(model, group):
+            per_unit = model.get_parameter(name).detach().abs().movedim(axis, 0).reshape(group.count, width, -1)
             total += per_unit.sum(dim=(1, 2)).cpu()
         return total
 
@@ -141,9 +142,32 @@ class CATANetAdapter(Adapter):
         by_name = {g.name: g for g in self.groups(model)}
         for name, mask in masks.items():
             group = by_name[name]
-            for tensor, axis, width in self.slices(model, group):
+            for name, axis, width in self.slices(model, group):
+                tensor = model.get_parameter(name)
                 keep = mask.bool().repeat_interleave(width).to(tensor.device)
                 shape = [1] * tensor.dim()
                 shape[axis] = -1
                 tensor.mul_(keep.view(shape).to(tensor.dtype))
 
+
+    def narrowed_config(self, model: CATANet, kept: dict[str, int]) -> CATANetConfig:
+        return CATANetConfig.from_dict({**model.cfg.to_dict(), **self.widths(model, kept)})
+
+    def params(self, model: CATANet, kept: dict[str, int]) -> int:
+        with torch.device("meta"):
+            narrow = CATANet(self.narrowed_config(model, kept))
+        return sum(p.numel() for p in narrow.parameters())
+
+    @torch.no_grad()
+    def rebuild(self, model: CATANet, masks: dict[str, Tensor]) -> CATANet:
+        state = dict(model.state_dict())
+        by_name = {g.name: g for g in self.groups(model)}
+        for name, mask in masks.items():
+            units = mask.bool().nonzero().flatten().cpu()
+            for param, axis, width in self.slices(model, by_name[name]):
+                index = (units[:, None] * width + torch.arange(width)).flatten()
+                state[param] = state[param].index_select(axis, index.to(state[param].device))
+        small = CATANet(self.narrowed_config(model, kept_counts(masks))).to(
+            next(model.parameters()).device)
+        small.load_state_dict({key: state[key] for key in small.state_dict()}, strict=True)
+        return small.train(model.training)
