@@ -108,6 +108,26 @@ def cmd_export_zeroed(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from .finetune import finetune
+
+    config = _read_yaml(args.config) if args.config else {}
+    config.update(_model_config(args.settings))
+    workdir = args.workdir or str(Path(args.out).with_suffix("")) + "_work"
+    summary = finetune(args.teacher, args.student, config, args.out, workdir,
+                       _model_config(args.model_config), progress=not args.quiet)
+    print(f"best validation PSNR {summary['best_psnr']:.3f} dB at iteration {summary['best_iter']}; "
+          f"last {summary['last_psnr']:.3f} dB; model written to {args.out}")
+
+
+def cmd_rebuild(args: argparse.Namespace) -> None:
+    from .complexity import count_params
+    from .finetune import rebuild
+
+    small = rebuild(args.model, args.out)
+    print(f"rebuilt {args.model}: {count_params(small)['total']:,} parameters; wrote {args.out}")
+
+
 def _teacher_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", required=True, help="the trained model (checkpoint)")
     p.add_argument("--model-config", help="hyper-parameters a BasicSR checkpoint cannot tell, "
@@ -174,6 +194,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--masks", required=True, help="masks artifact from search-masks")
     p.add_argument("--out", required=True, help="zeroed checkpoint (catanet_pruned.pth)")
     p.set_defaults(func=cmd_export_zeroed)
+
+    p = sub.add_parser("finetune", help="recover a zeroed model by feature KD, masks held fixed")
+    _teacher_args(p)
+    p.add_argument("--student", required=True, help="zeroed model from export-zeroed")
+    p.add_argument("--config", help="YAML with train/loss/data/device sections "
+                                    "(see config/config.yaml, finetune)")
+    p.add_argument("--settings", help="the same as inline YAML/JSON; overrides --config sections")
+    p.add_argument("--out", required=True, help="catanet_finetuned_feature_kd.pth")
+    p.add_argument("--workdir", help="resume state, last/best checkpoints, log.csv "
+                                     "(default: <out without suffix>_work)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("rebuild", help="physically smaller model from a masked checkpoint")
+    p.add_argument("--model", required=True, help="fine-tuned (or zeroed) model with its masks")
+    p.add_argument("--out", required=True, help="catanet_rebuilt.pth")
+    p.set_defaults(func=cmd_rebuild)
 
     p = sub.add_parser("export-data", help="write the embedded scikit-image images as PNG files")
     p.add_argument("--split", required=True, choices=("train", "val"))

@@ -1,0 +1,117 @@
+"""Recovering a pruned model: feature knowledge distillation with the masks held fixed.
+
+Student: the zeroed teacher (``catanet_pruned.pth``) with its masks applied in every forward.
+Teacher: the original model, frozen, in eval mode. Loss per batch:
+
+    w_pix * L1(student, HR) + w_out * L1(student, teacher) + w_feat * sum_blocks D_b
+
+where D_b = mean |s_b - t_b| / mean |t_b| compares block b's output tokens of student and
+teacher (relative L1, so that every block weighs the same whatever its feature scale).
+Defaults ``w_pix = w_out = 1`` (both image-space L1 of the same scale: the ground truth anchors
+the result, the teacher's output is a smoother target that a pruned student can match more
+easily) and ``w_feat = 0.1`` (the sum over blocks is of order ``block_num`` times a relative
+error, and a larger weight pulls the student toward reproducing features it no longer has the
+capacity for, measured on the demo to recover less PSNR).
+
+Masks hold exactly: a masked unit's output is multiplied by zero before any layer consumes it,
+so none of its weights receives a gradient, and after every optimizer step its weights are set
+to zero again (:meth:`Adapter.zero_units`), so nothing can regrow through a bias or a neighbour.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .checkpoint import CheckpointError, load_model, read_checkpoint, save_model
+from .data import PatchSampler
+from .evaluate import load_pairs
+from .fileio import save_torch
+from .pruning.adapter import Adapter
+from .pruning.search import adapter_for
+from .settings import from_mapping
+from .train import LossFn, Trainer, TrainSettings, pick_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class KDWeights:
+    """Weights of the three loss terms (see the module docstring for the defaults)."""
+
+    pix: float = 1.0
+    out: float = 1.0
+    feat: float = 0.1
+
+
+def feature_kd_loss(adapter: Adapter, teacher: nn.Module, weights: KDWeights) -> LossFn:
+    """The fine-tuning loss as a ``Trainer`` loss function."""
+    def loss(student: nn.Module, lr_img: Tensor, hr_img: Tensor) -> tuple[Tensor, dict[str, float]]:
+        feats, out = adapter.trajectory(student, lr_img)
+        with torch.no_grad():
+            t_feats, t_out = adapter.trajectory(teacher, lr_img)
+        pix = F.l1_loss(out, hr_img)
+        kd_out = F.l1_loss(out, t_out)
+        feat = sum(F.l1_loss(s, t) / t.abs().mean().clamp(min=1e-8) for s, t in zip(feats, t_feats))
+        total = weights.pix * pix + weights.out * kd_out + weights.feat * feat
+        return total, {"pix": pix.item(), "kd_out": kd_out.item(), "feat": float(feat.detach())}
+    return loss
+
+
+def masks_of(student_path: str | Path) -> dict[str, Tensor]:
+    """The masks recorded in a zeroed (or fine-tuned) checkpoint."""
+    meta = read_checkpoint(student_path).get("meta", {})
+    if "masks" not in meta:
+        raise CheckpointError(f"{student_path} records no masks: give the zeroed model written by "
+                              f"`srprune export-zeroed` (catanet_pruned.pth)")
+    return meta["masks"]
+
+
+def finetune(teacher_path: str | Path, student_path: str | Path, config: dict[str, Any],
+             out: str | Path, workdir: str | Path, model_config: dict[str, Any] | None = None,
+             progress: bool = True) -> dict[str, Any]:
+    """Fine-tune the masked student as ``config`` says; write the chosen model to ``out``."""
+    settings = TrainSettings.from_dict(config.get("train", {}))
+    weights = from_mapping(KDWeights, config.get("loss", {}), "fine-tune loss")
+    device = pick_device(config.get("device", "auto"))
+    teacher = load_model(teacher_path, **(model_config or {})).to(device).eval()
+    teacher.requires_grad_(False)
+    student = load_model(student_path).to(device)
+    if student.cfg != teacher.cfg:
+        raise CheckpointError(f"{student_path} and {teacher_path} are not the same architecture")
+    masks = {name: mask.to(device) for name, mask in masks_of(student_path).items()}
+    adapter = adapter_for(student)
+    adapter.set_masks(student, masks)
+    adapter.zero_units(student, masks)
+    scale = student.cfg.upscale
+    data = config.get("data", {"train": {"hr": "embedded:train"}, "val": {"hr": "embedded:val"}})
+    sampler = PatchSampler(load_pairs(scale=scale, **data["train"]), scale=scale,
+                           crop_size=settings.crop_size, batch_size=settings.batch_size,
+                           seed=settings.seed)
+    meta = {"stage": "finetuned", "masks": {k: v.cpu() for k, v in masks.items()},
+            "loss_weights": asdict(weights), "train_settings": asdict(settings),
+            "teacher": str(teacher_path), "student": str(student_path),
+            **{k: v for k, v in read_checkpoint(student_path)["meta"].items()
+               if k in ("method", "mac_constraint", "achieved_mac_ratio", "teacher_sha256")}}
+    trainer = Trainer(student, feature_kd_loss(adapter, teacher, weights), sampler,
+                      list(load_pairs(scale=scale, **data["val"])), scale, settings, workdir,
+                      step_hook=lambda model: adapter.zero_units(model, masks), meta=meta)
+    summary = trainer.run(progress=progress)
+    save_torch(read_checkpoint(trainer.output_checkpoint()), out)
+    return summary
+
+
+def rebuild(model_path: str | Path, out: str | Path) -> nn.Module:
+    """Write the physically smaller model of a masked checkpoint (masks read from its meta)."""
+    model = load_model(model_path)
+    masks = masks_of(model_path)
+    small = adapter_for(model).rebuild(model, masks)
+    meta = {k: v for k, v in model.checkpoint_meta.items() if k not in ("masks",)}
+    save_model(small, out, {**meta, "stage": "rebuilt", "rebuilt_from": str(model_path),
+                            "kept": {k: int(v.sum()) for k, v in masks.items()}})
+    return small
