@@ -1,6 +1,7 @@
 # srprune: one-shot structured pruning of SR transformers, as one Snakemake DAG.
 # Stages so far: teacher evaluation (and the bicubic baseline) on every configured data set;
-# unit scores per method, masks and the zeroed teacher per (method, budget), and their evaluation.
+# unit scores per method; per (method, budget) the masks, the zeroed teacher, the fine-tuned and
+# the rebuilt model, each evaluated on every data set.
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -15,12 +16,14 @@ validate(config, "config/schema.yaml")
 include: "rules/common.smk"
 include: "rules/evaluate.smk"
 include: "rules/prune.smk"
+include: "rules/recover.smk"
 
 
 wildcard_constraints:
     method="optin|magnitude|random",
     budget=r"(0?\.[0-9]+|1(\.0+)?)",
     dataset="[A-Za-z0-9_-]+",
+    stage="|".join(STAGES),
 
 
 rule all:
@@ -28,9 +31,9 @@ rule all:
         expand(f"{RESULTS}/eval/teacher_{{dataset}}.json", dataset=DATASETS),
         expand(f"{RESULTS}/eval/{{baseline}}_{{dataset}}.json", dataset=DATASETS,
                baseline=EVAL.get("baselines", ["bicubic"])),
-        expand(f"{RESULTS}/{{method}}/{{budget}}/eval_pruned_{{dataset}}.json",
+        expand(f"{RESULTS}/{{method}}/{{budget}}/eval_{{stage}}_{{dataset}}.json",
                method=PRUNE.get("methods", ["optin"]), budget=PRUNE.get("budgets", [0.5]),
-               dataset=DATASETS),
+               stage=STAGES, dataset=DATASETS),
     default_target: True
 
 

@@ -51,9 +51,10 @@ class UnitSubset:
     """``inner`` restricted to the first ``counts[name]`` units of the named groups.
 
     Duck-typed: it overrides what the scorers call and hands every other adapter method to
-    ``inner`` unchanged, so it keeps working as the Adapter interface grows. Groups come out in the inner adapter's (forward) order. Masks narrower than a group are
-    padded with ones before they reach the model. ``marks`` records ``(group name, time)`` at every
-    masked run the scorers start (``run_from`` or ``set_masks`` with masks), see :meth:`group_times`.
+    ``inner`` unchanged, so it keeps working as the Adapter interface grows. Groups come out in
+    the inner adapter's (forward) order. Masks narrower than a group are padded with ones before
+    they reach the model. ``marks`` records ``(group name, time)`` at every masked run the
+    scorers start (``run_from`` or ``set_masks`` with masks), see :meth:`group_times`.
     """
 
     def __init__(self, inner: Adapter, model: nn.Module, counts: dict[str, int]):

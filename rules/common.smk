@@ -5,11 +5,14 @@ import shlex
 RUN = config["run"]
 SCALE = config["scale"]
 RESULTS = f"results/{RUN}"
+STAGES = ["pruned", "finetuned_feature_kd", "rebuilt"]  # catanet_<stage>.pth per method/budget
 DATASETS = config["datasets"]
 EVAL = config.get("evaluate", {})
 PRUNE = config.get("prune", {})
 CALIB = PRUNE.get("calibration", {})
 OPTIN = PRUNE.get("optin", {})
+FINETUNE = config.get("finetune", {})
+FINETUNE_ON_GPU = str(FINETUNE.get("device", "auto")) != "cpu"
 
 
 def data_args(dataset):
@@ -25,3 +28,8 @@ def teacher_config_arg():
     """--model-config for hyper-parameters the teacher checkpoint cannot tell."""
     model_config = config["teacher"].get("model_config") or {}
     return f"--model-config {shlex.quote(json.dumps(model_config))}" if model_config else ""
+
+
+def finetune_settings_arg():
+    """The finetune section as one JSON argument; a changed setting reruns fine-tuning."""
+    return shlex.quote(json.dumps(FINETUNE, sort_keys=True))

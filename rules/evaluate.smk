@@ -30,3 +30,19 @@ rule evaluate_baseline:
     shell:
         "srprune evaluate --model {wildcards.baseline} {params.data} --scale {SCALE} "
         "--json {output} > {log} 2>&1"
+
+
+rule evaluate_stage:
+    input:
+        model=f"{RESULTS}/{{method}}/{{budget}}/catanet_{{stage}}.pth",
+    output:
+        f"{RESULTS}/{{method}}/{{budget}}/eval_{{stage}}_{{dataset}}.json",
+    params:
+        data=lambda w: data_args(w.dataset),
+        device=EVAL.get("device", "cpu"),
+    log:
+        f"{RESULTS}/logs/evaluate_{{stage}}_{{method}}_{{budget}}_{{dataset}}.log",
+    threads: 1
+    shell:
+        "OMP_NUM_THREADS={threads} srprune evaluate --model {input.model} {params.data} "
+        "--scale {SCALE} --device {params.device} --json {output} > {log} 2>&1"

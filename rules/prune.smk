@@ -68,18 +68,3 @@ rule export_zeroed:
         "srprune export-zeroed --teacher {input.teacher} --masks {input.masks} "
         "{params.model_config} --out {output} > {log} 2>&1"
 
-
-rule evaluate_pruned:
-    input:
-        model=f"{RESULTS}/{{method}}/{{budget}}/catanet_pruned.pth",
-    output:
-        f"{RESULTS}/{{method}}/{{budget}}/eval_pruned_{{dataset}}.json",
-    params:
-        data=lambda w: data_args(w.dataset),
-        device=EVAL.get("device", "cpu"),
-    log:
-        f"{RESULTS}/logs/evaluate_pruned_{{method}}_{{budget}}_{{dataset}}.log",
-    threads: 2
-    shell:
-        "srprune evaluate --model {input.model} {params.data} --scale {SCALE} "
-        "--device {params.device} --json {output} > {log} 2>&1"

@@ -1,0 +1,33 @@
+# Recovery and compaction: feature-KD fine-tuning (masks fixed), then the physical rebuild.
+
+
+rule finetune:
+    input:
+        teacher=config["teacher"]["weights_path"],
+        student=f"{RESULTS}/{{method}}/{{budget}}/catanet_pruned.pth",
+    output:
+        f"{RESULTS}/{{method}}/{{budget}}/catanet_finetuned_feature_kd.pth",
+    params:
+        settings=finetune_settings_arg(),
+        model_config=teacher_config_arg(),
+        workdir=f"{RESULTS}/{{method}}/{{budget}}/finetune_work",
+    log:
+        f"{RESULTS}/logs/finetune_{{method}}_{{budget}}.log",
+    threads: 1
+    resources:
+        gpu=1 if FINETUNE_ON_GPU else 0,
+    shell:
+        "OMP_NUM_THREADS={threads} srprune finetune --teacher {input.teacher} "
+        "--student {input.student} --settings {params.settings} {params.model_config} "
+        "--workdir {params.workdir} --out {output} --quiet > {log} 2>&1"
+
+
+rule rebuild:
+    input:
+        f"{RESULTS}/{{method}}/{{budget}}/catanet_finetuned_feature_kd.pth",
+    output:
+        f"{RESULTS}/{{method}}/{{budget}}/catanet_rebuilt.pth",
+    log:
+        f"{RESULTS}/logs/rebuild_{{method}}_{{budget}}.log",
+    shell:
+        "srprune rebuild --model {input} --out {output} > {log} 2>&1"

@@ -1,0 +1,110 @@
+"""Fine-tuning with masks held fixed, exact resume, and the rebuild of the result."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import srprune
+from srprune.checkpoint import CheckpointError
+from srprune.cli import main
+from srprune.complexity import count_params
+from srprune.finetune import finetune, masks_of
+from srprune.pruning.adapter import kept_counts
+from srprune.pruning.catanet import CATANetAdapter
+
+ADAPTER = CATANetAdapter()
+TINY = dict(dim=8, block_num=2, qk_dim=8, mlp_dim=12, heads=2, patch_size=[8, 6],
+            num_tokens=[4, 8], group_size=[16, 8], n_iters=[2, 2], upscale=2)
+
+
+@pytest.fixture()
+def setup(tmp_path, make_images):
+    torch.manual_seed(0)
+    teacher = srprune.create_model("catanet", **TINY)
+    for tab, _ in teacher.blocks:
+        tab.initted.fill_(True)
+    srprune.save_model(teacher, tmp_path / "teacher.pth")
+    gen = torch.Generator().manual_seed(1)
+    masks = {g.name: (torch.rand(g.count, generator=gen) < 0.5).float()
+             for g in ADAPTER.groups(teacher)}
+    masks["blocks.1.0.iasa_attn"] = torch.zeros(2)          # a whole attention removed
+    student = srprune.load_model(tmp_path / "teacher.pth")
+    ADAPTER.zero_units(student, masks)
+    srprune.save_model(student, tmp_path / "pruned.pth", {"masks": masks})
+    make_images(tmp_path / "train", 2, (40, 40))
+    make_images(tmp_path / "val", 1, (24, 24), seed=1)
+    config = {"device": "cpu",
+              "train": {"iters": 6, "batch_size": 2, "crop_size": 12, "lr": 1e-2, "val_every": 3,
+                        "save_every": 2},
+              "data": {"train": {"hr": str(tmp_path / "train")}, "val": {"hr": str(tmp_path / "val")}}}
+    return tmp_path, masks, config
+
+
+def test_masked_units_stay_exactly_zero_and_others_learn(setup):
+    root, masks, config = setup
+    finetune(root / "teacher.pth", root / "pruned.pth", config, root / "ft.pth", root / "work",
+             progress=False)
+    tuned, before = srprune.load_model(root / "ft.pth"), srprune.load_model(root / "pruned.pth")
+    assert tuned.checkpoint_meta["stage"] == "finetuned"
+    changed = 0
+    for group in ADAPTER.groups(tuned):
+        removed = (masks[group.name] == 0).nonzero().flatten()
+        for name, axis, width in ADAPTER.slices(tuned, group):
+            weight = tuned.get_parameter(name).detach()
+            index = (removed[:, None] * width + torch.arange(width)).flatten()
+            assert weight.index_select(axis, index).abs().max().item() == 0 if len(index) else True
+            changed += int(not torch.equal(weight, before.get_parameter(name)))
+    assert changed > 0
+    assert torch.equal(masks_of(root / "ft.pth")["blocks.1.0.iasa_attn"], torch.zeros(2))
+
+
+def test_killed_finetune_resumes_to_the_same_weights(setup, monkeypatch):
+    root, masks, config = setup
+    finetune(root / "teacher.pth", root / "pruned.pth", config, root / "a.pth", root / "wa",
+             progress=False)
+    calls = {"n": 0}
+    original = CATANetAdapter.zero_units
+
+    def dying(self, model, masks):
+        calls["n"] += 1
+        if calls["n"] == 6:  # setup + 5 steps: killed after step 5, state saved at step 4
+            raise KeyboardInterrupt
+        original(self, model, masks)
+
+    monkeypatch.setattr(CATANetAdapter, "zero_units", dying)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(root / "teacher.pth", root / "pruned.pth", config, root / "b.pth", root / "wb",
+                 progress=False)
+    monkeypatch.setattr(CATANetAdapter, "zero_units", original)
+    assert not (root / "b.pth").exists()
+    finetune(root / "teacher.pth", root / "pruned.pth", config, root / "b.pth", root / "wb",
+             progress=False)
+    a, b = srprune.load_model(root / "a.pth"), srprune.load_model(root / "b.pth")
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name
+
+
+def test_cli_finetune_then_rebuild(setup, capsys):
+    root, masks, config = setup
+    settings = str(config).replace("'", '"')
+    assert main(["finetune", "--teacher", str(root / "teacher.pth"), "--student",
+                 str(root / "pruned.pth"), "--settings", settings, "--out", str(root / "ft.pth"),
+                 "--quiet"]) == 0
+    assert main(["rebuild", "--model", str(root / "ft.pth"), "--out", str(root / "rb.pth")]) == 0
+    tuned, small = srprune.load_model(root / "ft.pth"), srprune.load_model(root / "rb.pth")
+    assert small.checkpoint_meta["stage"] == "rebuilt"
+    assert count_params(small)["total"] == ADAPTER.params(tuned, kept_counts(masks))
+    assert small.cfg.tab_heads[1] == 0
+    x = torch.rand(2, 3, 13, 17)
+    with torch.no_grad():
+        assert (small(x) - tuned(x)).abs().max().item() <= 1e-5
+
+
+def test_student_without_masks_is_refused(setup):
+    root, _, config = setup
+    with pytest.raises(CheckpointError, match="records no masks"):
+        finetune(root / "teacher.pth", root / "teacher.pth", config, root / "x.pth", root / "w",
+                 progress=False)
+    with pytest.raises(ValueError, match="unknown fine-tune loss keys"):
+        finetune(root / "teacher.pth", root / "pruned.pth", {**config, "loss": {"kd": 1}},
+                 root / "x.pth", root / "w", progress=False)
