@@ -31,11 +31,25 @@ def _read_yaml(path: str) -> dict:
 def cmd_train(args: argparse.Namespace) -> None:
     from .train import train_teacher
 
-    config = _read_yaml(args.config)
-    workdir = args.workdir or str(Path(args.out).with_suffix("")) + "_work"
-    summary = train_teacher(config, args.out, workdir, progress=not args.quiet)
+    summary = train_teacher(_read_yaml(args.config), args.out, _workdir(args),
+                            progress=not args.quiet)
+    _print_training(summary, args.out)
+
+
+def _workdir(args: argparse.Namespace) -> str:
+    return args.workdir or str(Path(args.out).with_suffix("")) + "_work"
+
+
+def _print_training(summary: dict, out: str) -> None:
     print(f"best validation PSNR {summary['best_psnr']:.3f} dB at iteration {summary['best_iter']}; "
-          f"last {summary['last_psnr']:.3f} dB; model written to {args.out}")
+          f"last {summary['last_psnr']:.3f} dB; model written to {out}")
+
+
+def _training_args(p: argparse.ArgumentParser, out_help: str) -> None:
+    p.add_argument("--out", required=True, help=out_help)
+    p.add_argument("--workdir", help="resume state, last/best checkpoints and log.csv "
+                                     "(default: <out without suffix>_work)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -113,11 +127,9 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
     config = _read_yaml(args.config) if args.config else {}
     config.update(_model_config(args.settings))
-    workdir = args.workdir or str(Path(args.out).with_suffix("")) + "_work"
-    summary = finetune(args.teacher, args.student, config, args.out, workdir,
+    summary = finetune(args.teacher, args.student, config, args.out, _workdir(args),
                        _model_config(args.model_config), progress=not args.quiet)
-    print(f"best validation PSNR {summary['best_psnr']:.3f} dB at iteration {summary['best_iter']}; "
-          f"last {summary['last_psnr']:.3f} dB; model written to {args.out}")
+    _print_training(summary, args.out)
 
 
 def cmd_rebuild(args: argparse.Namespace) -> None:
@@ -141,10 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model from a YAML config (L1 loss, Adam, resume)")
     p.add_argument("--config", required=True, help="training config (see config/demo_teacher.yaml)")
-    p.add_argument("--out", required=True, help="output checkpoint (.pth)")
-    p.add_argument("--workdir", help="resume state, last/best checkpoints and log.csv "
-                                     "(default: <out without suffix>_work)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _training_args(p, "output checkpoint (.pth)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="PSNR/SSIM (Y channel), params and MACs of a model")
@@ -201,10 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML with train/loss/data/device sections "
                                     "(see config/config.yaml, finetune)")
     p.add_argument("--settings", help="the same as inline YAML/JSON; overrides --config sections")
-    p.add_argument("--out", required=True, help="catanet_finetuned_feature_kd.pth")
-    p.add_argument("--workdir", help="resume state, last/best checkpoints, log.csv "
-                                     "(default: <out without suffix>_work)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _training_args(p, "catanet_finetuned_feature_kd.pth")
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("rebuild", help="physically smaller model from a masked checkpoint")
