@@ -8,10 +8,14 @@ Teacher: the original model, frozen, in eval mode. Loss per batch:
 where D_b = mean |s_b - t_b| / mean |t_b| compares block b's output tokens of student and
 teacher (relative L1, so that every block weighs the same whatever its feature scale).
 Defaults ``w_pix = w_out = 1`` (both image-space L1 of the same scale: the ground truth anchors
-the result, the teacher's output is a smoother target that a pruned student can match more
-easily) and ``w_feat = 0.1`` (the sum over blocks is of order ``block_num`` times a relative
-error, and a larger weight pulls the student toward reproducing features it no longer has the
-capacity for, measured on the demo to recover less PSNR).
+the result, the teacher's output is a target the pruned student can match more easily) and
+``w_feat = 0.01``. The feature term is a sum of per-block *relative* errors, of order 1 per block
+right after pruning, so 0.01 keeps it from dominating the image terms. Measured on the demo
+(OPTIN masks at r = 0.5, 150 iterations, validation PSNR; teacher 33.111 dB, zeroed 32.796 dB):
+``w_feat`` 0.1 -> 33.050, 0.01 -> 33.064, 0 -> 33.078 dB. In such short runs the feature term
+does not help (differences under 0.03 dB); it is kept small rather than off because it is what
+transfers the teacher's intermediate representation in longer runs at lower budgets (an
+expectation from the distillation literature that this project has not yet measured).
 
 Masks hold exactly: a masked unit's output is multiplied by zero before any layer consumes it,
 so none of its weights receives a gradient, and after every optimizer step its weights are set
@@ -46,7 +50,7 @@ class KDWeights:
 
     pix: float = 1.0
     out: float = 1.0
-    feat: float = 0.1
+    feat: float = 0.01
 
 
 def feature_kd_loss(adapter: Adapter, teacher: nn.Module, weights: KDWeights) -> LossFn:
