@@ -34,6 +34,8 @@ rule all:
         expand(f"{RESULTS}/{{method}}/{{budget}}/eval_{{stage}}_{{dataset}}.json",
                method=PRUNE.get("methods", ["optin"]), budget=PRUNE.get("budgets", [0.5]),
                stage=STAGES, dataset=DATASETS),
+        expand(f"{RESULTS}/{{method}}/{{budget}}/sparsity.json",
+               method=PRUNE.get("methods", ["optin"]), budget=PRUNE.get("budgets", [0.5])),
     default_target: True
 
 

@@ -18,7 +18,8 @@ Model: the released-size CATANet x4, random weights (seeded) with every TAB's ce
 
 Step time: the three students are built in one process and stepped in turn (dense, masked,
 rebuilt, dense, ...) after ``--warmup`` warm-up steps each, so that any drift of the machine's
-load hits all of them alike; the median of ``--steps`` steps is reported.
+load hits all of them alike; the median of ``--steps`` steps is reported, and the ratio to the
+dense student is the median over rounds of each round's ratio (paired, robust to load drift).
 
 Peak memory: each variant runs in a fresh child process (``--variant NAME``), since in one
 process memory freed by one student stays resident (malloc arenas) and would hide the next one's
@@ -32,7 +33,7 @@ underestimate if the setup had peaked higher than the step). On CUDA it uses
 caching allocator's reserve). "setup MB" is the baseline itself (interpreter, torch, teacher and
 student, inputs).
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_finetune.py [--steps 3] [--warmup 1] [--batch 8]
+    OMP_NUM_THREADS=1 python benchmarks/bench_finetune.py [--steps 4] [--warmup 1] [--batch 8]
         [--crop 48] [--budget 0.5] [--threads N] [--device cpu|cuda|auto] [--no-memory]
 """
 from __future__ import annotations
@@ -208,7 +209,7 @@ def pick(device: str) -> torch.device:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per variant")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per variant first")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--crop", type=int, default=48, help="LR crop side (HR is 4x)")
@@ -239,7 +240,8 @@ def main() -> None:
           f"; batch {args.batch} x 3 x {args.crop}x{args.crop} LR, "
           f"HR {4 * args.crop}x{4 * args.crop}")
     by_kind = {kind: (sum(kept[g.name] for g in groups if g.kind == kind),
-                      sum(g.count for g in groups if g.kind == kind)) for kind in ("head", "neuron")}
+                      sum(g.count for g in groups if g.kind == kind))
+               for kind in ("head", "neuron")}
     print(f"masks: magnitude scores, optin selection at r = {args.budget}: kept "
           + ", ".join(f"{k} of {n} {kind}s" for kind, (k, n) in by_kind.items())
           + f"; full-MAC ratio {ratio:.4f} at LR {ref[0]}x{ref[1]}")
@@ -255,24 +257,26 @@ def main() -> None:
     if not args.no_memory:
         for v in variants:
             memory[v.name] = memory_in_child(v.name, args)
-    dense = statistics.median(variants[0].times)
     print(f"step time: median of {args.steps} interleaved steps after {args.warmup} warm-up "
-          f"(timing phase {timing_s:.0f} s)")
+          f"(timing phase {timing_s:.0f} s); vs dense: median over rounds of the step's time "
+          f"over the dense step of the same round")
     if memory:
         print(f"memory: a fresh process per variant, {next(iter(memory.values()))['method']}; "
               f"peak = above the setup baseline (see the docstring)")
-    print(f"{'variant':<8} {'params':>9} {'nonzero':>9} {f'MACs@{args.crop} (G)':>12} {'step (s)':>9} "
+    macs_head = f"MACs@{args.crop} (G)"
+    print(f"{'variant':<8} {'params':>9} {'nonzero':>9} {macs_head:>12} {'step (s)':>9} "
           f"{'min-max (s)':>13} {'vs dense':>9} {'peak MB':>9} {'setup MB':>9}")
     for v in variants:
         params = count_params(v.student)
         macs = macs_full(v.student, (args.crop, args.crop))["total"]
         median = statistics.median(v.times)
+        paired = statistics.median(t / d for t, d in zip(v.times, variants[0].times))
         mem = memory.get(v.name)
         peak = f"{mem['peak_above_setup'] / 2**20:9.0f}" if mem else f"{'-':>9}"
         setup = f"{mem['setup'] / 2**20:9.0f}" if mem else f"{'-':>9}"
         spread = f"{min(v.times):.2f}-{max(v.times):.2f}"
         print(f"{v.name:<8} {params['total']:>9,} {params['nonzero']:>9,} {macs / 1e9:>12.3f} "
-              f"{median:>9.2f} {spread:>13} {median / dense:>8.2f}x {peak} {setup}")
+              f"{median:>9.2f} {spread:>13} {paired:>8.2f}x {peak} {setup}")
     print(f"MACs: srprune.complexity.macs_full at one {args.crop}x{args.crop} input (the masked "
           f"student multiplies masked units by 0, so it does the dense arithmetic)")
 

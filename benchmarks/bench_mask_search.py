@@ -18,7 +18,7 @@ of a group stay in the model. Each masked run is timestamped, which gives the ti
 from one call of each scorer; the one-off setup (teacher reference, cache) is reported apart.
 The full search is extrapolated from the per-unit times (per kind of module, linear in the block
 index between the sampled blocks); ``--full`` also runs ``optin_terms`` on all 1600 units and
-reports the measured time (about 45 min on one thread).
+reports the measured time (about 40 min on one thread).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_mask_search.py [--blocks 0 4 7] [--units 8]
         [--num-crops 8] [--crop-size 48] [--max-batch 64] [--threads 1] [--full]

@@ -31,3 +31,14 @@ rule rebuild:
         f"{RESULTS}/logs/rebuild_{{method}}_{{budget}}.log",
     shell:
         "srprune rebuild --model {input} --out {output} > {log} 2>&1"
+
+
+rule inspect:
+    input:
+        expand(f"{RESULTS}/{{{{method}}}}/{{{{budget}}}}/catanet_{{stage}}.pth", stage=STAGES),
+    output:
+        f"{RESULTS}/{{method}}/{{budget}}/sparsity.json",
+    log:
+        f"{RESULTS}/logs/inspect_{{method}}_{{budget}}.log",
+    shell:
+        "srprune inspect {input} --json {output} > {log} 2>&1"

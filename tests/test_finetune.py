@@ -5,12 +5,14 @@ import pytest
 import torch
 
 import srprune
+import srprune.finetune
 from srprune.checkpoint import CheckpointError
 from srprune.cli import main
 from srprune.complexity import count_params
 from srprune.finetune import finetune, masks_of
 from srprune.pruning.adapter import kept_counts
 from srprune.pruning.catanet import CATANetAdapter
+from test_train import Interrupt, dies_at
 
 ADAPTER = CATANetAdapter()
 TINY = dict(dim=8, block_num=2, qk_dim=8, mlp_dim=12, heads=2, patch_size=[8, 6],
@@ -62,20 +64,13 @@ def test_killed_finetune_resumes_to_the_same_weights(setup, monkeypatch):
     root, masks, config = setup
     finetune(root / "teacher.pth", root / "pruned.pth", config, root / "a.pth", root / "wa",
              progress=False)
-    calls = {"n": 0}
-    original = CATANetAdapter.zero_units
-
-    def dying(self, model, masks):
-        calls["n"] += 1
-        if calls["n"] == 6:  # setup + 5 steps: killed after step 5, state saved at step 4
-            raise KeyboardInterrupt
-        original(self, model, masks)
-
-    monkeypatch.setattr(CATANetAdapter, "zero_units", dying)
-    with pytest.raises(KeyboardInterrupt):
+    original = srprune.finetune.feature_kd_loss
+    monkeypatch.setattr(srprune.finetune, "feature_kd_loss",
+                        lambda *args: dies_at(5, original(*args)))  # killed inside step 5
+    with pytest.raises(Interrupt):
         finetune(root / "teacher.pth", root / "pruned.pth", config, root / "b.pth", root / "wb",
                  progress=False)
-    monkeypatch.setattr(CATANetAdapter, "zero_units", original)
+    monkeypatch.setattr(srprune.finetune, "feature_kd_loss", original)
     assert not (root / "b.pth").exists()
     finetune(root / "teacher.pth", root / "pruned.pth", config, root / "b.pth", root / "wb",
              progress=False)

@@ -24,15 +24,27 @@ def pairs(n=3, seed=0):
     return out
 
 
-def make_trainer(workdir, settings, hook=None):
+def make_trainer(workdir, settings, loss=l1_loss):
     torch.manual_seed(0)
     model = create_model("catanet", **TINY)
     sampler = PatchSampler(pairs(), scale=2, crop_size=8, batch_size=2, seed=settings.seed)
-    return Trainer(model, l1_loss, sampler, pairs(1, seed=9), 2, settings, workdir, step_hook=hook)
+    return Trainer(model, loss, sampler, pairs(1, seed=9), 2, settings, workdir)
 
 
 class Interrupt(Exception):
     pass
+
+
+def dies_at(call, loss):
+    """``loss`` that raises on its ``call``-th use, as if the run were killed mid-step."""
+    calls = {"n": 0}
+
+    def wrapped(*args):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise Interrupt
+        return loss(*args)
+    return wrapped
 
 
 def test_resume_after_kill_gives_the_same_weights(tmp_path):
@@ -41,11 +53,8 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path):
     straight = make_trainer(tmp_path / "a", settings)
     straight.run(progress=False)
 
-    def kill_at_5(model):
-        if interrupted.iteration == 4:  # the 5th step has run; state was saved after step 4
-            raise Interrupt
-
-    interrupted = make_trainer(tmp_path / "b", settings, hook=kill_at_5)
+    # killed inside step 5; the state was last saved after step 4
+    interrupted = make_trainer(tmp_path / "b", settings, loss=dies_at(5, l1_loss))
     with pytest.raises(Interrupt):
         interrupted.run(progress=False)
     resumed = make_trainer(tmp_path / "b", settings)
@@ -91,3 +100,10 @@ def test_schedules():
         TrainSettings(schedule="linear")
     with pytest.raises(ValueError, match="unknown training settings"):
         TrainSettings.from_dict({"iterations": 3})
+
+
+def test_numbers_written_as_yaml_text_are_accepted():
+    settings = TrainSettings.from_dict({"lr": "1e-4", "min_lr": "1e-6", "betas": ["0.9", 0.99]})
+    assert settings.lr == 1e-4 and settings.min_lr == 1e-6 and settings.betas == (0.9, 0.99)
+    with pytest.raises(ValueError, match="lr must be a number"):
+        TrainSettings(lr="fast")

@@ -37,7 +37,7 @@ def test_dry_run_of_the_default_config():
     result = snakemake("-n", "--forceall", "--cores", "2", cwd=ROOT)
     assert result.returncode == 0, result.stderr
     for rule in ("evaluate_teacher", "evaluate_baseline", "score_units", "search_masks",
-                 "export_zeroed", "evaluate_pruned"):
+                 "export_zeroed", "finetune", "rebuild", "evaluate_stage", "inspect"):
         assert f"rule {rule}:" in result.stdout + result.stderr, rule
 
 
@@ -58,6 +58,10 @@ def test_tiny_run_writes_evaluation_json(workflow_copy, make_images):
                   datasets={"mine": {"hr": "hr"}})
     config["prune"].update(methods=["optin", "magnitude"], budgets=[0.9, 0.8],
                            calibration={"hr": "hr", "num_crops": 2, "crop_size": 8})
+    config["finetune"] = {"device": "cpu",
+                          "train": {"iters": 4, "batch_size": 2, "crop_size": 8, "val_every": 2,
+                                    "save_every": 2},
+                          "data": {"train": {"hr": "hr"}, "val": {"hr": "hr"}}}
     (workflow_copy / "config/config.yaml").write_text(yaml.safe_dump(config))
     result = snakemake("--cores", "1", cwd=workflow_copy)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -74,5 +78,12 @@ def test_tiny_run_writes_evaluation_json(workflow_copy, make_images):
             assert masks["method"] == method and masks["mac_constraint"] == float(budget)
             zeroed = json.loads((folder / "eval_pruned_mine.json").read_text())
             assert zeroed["params_nonzero"] < teacher_json["params_nonzero"]
+            tuned = json.loads((folder / "eval_finetuned_feature_kd_mine.json").read_text())
+            rebuilt = json.loads((folder / "eval_rebuilt_mine.json").read_text())
+            assert abs(rebuilt["psnr"] - tuned["psnr"]) <= 0.001
+            assert rebuilt["params"] < teacher_json["params"]
+            assert rebuilt["macs_full"] == masks["macs_pruned"]
+            sparsity = json.loads((folder / "sparsity.json").read_text())
+            assert len(sparsity) == 3
     again = snakemake("-n", "--cores", "1", cwd=workflow_copy)   # nothing stale: nothing to do
     assert "Nothing to be done" in again.stdout + again.stderr

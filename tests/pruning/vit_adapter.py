@@ -154,28 +154,14 @@ class TinyViTAdapter(Adapter):
         finally:
             self.set_masks(model, None)
 
-    def slices(self, model: TinyViT, group: UnitGroup) -> list[tuple[Tensor, int, int]]:
-        """(tensor, axis, width per unit) of every slice the group's units own."""
-        b = model.blocks[group.block]
+    def slices(self, model: TinyViT, group: UnitGroup) -> list[tuple[str, int, int]]:
+        """(parameter name, axis, width per unit) of every slice the group's units own."""
+        b = f"blocks.{group.block}"
         if group.kind == "head":
-            d = b.head_dim
-            return [(t, 0, d) for lin in (b.q, b.k, b.v) for t in (lin.weight, lin.bias)] \
-                + [(b.proj.weight, 1, d)]
-        return [(b.fc1.weight, 0, 1), (b.fc1.bias, 0, 1), (b.fc2.weight, 1, 1)]
-
-    def unit_magnitude(self, model: TinyViT, group: UnitGroup) -> Tensor:
-        total = torch.zeros(group.count)
-        for t, axis, width in self.slices(model, group):
-            total += t.detach().abs().movedim(axis, 0).reshape(group.count, -1).sum(1)
-        return total
-
-    @torch.no_grad()
-    def zero_units(self, model: TinyViT, masks: dict[str, Tensor]) -> None:
-        by_name = {g.name: g for g in self.groups(model)}
-        for name, mask in masks.items():
-            for t, axis, width in self.slices(model, by_name[name]):
-                keep = mask.bool().repeat_interleave(width).to(t.dtype)
-                t.mul_(keep.view([-1 if a == axis else 1 for a in range(t.dim())]))
+            d = model.cfg.head_dim
+            return [(f"{b}.{lin}.{p}", 0, d) for lin in ("q", "k", "v") for p in ("weight", "bias")] \
+                + [(f"{b}.proj.weight", 1, d)]
+        return [(f"{b}.fc1.weight", 0, 1), (f"{b}.fc1.bias", 0, 1), (f"{b}.fc2.weight", 1, 1)]
 
     def params(self, model: TinyViT, kept: dict[str, int]) -> int:
         """Embedding, head, and per block: 2 LayerNorms, q/k/v/proj of the heads, fc1/fc2."""
@@ -190,20 +176,10 @@ class TinyViTAdapter(Adapter):
     def rebuild(self, model: TinyViT, masks: dict[str, Tensor]) -> TinyViT:
         """The ViT with the masked heads and neurons sliced out of its state dict."""
         cfg = model.cfg
-        heads, hidden = list(cfg.heads), list(cfg.hidden)
-        state = {k: v.clone() for k, v in model.state_dict().items()}
-        for i in range(len(heads)):
-            hk = masks[f"blocks.{i}.attn"].nonzero().flatten()
-            rows = (hk[:, None] * cfg.head_dim + torch.arange(cfg.head_dim)).flatten()
-            for lin in ("q", "k", "v"):
-                for p in ("weight", "bias"):
-                    state[f"blocks.{i}.{lin}.{p}"] = state[f"blocks.{i}.{lin}.{p}"][rows]
-            state[f"blocks.{i}.proj.weight"] = state[f"blocks.{i}.proj.weight"][:, rows]
-            nk = masks[f"blocks.{i}.mlp"].nonzero().flatten()
-            for p in ("weight", "bias"):
-                state[f"blocks.{i}.fc1.{p}"] = state[f"blocks.{i}.fc1.{p}"][nk]
-            state[f"blocks.{i}.fc2.weight"] = state[f"blocks.{i}.fc2.weight"][:, nk]
-            heads[i], hidden[i] = len(hk), len(nk)
+        kept = {name: int(mask.sum()) for name, mask in masks.items()}
+        heads = [kept.get(f"blocks.{i}.attn", h) for i, h in enumerate(cfg.heads)]
+        hidden = [kept.get(f"blocks.{i}.mlp", m) for i, m in enumerate(cfg.hidden)]
+        state = self.sliced_state(model, masks)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Initializing zero-element tensors")
             small = TinyViT(ViTConfig(cfg.dim, cfg.head_dim, tuple(heads), tuple(hidden),

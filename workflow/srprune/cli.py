@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -74,7 +75,10 @@ def _model_config(text: str | None) -> dict:
     """Hyper-parameters given as a YAML/JSON mapping on the command line."""
     if not text:
         return {}
-    value = yaml.safe_load(text)
+    try:
+        value = json.loads(text)  # JSON first: YAML 1.1 reads 1e-06 as a string
+    except json.JSONDecodeError:
+        value = yaml.safe_load(text)
     if not isinstance(value, dict):
         raise ValueError(f"--model-config must be a mapping such as '{{heads: 4}}', got {text!r}")
     return value
@@ -138,6 +142,12 @@ def cmd_rebuild(args: argparse.Namespace) -> None:
 
     small = rebuild(args.model, args.out)
     print(f"rebuilt {args.model}: {count_params(small)['total']:,} parameters; wrote {args.out}")
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from .sparsity import inspect_paths
+
+    inspect_paths(args.paths, args.json, _model_config(args.model_config))
 
 
 def _teacher_args(p: argparse.ArgumentParser) -> None:
@@ -217,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="fine-tuned (or zeroed) model with its masks")
     p.add_argument("--out", required=True, help="catanet_rebuilt.pth")
     p.set_defaults(func=cmd_rebuild)
+
+    p = sub.add_parser("inspect", help="zeros per tensor, zero heads/neurons per module")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="checkpoints (srprune, BasicSR, plain)")
+    p.add_argument("--json", help="write every report to this JSON file")
+    p.add_argument("--model-config", help="hyper-parameters a BasicSR checkpoint cannot tell")
+    p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("export-data", help="write the embedded scikit-image images as PNG files")
     p.add_argument("--split", required=True, choices=("train", "val"))

@@ -54,7 +54,9 @@ class TrainSettings:
     keep: str = "best"            # which model becomes the output: best | last
 
     def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)
+        for name in ("lr", "min_lr", "gamma", "weight_decay", "grad_clip"):
+            setattr(self, name, _number(name, getattr(self, name)))  # YAML reads 1e-4 as text
+        self.betas = tuple(_number("betas", b) for b in self.betas)
         if self.schedule not in ("cosine", "multistep"):
             raise ValueError(f"schedule must be 'cosine' or 'multistep', got {self.schedule!r}")
         if self.keep not in ("best", "last"):
@@ -70,6 +72,13 @@ class TrainSettings:
         return from_mapping(cls, values, "training settings")
 
 
+def _number(name: str, value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"training setting {name} must be a number, got {value!r}") from None
+
+
 def lr_at(s: TrainSettings, it: int) -> float:
     """Learning rate for iteration ``it`` (0-based)."""
     if it < s.warmup_iters:
@@ -83,18 +92,15 @@ def lr_at(s: TrainSettings, it: int) -> float:
 class Trainer:
     """Runs ``loss_fn`` over batches of ``sampler`` with resume, validation and logging.
 
-    ``step_hook(model)`` runs after every optimizer step (fine-tuning re-applies masks there).
     Files in ``workdir``: ``state.pth`` (resume), ``last.pth``, ``best.pth``, ``log.csv``.
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, sampler: Any, val_pairs: Sequence[Pair],
                  scale: int, settings: TrainSettings, workdir: str | Path,
-                 step_hook: Callable[[nn.Module], None] | None = None,
                  meta: dict[str, Any] | None = None):
         self.model, self.loss_fn, self.sampler = model, loss_fn, sampler
         self.val_pairs, self.scale, self.s = val_pairs, scale, settings
         self.workdir = Path(workdir)
-        self.step_hook = step_hook
         self.meta = dict(meta or {})
         self.device = next(model.parameters()).device
         self.optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, betas=settings.betas,
@@ -174,8 +180,6 @@ class Trainer:
         if self.s.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.s.grad_clip)
         self.optimizer.step()
-        if self.step_hook is not None:
-            self.step_hook(self.model)
         return loss.item(), parts
 
     def _validate(self) -> float:

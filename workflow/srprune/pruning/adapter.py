@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+import torch
 from torch import Tensor, nn
 
 KINDS = ("head", "neuron")
@@ -71,12 +72,8 @@ class Adapter(ABC):
         """
 
     @abstractmethod
-    def unit_magnitude(self, model: nn.Module, group: UnitGroup) -> Tensor:
-        """L1 norm of each unit's weights (all its coupled slices, biases included)."""
-
-    @abstractmethod
-    def zero_units(self, model: nn.Module, masks: dict[str, Tensor]) -> None:
-        """Set every weight (and bias) slice of the masked units to zero, in place."""
+    def slices(self, model: nn.Module, group: UnitGroup) -> list[tuple[str, int, int]]:
+        """(parameter name, axis, channels per unit) of every slice the group's units own."""
 
     @abstractmethod
     def params(self, model: nn.Module, kept: dict[str, int]) -> int:
@@ -85,6 +82,55 @@ class Adapter(ABC):
     @abstractmethod
     def rebuild(self, model: nn.Module, masks: dict[str, Tensor]) -> nn.Module:
         """A physically smaller model of the same class without the masked units."""
+
+    # ---------------------------------------------------------------- built on the slices
+    def unit_magnitude(self, model: nn.Module, group: UnitGroup) -> Tensor:
+        """L1 norm of each unit's weights (all its coupled slices, biases included)."""
+        total = torch.zeros(group.count)
+        for name, axis, width in self.slices(model, group):
+            weight = model.get_parameter(name).detach().abs().movedim(axis, 0)
+            total += weight.reshape(group.count, -1).sum(dim=1).cpu()
+        return total
+
+    def _sliced(self, model: nn.Module, masks: dict[str, Tensor]
+                ) -> Iterator[tuple[str, int, Tensor, Tensor]]:
+        """(parameter name, axis, kept channel indices, removed channel indices) per slice."""
+        by_name = {g.name: g for g in self.groups(model)}
+        for group_name, mask in masks.items():
+            keep = mask.detach().bool().cpu()
+            for name, axis, width in self.slices(model, by_name[group_name]):
+                channels = keep.repeat_interleave(width)
+                yield name, axis, channels.nonzero().flatten(), (~channels).nonzero().flatten()
+
+    @torch.no_grad()
+    def zero_units(self, model: nn.Module, masks: dict[str, Tensor]) -> None:
+        """Set every weight (and bias) slice of the masked units to zero, in place."""
+        for name, axis, _, removed in self._sliced(model, masks):
+            weight = model.get_parameter(name)
+            weight.index_fill_(axis, removed.to(weight.device), 0.0)
+
+    def sliced_state(self, model: nn.Module, masks: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The model's state dict with the masked units' slices cut out (for :meth:`rebuild`)."""
+        state = dict(model.state_dict())
+        for name, axis, kept, _ in self._sliced(model, masks):
+            state[name] = state[name].index_select(axis, kept.to(state[name].device))
+        return state
+
+    @torch.no_grad()
+    def write_back(self, model: nn.Module, small: nn.Module, masks: dict[str, Tensor]) -> None:
+        """Copy a rebuilt model's weights into the full-size ``model``; removed units become 0."""
+        small_state = small.state_dict()
+        target = model.state_dict()
+        placed = set()
+        for name, axis, kept, _ in self._sliced(model, masks):
+            full = target[name]
+            full.zero_()
+            if name in small_state:
+                full.index_copy_(axis, kept.to(full.device), small_state[name].to(full))
+            placed.add(name)
+        for name, value in small_state.items():
+            if name not in placed:
+                target[name].copy_(value)
 
 
 @contextmanager

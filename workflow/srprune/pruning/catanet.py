@@ -130,26 +130,6 @@ class CATANetAdapter(Adapter):
                       (f"blocks.{i}.0.irca_attn.to_v.weight", 0, dv)]
         return parts
 
-    def unit_magnitude(self, model: CATANet, group: UnitGroup) -> Tensor:
-        total = torch.zeros(group.count)
-        for name, axis, width in self.slices(model, group):
-            per_unit = model.get_parameter(name).detach().abs().movedim(axis, 0).reshape(group.count, width, -1)
-            total += per_unit.sum(dim=(1, 2)).cpu()
-        return total
-
-    @torch.no_grad()
-    def zero_units(self, model: CATANet, masks: dict[str, Tensor]) -> None:
-        by_name = {g.name: g for g in self.groups(model)}
-        for name, mask in masks.items():
-            group = by_name[name]
-            for name, axis, width in self.slices(model, group):
-                tensor = model.get_parameter(name)
-                keep = mask.bool().repeat_interleave(width).to(tensor.device)
-                shape = [1] * tensor.dim()
-                shape[axis] = -1
-                tensor.mul_(keep.view(shape).to(tensor.dtype))
-
-
     def narrowed_config(self, model: CATANet, kept: dict[str, int]) -> CATANetConfig:
         return CATANetConfig.from_dict({**model.cfg.to_dict(), **self.widths(model, kept)})
 
@@ -160,13 +140,7 @@ class CATANetAdapter(Adapter):
 
     @torch.no_grad()
     def rebuild(self, model: CATANet, masks: dict[str, Tensor]) -> CATANet:
-        state = dict(model.state_dict())
-        by_name = {g.name: g for g in self.groups(model)}
-        for name, mask in masks.items():
-            units = mask.bool().nonzero().flatten().cpu()
-            for param, axis, width in self.slices(model, by_name[name]):
-                index = (units[:, None] * width + torch.arange(width)).flatten()
-                state[param] = state[param].index_select(axis, index.to(state[param].device))
+        state = self.sliced_state(model, masks)
         small = CATANet(self.narrowed_config(model, kept_counts(masks))).to(
             next(model.parameters()).device)
         small.load_state_dict({key: state[key] for key in small.state_dict()}, strict=True)
