@@ -9,18 +9,19 @@ images (srprune's ``Calibration``); ``OptinSettings()`` defaults unless overridd
 How the two are compared. Scoring all 1600 units naively takes about an hour on one CPU thread, so
 both scorers run on the SAME sample of units: the groups of ``--blocks`` (default an early, a
 middle and the last block), all heads of a head group and the first ``--units`` neurons of an FFN
-group. The library functions themselves run, unmodified (``naive_optin_terms`` and
+group (default ``max_batch // crops``, 8 at the defaults: one of the batched forwards that a full
+search makes). The library functions themselves run, unmodified (``naive_optin_terms`` and
 ``optin_terms``), through an adapter wrapper that lists only the sampled groups, with their
 ``count`` cut to the sample, and pads every mask with ones up to the group's real width before it
 reaches the model: so the sampled units are scored exactly as in a full search (ours batches the
-same ``max_batch // crops`` variants per forward as it would on a full group), and the other units
-of a group stay in the model. Each masked run is timestamped, which gives the time of every group
-from one call of each scorer; the one-off setup (teacher reference, cache) is reported apart.
-The full search is extrapolated from the per-unit times (per kind of module, linear in the block
-index between the sampled blocks); ``--full`` also runs ``optin_terms`` on all 1600 units and
-reports the measured time (about 40 min on one thread).
+same variants per forward as it would on a full group), and the other units of a group stay in
+the model. Each masked run is timestamped, which gives the time of every group from one call of
+each scorer; the one-off setup (teacher reference, cache) is reported apart. The full search is
+extrapolated from the per-unit times (per kind of module, linear in the block index between the
+sampled blocks, which must include the first and the last); ``--full`` also runs ``optin_terms``
+on all 1600 units and reports the measured time (about 40 min on one thread).
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_mask_search.py [--blocks 0 4 7] [--units 8]
+    OMP_NUM_THREADS=1 python benchmarks/bench_mask_search.py [--blocks 0 4 7] [--units N]
         [--num-crops 8] [--crop-size 48] [--max-batch 64] [--threads 1] [--full]
 """
 from __future__ import annotations
@@ -101,8 +102,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", type=int, nargs="+", default=[0, 4, 7],
                         help="blocks whose four groups are sampled")
-    parser.add_argument("--units", type=int, default=8,
-                        help="neurons sampled per FFN group (the first N); heads: all 4")
+    parser.add_argument("--units", type=int,
+                        help="neurons sampled per FFN group, the first N (default: one batched "
+                             "forward's worth, max_batch // crops); heads: all")
     parser.add_argument("--num-crops", type=int, default=8, help="calibration LR crops")
     parser.add_argument("--crop-size", type=int, default=48, help="side of each LR crop")
     parser.add_argument("--max-batch", type=int, default=OptinSettings().max_batch,
@@ -123,6 +125,8 @@ def main() -> None:
     x = calibration.crops(model.cfg.upscale)
     settings = replace(OptinSettings(), max_batch=args.max_batch)
     per_forward = max(1, settings.max_batch // x.shape[0])
+    if args.units is None:
+        args.units = per_forward
     subset = UnitSubset(adapter, model, sample_counts(groups, args.blocks, args.units))
     sample = subset.groups(model)
     n_sample, n_all = sum(g.count for g in sample), sum(g.count for g in groups)
@@ -136,6 +140,10 @@ def main() -> None:
     print(f"sample: blocks {' '.join(map(str, args.blocks))}, all heads and the first "
           f"{args.units} neurons of each FFN: {n_sample} of {n_all} units, the same units for both "
           f"(library scorers run unmodified through a sample-restricting adapter wrapper)")
+    if args.units % per_forward and args.units < max(g.count for g in groups):
+        print(f"note: {args.units} sampled neurons per FFN is not a multiple of the {per_forward} "
+              f"variants a full search batches per forward: ours batches differently here, so its "
+              f"per-unit time (and the extrapolation) is off")
 
     stages = stage_times(model, x)
     forward = sum(stages.values())
@@ -171,16 +179,22 @@ def main() -> None:
 
     naive_per_unit = {g.name: naive_groups[g.name] / g.count for g in sample}
     ours_per_unit = {g.name: ours_groups[g.name] / g.count for g in sample}
-    naive_full = extrapolate(groups, naive_per_unit, naive_setup)
-    ours_full = extrapolate(groups, ours_per_unit, ours_setup)
-    print(f"full search ({n_all} units), extrapolated: naive {fmt_seconds(naive_full)}, ours "
-          f"{fmt_seconds(ours_full)}, speed-up {naive_full / ours_full:.2f}x")
+    ours_full = None
+    if {0, model.cfg.block_num - 1} <= set(args.blocks):
+        naive_full = extrapolate(groups, naive_per_unit, naive_setup)
+        ours_full = extrapolate(groups, ours_per_unit, ours_setup)
+        print(f"full search ({n_all} units), extrapolated: naive {fmt_seconds(naive_full)}, ours "
+              f"{fmt_seconds(ours_full)}, speed-up {naive_full / ours_full:.2f}x")
+    else:  # a restart's cost falls with the block index: no extrapolation past the sample
+        print(f"full search ({n_all} units), extrapolated: not done, --blocks must include the "
+              f"first (0) and the last ({model.cfg.block_num - 1}) block")
     if args.full:
         start = time.perf_counter()
         optin_terms(adapter, model, x, settings, progress=False)
         measured = time.perf_counter() - start
-        print(f"full search ({n_all} units), measured with ours: {fmt_seconds(measured)} "
-              f"(extrapolation was {ours_full / measured:.2f}x of it)")
+        versus = "" if ours_full is None else \
+            f" (extrapolation was {ours_full / measured:.2f}x of it)"
+        print(f"full search ({n_all} units), measured with ours: {fmt_seconds(measured)}{versus}")
     else:
         print("full search measured with ours: not run (pass --full; the estimate above says how "
               "long it takes)")
@@ -193,7 +207,7 @@ def main() -> None:
     print(f"where the time goes: a unit's restart skips on average {skip / n_all / forward:.0%} "
           f"of a full forward ({forward:.2f} s for {x.shape[0]} crops; the x4 reconstruction, "
           f"{stages['recon'] / forward:.0%} of it, is redone by every restart), so restarting can "
-          f"give at most {ideal:.2f}x over the full search; batching {per_forward} variants per "
+          f"give at most {ideal:.2f}x over the full search; batching {per_forward} variant(s) per "
           f"forward costs {batching:.2f}x per image here against that ideal (1.00 = free)")
     print(f"peak RSS: {rss_naive:.0f} MiB after the naive scorer, {rss_ours:.0f} MiB after ours "
           f"(process-wide peak; naive ran first)")

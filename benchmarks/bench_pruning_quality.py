@@ -11,8 +11,8 @@ is scored on Set5 x4 (Y channel, ``scale`` pixels cropped, uint8 output as Basic
 Scores are cached per method (and calibration and settings) in ``--workdir``, so a rerun with
 other budgets or another selection does not rescore. OPTIN scoring of all 1600 units is the
 expensive step on a CPU (restarted masked forwards of the calibration batch); ``--estimate`` times
-it on a sample of units (blocks 0, 4, 7: all heads, the first 8 neurons of each FFN) and prints the
-extrapolated total without running anything else.
+it on a sample of units (blocks 0, 4, 7: all heads, and the first ``max_batch // crops`` neurons of
+each FFN, one batched forward) and prints the extrapolated total without running anything else.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_pruning_quality.py [--budgets 0.9 0.7 0.5]
         [--methods optin magnitude random] [--selection optin|greedy] [--num-crops 8]
@@ -95,8 +95,9 @@ def estimate(teacher: Path, calibration: Calibration, settings: OptinSettings) -
     model = load_model(teacher).eval()
     adapter = adapter_for(model)
     groups = adapter.groups(model)
-    subset = UnitSubset(adapter, model, sample_counts(groups, [0, 4, 7], 8))
     x = calibration.crops(model.cfg.upscale)
+    per_forward = max(1, settings.max_batch // x.shape[0])  # sample one batched forward per FFN
+    subset = UnitSubset(adapter, model, sample_counts(groups, [0, 4, 7], per_forward))
     start = time.perf_counter()
     optin_terms(subset, model, x, settings, progress=False)
     setup, per_group = subset.group_times(start, time.perf_counter())
@@ -167,7 +168,8 @@ def main() -> None:
     rows = []
     for method in args.methods:
         for budget in args.budgets:
-            stem = f"{method}_{args.selection}_k{args.min_keep}_r{budget:g}_{scores[method].stem[-12:]}"
+            key = scores[method].stem[-12:]
+            stem = f"{method}_{args.selection}_k{args.min_keep}_r{budget:g}_{key}"
             masks_path = args.workdir / f"masks_{stem}.pth"
             start = time.perf_counter()
             masks = search_masks(teacher, scores[method], budget, args.selection, args.min_keep)
@@ -190,7 +192,8 @@ def main() -> None:
           f"{'PSNR (dB)':>9} {'SSIM':>7} {'dPSNR':>7}")
     for row in rows:
         print(f"{row['method']:<10} {row['r']:>4g} {row['ratio']:>9.4f} "
-              f"{row['heads']:>4}/{row['heads_total']:<5} {row['neurons']:>6}/{row['neurons_total']:<5} "
+              f"{row['heads']:>4}/{row['heads_total']:<5} "
+              f"{row['neurons']:>6}/{row['neurons_total']:<5} "
               f"{row['psnr']:>9.3f} {row['ssim']:>7.4f} {row['psnr'] - base['psnr']:>+7.3f}")
 
     blocks = sorted(rows[0]["per_block"]) if rows else []

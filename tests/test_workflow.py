@@ -63,7 +63,7 @@ def test_tiny_run_writes_evaluation_json(workflow_copy, make_images):
                                     "save_every": 2},
                           "data": {"train": {"hr": "hr"}, "val": {"hr": "hr"}}}
     (workflow_copy / "config/config.yaml").write_text(yaml.safe_dump(config))
-    result = snakemake("--cores", "1", cwd=workflow_copy)
+    result = snakemake("--cores", "2", cwd=workflow_copy)
     assert result.returncode == 0, result.stderr[-3000:]
     teacher_json = json.loads((workflow_copy / "results/tiny/eval/teacher_mine.json").read_text())
     bicubic_json = json.loads((workflow_copy / "results/tiny/eval/bicubic_mine.json").read_text())
