@@ -24,6 +24,20 @@ from srprune.pruning.adapter import Adapter, UnitGroup  # noqa: F401 (UnitSubset
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
+def random_released_x4(seed: int = 0) -> nn.Module:
+    """Released-size CATANet x4 with seeded random weights and centres (``initted``), eval mode."""
+    from srprune.models import create_model
+
+    torch.manual_seed(seed)
+    model = create_model("catanet", upscale=4)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for tab, _ in model.blocks:
+            tab.means.copy_(torch.randn(tab.means.shape, generator=gen))
+            tab.initted.fill_(True)
+    return model.eval()
+
+
 def require_shared(*relative: str) -> Path:
     """``../shared``, or exit with a message saying what is missing."""
     missing = [r for r in relative if not (SHARED / r).exists()]

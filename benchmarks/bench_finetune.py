@@ -55,8 +55,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from _common import set_threads
-from srprune import create_model
+from _common import random_released_x4, set_threads
 from srprune.complexity import count_params, macs_full
 from srprune.finetune import KDWeights, feature_kd_loss
 from srprune.pruning.adapter import full_kept, kept_counts, unit_costs
@@ -70,14 +69,7 @@ ADAPTER = CATANetAdapter()
 
 def teacher_x4(seed: int = 0) -> nn.Module:
     """Released-size CATANet x4, seeded random weights, centres set; frozen, eval mode."""
-    torch.manual_seed(seed)
-    model = create_model("catanet", upscale=4)
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for tab, _ in model.blocks:
-            tab.means.copy_(torch.randn(tab.means.shape, generator=gen))
-            tab.initted.fill_(True)
-    return model.eval().requires_grad_(False)
+    return random_released_x4(seed).requires_grad_(False)
 
 
 def masks_at(teacher: nn.Module, budget: float) -> dict[str, Tensor]:

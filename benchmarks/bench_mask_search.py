@@ -34,8 +34,7 @@ from dataclasses import replace
 import torch
 
 from _common import (UnitSubset, extrapolate, fmt_seconds, peak_rss_mib, sample_counts,
-                     set_threads, suffix)
-from srprune import create_model
+                     random_released_x4, set_threads, suffix)
 from srprune.pruning.catanet import CATANetAdapter
 from srprune.pruning.importance import OptinSettings, naive_optin_terms, optin_terms
 from srprune.pruning.search import Calibration
@@ -43,17 +42,6 @@ from srprune.pruning.search import Calibration
 MODULES = {"0.iasa_attn": "TAB heads", "0.mlp.fn": "TAB FFN", "1.layer.0.fn": "LRSA heads",
            "1.layer.1.fn": "LRSA FFN"}
 TOLERANCE = 1e-4
-
-
-def released_x4(seed: int) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    model = create_model("catanet", upscale=4)
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for tab, _ in model.blocks:
-            tab.means.copy_(torch.randn(tab.means.shape, generator=gen))
-            tab.initted.fill_(True)
-    return model.eval()
 
 
 @torch.no_grad()
@@ -116,7 +104,7 @@ def main() -> None:
     args = parser.parse_args()
 
     threads_line = set_threads(args.threads)
-    model = released_x4(args.seed)
+    model = random_released_x4(args.seed)
     adapter = CATANetAdapter()
     groups = adapter.groups(model)
     if not set(args.blocks) <= {g.block for g in groups}:

@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop-size", type=int, default=48, help="side of each LR crop")
     p.add_argument("--tokens", type=int, default=64, help="token positions K per Gram matrix")
     p.add_argument("--lam", type=float, default=1.0, help="weight of the output term")
-    p.add_argument("--max-batch", type=int, default=64,
+    p.add_argument("--max-batch", type=int, default=16,
                    help="images per masked forward (variants x crops); bounds memory")
     p.add_argument("--seed", type=int, default=0, help="calibration crops, token positions, random")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")

@@ -20,7 +20,13 @@ The raw terms (``md``, ``out``) are kept beside the combined score so that anoth
 applied without rescoring.
 
 Speed: the teacher runs once and its activations are cached; each unit's masked forward
-restarts at its own module, and many masked variants of one module run as one batch.
+restarts at its own module, and masked variants of one module run as one batch of at most
+``max_batch`` images (variants x calibration crops). Restarting skips on average the part of the
+forward before the unit's module (38% of it for the released x4 model, whose reconstruction
+every restart redoes), which bounds the gain over one full forward per unit (1.6x there,
+``benchmarks/bench_mask_search.py``). On a CPU, batching several variants was measured to cost
+about 1.2x per image against one variant per forward, hence the default of 16 images (one
+variant per forward at 16 or more crops); on a GPU, larger batches pay off.
 """
 from __future__ import annotations
 
@@ -43,7 +49,7 @@ class OptinSettings:
     tokens: int = 64          # K token positions per image for the Gram matrices
     lam: float = 1.0          # weight of the output term relative to the trajectory term
     seed: int = 0             # token positions
-    max_batch: int = 64       # images (variants x calibration crops) per masked forward
+    max_batch: int = 16       # images (variants x crops) per masked forward; see the docstring
 
     def to_dict(self) -> dict:
         return asdict(self)
