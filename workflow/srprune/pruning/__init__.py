@@ -1,0 +1,1 @@
+"""Structured pruning: adapters (what a model exposes), importance, selection, search stages."""
