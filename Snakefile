@@ -22,6 +22,7 @@ include: "rules/recover.smk"
 wildcard_constraints:
     method="optin|magnitude|random",
     budget=r"(0?\.[0-9]+|1(\.0+)?)",
+    part="[0-9]+",
     dataset="[A-Za-z0-9_-]+",
     stage="|".join(STAGES),
 

@@ -11,6 +11,7 @@ EVAL = config.get("evaluate", {})
 PRUNE = config.get("prune", {})
 CALIB = PRUNE.get("calibration", {})
 OPTIN = PRUNE.get("optin", {})
+SCORE_JOBS = PRUNE.get("score_jobs", 1)
 FINETUNE = config.get("finetune", {})
 FINETUNE_ON_GPU = str(FINETUNE.get("device", "auto")) != "cpu"
 

@@ -1,4 +1,6 @@
-# Mask search: unit scores once per method, masks per budget, the zeroed teacher per budget.
+# Mask search: unit scores once per method (split over `prune.score_jobs` jobs, block i going to
+# job i % score_jobs, then gathered: the same scores as one job), masks and the zeroed teacher
+# per budget.
 
 
 def calibration_args():
@@ -20,20 +22,32 @@ rule score_units:
     input:
         teacher=config["teacher"]["weights_path"],
     output:
-        f"{RESULTS}/{{method}}/unit_scores.pth",
+        f"{RESULTS}/{{method}}/unit_scores.part{{part}}of{SCORE_JOBS}.pth",
     params:
         options=calibration_args(),
         model_config=teacher_config_arg(),
         device=PRUNE.get("device", "cpu"),
     log:
-        f"{RESULTS}/logs/score_units_{{method}}.log",
-    threads: 2
+        f"{RESULTS}/logs/score_units_{{method}}_part{{part}}.log",
+    threads: 1
     resources:
         gpu=1 if str(PRUNE.get("device", "cpu")).startswith("cuda") else 0,
     shell:
-        "srprune score-units --teacher {input.teacher} --method {wildcards.method} "
-        "{params.options} {params.model_config} --device {params.device} --out {output} "
-        "> {log} 2>&1"
+        "OMP_NUM_THREADS={threads} srprune score-units --teacher {input.teacher} "
+        "--method {wildcards.method} --part {wildcards.part}/{SCORE_JOBS} {params.options} "
+        "{params.model_config} --device {params.device} --out {output} > {log} 2>&1"
+
+
+rule gather_scores:
+    input:
+        expand(f"{RESULTS}/{{{{method}}}}/unit_scores.part{{part}}of{SCORE_JOBS}.pth",
+               part=range(SCORE_JOBS)),
+    output:
+        f"{RESULTS}/{{method}}/unit_scores.pth",
+    log:
+        f"{RESULTS}/logs/gather_scores_{{method}}.log",
+    shell:
+        "srprune gather-scores {input} --out {output} > {log} 2>&1"
 
 
 rule search_masks:

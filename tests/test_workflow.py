@@ -36,8 +36,9 @@ def workflow_copy(tmp_path):
 def test_dry_run_of_the_default_config():
     result = snakemake("-n", "--forceall", "--cores", "2", cwd=ROOT)
     assert result.returncode == 0, result.stderr
-    for rule in ("evaluate_teacher", "evaluate_baseline", "score_units", "search_masks",
-                 "export_zeroed", "finetune", "rebuild", "evaluate_stage", "inspect"):
+    for rule in ("evaluate_teacher", "evaluate_baseline", "score_units", "gather_scores",
+                 "search_masks", "export_zeroed", "finetune", "rebuild", "evaluate_stage",
+                 "inspect"):
         assert f"rule {rule}:" in result.stdout + result.stderr, rule
 
 
@@ -87,3 +88,15 @@ def test_tiny_run_writes_evaluation_json(workflow_copy, make_images):
             assert len(sparsity) == 3
     again = snakemake("-n", "--cores", "1", cwd=workflow_copy)   # nothing stale: nothing to do
     assert "Nothing to be done" in again.stdout + again.stderr
+
+    # a changed fine-tune setting reruns fine-tuning and what follows, not the mask search
+    config["finetune"]["train"]["lr"] = 1e-3
+    (workflow_copy / "config/config.yaml").write_text(yaml.safe_dump(config))
+    plan = snakemake("-n", "--cores", "1", cwd=workflow_copy)
+    text = plan.stdout + plan.stderr
+    assert plan.returncode == 0 and "Params have changed since last execution" in text
+    for rule in ("finetune", "rebuild", "evaluate_stage", "inspect"):
+        assert f"rule {rule}:" in text, rule
+    for rule in ("score_units", "gather_scores", "search_masks", "export_zeroed",
+                 "evaluate_teacher"):
+        assert f"rule {rule}:" not in text, rule

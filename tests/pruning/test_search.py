@@ -82,3 +82,26 @@ def test_budget_below_floor_and_wrong_teacher(setup, capsys):
     assert main(["search-masks", "--teacher", str(other), "--scores", str(scores),
                  "--mac-constraint", "0.9", "--out", str(root / "y.pth")]) == 2
     assert "another teacher" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["optin", "magnitude", "random"])
+def test_scoring_split_into_jobs_equals_one_job(setup, method):
+    root, _ = setup
+    whole = torch.load(score(setup, method, f"whole_{method}.pth"), weights_only=True)
+    parts = [score(setup, method, f"part{k}_{method}.pth", "--part", f"{k}/2") for k in range(2)]
+    assert main(["gather-scores", *map(str, parts), "--out", str(root / f"joined_{method}.pth")]) == 0
+    joined = torch.load(root / f"joined_{method}.pth", weights_only=True)
+    assert list(joined["scores"]) == list(whole["scores"])
+    for name, values in whole["scores"].items():
+        assert torch.equal(joined["scores"][name], values), name
+    assert joined["part"] is None
+
+
+def test_a_part_alone_is_refused(setup, capsys):
+    root, teacher = setup
+    part = score(setup, "magnitude", "only_part.pth", "--part", "1/2")
+    assert main(["gather-scores", str(part), "--out", str(root / "j.pth")]) == 2
+    assert "exactly once" in capsys.readouterr().err
+    assert main(["search-masks", "--teacher", str(teacher), "--scores", str(part),
+                 "--mac-constraint", "0.9", "--out", str(root / "m.pth")]) == 2
+    assert "one scoring job only" in capsys.readouterr().err

@@ -100,10 +100,28 @@ def cmd_score_units(args: argparse.Namespace) -> None:
     settings = OptinSettings(tokens=args.tokens, lam=args.lam, seed=args.seed,
                              max_batch=args.max_batch)
     artifact = score_units(args.teacher, args.method, calibration, settings,
-                           _model_config(args.model_config), args.device)
+                           _model_config(args.model_config), args.device, part=_part(args.part))
     save_artifact(artifact, args.out)
-    print(f"scored {sum(len(s) for s in artifact['scores'].values())} units of "
-          f"{len(artifact['scores'])} groups with {args.method}; wrote {args.out}")
+    scored = artifact.get("scores") or artifact.get("terms")
+    print(f"scored {sum(len(s) for s in scored.values())} units of {len(scored)} groups with "
+          f"{args.method}{f' (part {args.part})' if args.part else ''}; wrote {args.out}")
+
+
+def _part(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--part must look like k/n (e.g. 0/4), got {text!r}") from None
+    return k, n
+
+
+def cmd_gather_scores(args: argparse.Namespace) -> None:
+    from .pruning.search import gather_scores, save_artifact
+
+    save_artifact(gather_scores(args.parts), args.out)
+    print(f"joined {len(args.parts)} scoring jobs; wrote {args.out}")
 
 
 def cmd_search_masks(args: argparse.Namespace) -> None:
@@ -196,7 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images per masked forward (variants x crops); bounds memory")
     p.add_argument("--seed", type=int, default=0, help="calibration crops, token positions, random")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--part", help="k/n: score only the blocks i with i %% n == k (job k of n); "
+                                  "join the n parts with gather-scores")
     p.set_defaults(func=cmd_score_units)
+
+    p = sub.add_parser("gather-scores", help="join the unit scores of parallel scoring jobs")
+    p.add_argument("parts", nargs="+", metavar="PART", help="score-units --part outputs")
+    p.add_argument("--out", required=True, help="the joined unit-scores artifact")
+    p.set_defaults(func=cmd_gather_scores)
 
     p = sub.add_parser("search-masks", help="choose units to keep under a MAC budget")
     _teacher_args(p)

@@ -3,9 +3,18 @@
 An *upscaler* maps an LR uint8 HxWx3 image to an SR uint8 image: a model (output clamped to
 [0, 1] and rounded to uint8, as BasicSR's ``tensor2img``) or the bicubic baseline (MATLAB
 bicubic upsampling of the LR image).
+
+Options of ``srprune evaluate`` beyond the scores (all off by default, and then the JSON is
+exactly as before): tiled inference (``tile``, ``tile_overlap``, ``tile_blend``; see
+:mod:`srprune.tiling`), a latency measurement (``latency_runs`` > 0; see
+:mod:`srprune.latency`), and :func:`evaluate_many` for several data sets in one JSON.
+:func:`add_evaluate_options` and :func:`evaluate_options` are the command-line side.
 """
 from __future__ import annotations
 
+import argparse
+import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -17,6 +26,9 @@ from tqdm import tqdm
 from .data import SRDataset, embedded_images, modcrop, to_tensor
 from .imresize import imresize
 from .metrics import psnr_y, ssim_y, to_uint8
+from .tiling import BLEND_MODES, check_tile_args, tiled_forward
+
+log = logging.getLogger(__name__)
 
 Upscaler = Callable[[np.ndarray], np.ndarray]
 Pair = tuple[str, np.ndarray, np.ndarray]
@@ -37,11 +49,27 @@ def load_pairs(hr: str | Path, scale: int, lr: str | Path | None = None,
 
 
 def model_upscaler(model: nn.Module, device: torch.device | str = "cpu",
-                   quantize: bool = True) -> Upscaler:
-    """Run ``model`` without gradients; output clamped to [0, 1] and, if ``quantize``, uint8."""
+                   quantize: bool = True, tile: int | None = None, tile_overlap: int = 8,
+                   tile_blend: str = "uniform", scale: int | None = None) -> Upscaler:
+    """Run ``model`` without gradients; output clamped to [0, 1] and, if ``quantize``, uint8.
+
+    With ``tile`` the model runs tile by tile (:func:`srprune.tiling.tiled_forward`; ``scale``
+    defaults to ``model.cfg.upscale``).
+    """
+    forward: Callable[[torch.Tensor], torch.Tensor] = model
+    if tile is not None:
+        if scale is None:
+            scale = getattr(getattr(model, "cfg", None), "upscale", None)
+            if scale is None:
+                raise ValueError("tiled inference needs the scale (the model has no cfg.upscale)")
+        check_tile_args(tile, tile_overlap, scale, tile_blend)
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return tiled_forward(model, x, tile, tile_overlap, scale, tile_blend)
+
     def upscale(lr: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            out = model(to_tensor(lr).to(device)).clamp(0, 1).cpu()
+            out = forward(to_tensor(lr).to(device)).clamp(0, 1).cpu()
         return to_uint8(out) if quantize else out[0].permute(1, 2, 0).double().numpy()
     return upscale
 
@@ -73,40 +101,248 @@ def score(upscaler: Upscaler, pairs: Iterable[Pair], scale: int, progress: bool 
 
 
 def score_model(model: nn.Module, pairs: Iterable[Pair], scale: int, ssim: bool = True,
-                progress: bool = False, quantize: bool = True) -> dict[str, Any]:
+                progress: bool = False, quantize: bool = True, tile: int | None = None,
+                tile_overlap: int = 8, tile_blend: str = "uniform") -> dict[str, Any]:
     """:func:`score` for a model, restoring its train/eval mode afterwards."""
     training = model.training
     model.eval()
     device = next(model.parameters()).device
+    upscaler = model_upscaler(model, device, quantize, tile, tile_overlap, tile_blend, scale)
     try:
-        return score(model_upscaler(model, device, quantize), pairs, scale, progress=progress, ssim=ssim)
+        return score(upscaler, pairs, scale, progress=progress, ssim=ssim)
     finally:
         model.train(training)
+
+
+METRIC = "Y channel (BT.601), BasicSR conventions"
+DATASET_KEYS = ("hr", "lr", "filename_tmpl")
+
+
+def _tile_options(tile: int | None, tile_overlap: int, tile_blend: str,
+                  scale: int) -> dict[str, Any] | None:
+    """The JSON record of the tiling options (None when off); checks them."""
+    if tile is None:
+        return None
+    check_tile_args(tile, tile_overlap, scale, tile_blend)
+    return {"tile": tile, "overlap": tile_overlap, "blend": tile_blend}
+
+
+def _check_latency_runs(latency_runs: int, latency_warmup: int) -> None:
+    for name, value in (("latency_runs", latency_runs), ("latency_warmup", latency_warmup)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+
+
+def _load_net(model: str, scale: int, device: str, model_config: dict[str, Any] | None) -> nn.Module:
+    from .checkpoint import load_model
+    from .train import pick_device
+
+    net = load_model(model, **(model_config or {})).to(pick_device(device))
+    if net.cfg.upscale != scale:
+        raise ValueError(f"{model} is an x{net.cfg.upscale} model but --scale is {scale}")
+    return net
+
+
+def _extras(net: nn.Module | None, scale: int, tiling: dict[str, Any] | None, latency_runs: int,
+            latency_warmup: int, latency_lr_size: Sequence[int] | None) -> dict[str, Any]:
+    """Params/MACs, then the optional ``tile``, ``latency_ms`` and ``latency`` entries.
+
+    Latency is measured first, on the device the model was evaluated on (the complexity report
+    moves the model to the CPU). ``net`` None is the bicubic baseline: no params, MACs or latency.
+    """
+    from .complexity import complexity_report
+    from .latency import measure_latency
+
+    extras: dict[str, Any] = {}
+    latency = None
+    if net is None:
+        extras.update({"params": 0, "params_nonzero": 0, "macs_thop": None, "macs_full": None})
+        if tiling is not None:
+            log.info("bicubic baseline: --tile does not apply, the images are upscaled whole")
+    else:
+        if latency_runs > 0:
+            latency = measure_latency(net, latency_lr_size, warmup=latency_warmup, runs=latency_runs,
+                                      scale=scale, **({} if tiling is None else {
+                                          "tile": tiling["tile"], "tile_overlap": tiling["overlap"],
+                                          "tile_blend": tiling["blend"]}))
+        cx = complexity_report(net.cpu(), scale=scale)
+        extras.update({"params": cx["params_total"], "params_nonzero": cx["params_nonzero"],
+                       "macs_thop": cx["macs_thop"], "macs_full": cx["macs_full"],
+                       "macs_lr_size": cx["lr_size"], "macs_per_module": cx["per_module"]})
+    if tiling is not None:
+        extras["tile"] = tiling
+    if latency_runs > 0:
+        extras["latency_ms"] = None if latency is None else latency["median_ms"]
+        extras["latency"] = latency
+    return extras
 
 
 def evaluate_spec(model: str, hr: str, scale: int, lr: str | None = None,
                   filename_tmpl: str = "{}", quantize: bool = True, device: str = "cpu",
                   model_config: dict[str, Any] | None = None,
-                  progress: bool = True) -> dict[str, Any]:
-    """``srprune evaluate``: scores plus params and MACs of a checkpoint, or of ``bicubic``."""
-    from .checkpoint import load_model
-    from .complexity import complexity_report
-    from .train import pick_device
+                  progress: bool = True, tile: int | None = None, tile_overlap: int = 8,
+                  tile_blend: str = "uniform", latency_runs: int = 0, latency_warmup: int = 2,
+                  latency_lr_size: Sequence[int] | None = None) -> dict[str, Any]:
+    """``srprune evaluate``: scores plus params and MACs of a checkpoint, or of ``bicubic``.
 
+    Optional, off by default (the JSON then has exactly the keys it always had):
+
+    * ``tile`` (LR pixels), ``tile_overlap``, ``tile_blend``: run the model tile by tile
+      (:func:`srprune.tiling.tiled_forward`); adds ``"tile": {"tile", "overlap", "blend"}``.
+      Ignored for ``bicubic``.
+    * ``latency_runs`` > 0: :func:`srprune.latency.measure_latency` with ``latency_warmup``
+      untimed runs, at ``latency_lr_size`` (H, W; default the reference size of ``scale``), tiled
+      when ``tile`` is given; adds ``latency_ms`` (median) and ``latency`` (the full record;
+      both None for ``bicubic``).
+    """
+    tiling = _tile_options(tile, tile_overlap, tile_blend, scale)
+    _check_latency_runs(latency_runs, latency_warmup)
     pairs = load_pairs(hr, scale, lr, filename_tmpl)
     result: dict[str, Any] = {"model": model, "hr": str(hr), "lr": lr, "scale": scale,
                               "quantized_uint8": quantize, "crop_border": scale,
-                              "metric": "Y channel (BT.601), BasicSR conventions"}
+                              "metric": METRIC}
     if model == "bicubic":
+        net = None
         scores = score(bicubic_upscaler(scale), pairs, scale, progress=progress)
-        result.update({"params": 0, "params_nonzero": 0, "macs_thop": None, "macs_full": None})
     else:
-        net = load_model(model, **(model_config or {})).to(pick_device(device))
-        if net.cfg.upscale != scale:
-            raise ValueError(f"{model} is an x{net.cfg.upscale} model but --scale is {scale}")
-        scores = score_model(net, pairs, scale, progress=progress, quantize=quantize)
-        cx = complexity_report(net.cpu(), scale=scale)
-        result.update({"params": cx["params_total"], "params_nonzero": cx["params_nonzero"],
-                       "macs_thop": cx["macs_thop"], "macs_full": cx["macs_full"],
-                       "macs_lr_size": cx["lr_size"], "macs_per_module": cx["per_module"]})
+        net = _load_net(model, scale, device, model_config)
+        scores = score_model(net, pairs, scale, progress=progress, quantize=quantize,
+                             **_tile_kwargs(tiling))
+    result.update(_extras(net, scale, tiling, latency_runs, latency_warmup, latency_lr_size))
     return {**result, **scores}
+
+
+def _tile_kwargs(tiling: dict[str, Any] | None) -> dict[str, Any]:
+    if tiling is None:
+        return {}
+    return {"tile": tiling["tile"], "tile_overlap": tiling["overlap"], "tile_blend": tiling["blend"]}
+
+
+def _dataset_spec(name: str, spec: Mapping[str, Any] | str) -> dict[str, Any]:
+    """``{"hr", "lr", "filename_tmpl"}`` of one entry of :func:`evaluate_many`'s ``datasets``."""
+    if isinstance(spec, (str, Path)):
+        spec = {"hr": str(spec)}
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"data set {name!r}: expected a mapping with 'hr' (and optionally 'lr', "
+                         f"'filename_tmpl'), got {type(spec).__name__}")
+    unknown = sorted(set(spec) - set(DATASET_KEYS))
+    if unknown:
+        raise ValueError(f"data set {name!r}: unknown keys {unknown}; allowed: {list(DATASET_KEYS)}")
+    if not spec.get("hr"):
+        raise ValueError(f"data set {name!r}: 'hr' (HR folder or embedded:<split>) is required")
+    lr = spec.get("lr")
+    return {"hr": str(spec["hr"]), "lr": None if lr is None else str(lr),
+            "filename_tmpl": spec.get("filename_tmpl") or "{}"}
+
+
+def evaluate_many(model: str, datasets: Mapping[str, Mapping[str, Any] | str], scale: int,
+                  quantize: bool = True, device: str = "cpu",
+                  model_config: dict[str, Any] | None = None, progress: bool = True,
+                  tile: int | None = None, tile_overlap: int = 8, tile_blend: str = "uniform",
+                  latency_runs: int = 0, latency_warmup: int = 2,
+                  latency_lr_size: Sequence[int] | None = None) -> dict[str, Any]:
+    """Score one model (a checkpoint, or ``bicubic``) on several data sets; the model is loaded once.
+
+    ``datasets`` maps a name to ``{"hr": ..., "lr": ... (optional), "filename_tmpl": ...
+    (optional)}`` (a bare string is taken as ``hr``); all data sets are opened before any
+    scoring, so a missing folder fails fast. The result holds the model-level entries once
+    (``model``, ``scale``, ``quantized_uint8``, ``crop_border``, ``metric``, ``params``,
+    ``params_nonzero``, ``macs_thop``, ``macs_full``, ``macs_lr_size``, ``macs_per_module``
+    and, when asked for, ``tile``, ``latency_ms``, ``latency``, as in :func:`evaluate_spec`)
+    and ``datasets``: ``{name: {"hr", "lr", "filename_tmpl", "psnr", "ssim", "per_image"}}``
+    in the given order.
+    """
+    if not datasets:
+        raise ValueError("evaluate_many needs at least one data set")
+    specs = {str(name): _dataset_spec(str(name), spec) for name, spec in datasets.items()}
+    tiling = _tile_options(tile, tile_overlap, tile_blend, scale)
+    _check_latency_runs(latency_runs, latency_warmup)
+    pairs = {name: load_pairs(s["hr"], scale, s["lr"], s["filename_tmpl"]) for name, s in specs.items()}
+    net = None if model == "bicubic" else _load_net(model, scale, device, model_config)
+    results: dict[str, Any] = {}
+    for name, items in pairs.items():
+        if net is None:
+            scores = score(bicubic_upscaler(scale), items, scale, progress=progress)
+        else:
+            scores = score_model(net, items, scale, progress=progress, quantize=quantize,
+                                 **_tile_kwargs(tiling))
+        results[name] = {**specs[name], **scores}
+    head = {"model": model, "scale": scale, "quantized_uint8": quantize, "crop_border": scale,
+            "metric": METRIC}
+    return {**head, **_extras(net, scale, tiling, latency_runs, latency_warmup, latency_lr_size),
+            "datasets": results}
+
+
+# --------------------------------------------------------------------------- command line
+def parse_size(text: str) -> tuple[int, int]:
+    """``"HxW"`` (or a single ``"N"`` for NxN) -> ``(H, W)``; argparse ``type=``."""
+    parts = str(text).lower().replace("*", "x").split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH (e.g. 180x320) or N, got {text!r}")
+    return values[0], values[1]
+
+
+def parse_dataset(text: str) -> tuple[str, dict[str, Any]]:
+    """``"NAME=HR[,LR[,TMPL]]"`` -> ``(NAME, {"hr", "lr", "filename_tmpl"})``; argparse ``type=``."""
+    name, sep, rest = str(text).partition("=")
+    parts = rest.split(",")
+    if not sep or not name or not parts[0] or len(parts) > 3:
+        raise argparse.ArgumentTypeError(f"expected NAME=HR[,LR[,TMPL]], got {text!r}")
+    spec = {"hr": parts[0], "lr": parts[1] if len(parts) > 1 and parts[1] else None,
+            "filename_tmpl": parts[2] if len(parts) > 2 and parts[2] else "{}"}
+    return name, spec
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def add_evaluate_options(parser: argparse.ArgumentParser, datasets: bool = False) -> None:
+    """Add ``--tile``, ``--tile-overlap``, ``--tile-blend``, ``--latency-runs``,
+    ``--latency-warmup``, ``--latency-size`` (and, with ``datasets``, a repeatable ``--dataset``)
+    to ``srprune evaluate``'s parser. Pair with :func:`evaluate_options`."""
+    group = parser.add_argument_group("tiled inference and latency")
+    group.add_argument("--tile", type=_int_at_least(1), metavar="PIXELS",
+                       help="run the model on LR tiles of this side (bounded memory); default: whole images")
+    group.add_argument("--tile-overlap", type=_int_at_least(0), default=8, metavar="PIXELS",
+                       help="overlap of neighbouring tiles in LR pixels (default 8; must be < --tile)")
+    group.add_argument("--tile-blend", choices=BLEND_MODES, default="uniform",
+                       help="weights of overlapping tile outputs: uniform mean (default, BasicSR's), "
+                            "linear ramp, or crop (each pixel from the tile it is most inside)")
+    group.add_argument("--latency-runs", type=_int_at_least(0), default=0, metavar="N",
+                       help="time N forward passes (batch 1) and report the median; 0 = skip (default)")
+    group.add_argument("--latency-warmup", type=_int_at_least(0), default=2, metavar="N",
+                       help="untimed forward passes before timing (default 2)")
+    group.add_argument("--latency-size", type=parse_size, metavar="HxW",
+                       help="LR input size for the latency, e.g. 64x64 (default: the reference size, "
+                            "output 1280x720: 360x640 at x2, 180x320 at x4)")
+    if datasets:
+        group.add_argument("--dataset", action="append", type=parse_dataset,
+                           metavar="NAME=HR[,LR[,TMPL]]",
+                           help="evaluate on this data set too (repeatable); results under "
+                                "'datasets' in the JSON")
+
+
+def evaluate_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments for :func:`evaluate_spec` / :func:`evaluate_many` from the options of
+    :func:`add_evaluate_options` (missing attributes take the defaults)."""
+    return {"tile": getattr(args, "tile", None),
+            "tile_overlap": getattr(args, "tile_overlap", 8),
+            "tile_blend": getattr(args, "tile_blend", "uniform"),
+            "latency_runs": getattr(args, "latency_runs", 0),
+            "latency_warmup": getattr(args, "latency_warmup", 2),
+            "latency_lr_size": getattr(args, "latency_size", None)}

@@ -25,10 +25,9 @@ from ..data import PatchSampler
 from ..evaluate import load_pairs
 from ..fileio import save_torch
 from ..models import arch_name
-from .adapter import Adapter, full_kept, kept_counts, unit_costs
+from .adapter import Adapter, UnitGroup, full_kept, kept_counts, unit_costs
 from .catanet import CATANetAdapter
-from .importance import (METHODS, OptinSettings, combine, magnitude_scores, optin_terms,
-                         random_scores)
+from .importance import METHODS, OptinSettings, combine, optin_terms, random_scores
 from .selection import linear_macs, select
 
 log = logging.getLogger(__name__)
@@ -69,38 +68,88 @@ class Calibration:
         return sampler.sample()[0]
 
 
+def part_groups(groups: list[UnitGroup], part: tuple[int, int] | None) -> list[UnitGroup]:
+    """The groups of scoring job ``k`` of ``n`` (blocks ``i`` with ``i % n == k``), or all."""
+    if part is None:
+        return groups
+    k, n = part
+    if not 0 <= k < n:
+        raise ValueError(f"part must be k/n with 0 <= k < n, got {k}/{n}")
+    return [g for g in groups if g.block % n == k]
+
+
 def score_units(teacher_path: str | Path, method: str, calibration: Calibration,
                 settings: OptinSettings, model_config: dict[str, Any] | None = None,
-                device: str = "cpu", progress: bool = True) -> dict[str, Any]:
-    """Score every unit of the teacher with ``method``; returns the scores artifact."""
+                device: str = "cpu", progress: bool = True,
+                part: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Score the units of the teacher with ``method``; returns the scores artifact.
+
+    ``part = (k, n)`` scores only the blocks of job k of n (for a cluster); :func:`gather_scores`
+    joins the n parts into the artifact a single job writes.
+    """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     model = load_model(teacher_path, **(model_config or {}))
     adapter = adapter_for(model)
+    all_groups = adapter.groups(model)
+    groups = part_groups(all_groups, part)
     artifact: dict[str, Any] = {
         "kind": "unit_scores", "method": method, "teacher_sha256": file_sha256(teacher_path),
         "teacher": str(teacher_path), "arch": arch_name(model), "model_config": model.cfg.to_dict(),
-        "groups": [asdict(g) for g in adapter.groups(model)],
+        "groups": [asdict(g) for g in all_groups], "part": list(part) if part else None,
     }
+    names = {g.name for g in groups}
     if method == "optin":
         x = calibration.crops(model.cfg.upscale)
         model.to(device)
-        terms = optin_terms(adapter, model, x.to(device), settings, progress=progress)
-        scores, factor = combine(terms, settings.lam)
-        artifact.update(calibration=asdict(calibration), calibration_crops=x, settings=settings.to_dict(),
-                        balance_factor=factor, terms=terms)
+        terms = optin_terms(adapter, model, x.to(device), settings, progress=progress, groups=groups)
+        artifact.update(calibration=asdict(calibration), calibration_crops=x,
+                        settings=settings.to_dict(), terms=terms)
     elif method == "magnitude":
-        scores = magnitude_scores(adapter, model)
+        artifact["scores"] = {g.name: adapter.unit_magnitude(model, g) for g in groups}
     else:
-        scores = random_scores(adapter, model, calibration.seed)
-        artifact["seed"] = calibration.seed
-    artifact["scores"] = scores
+        scores = random_scores(adapter, model, calibration.seed)  # all, so parts agree with one job
+        artifact.update(seed=calibration.seed,
+                        scores={k: v for k, v in scores.items() if k in names})
+    return finish_scores(artifact) if part is None else artifact
+
+
+def finish_scores(artifact: dict[str, Any]) -> dict[str, Any]:
+    """Combine OPTIN's raw terms of all units into scores (the balance needs every unit)."""
+    if artifact["method"] == "optin":
+        scores, factor = combine(artifact["terms"], artifact["settings"]["lam"])
+        artifact.update(scores=scores, balance_factor=factor)
     return artifact
+
+
+def gather_scores(paths: list[str | Path]) -> dict[str, Any]:
+    """Join the artifacts of scoring jobs 0..n-1 into the one a single job would have written."""
+    parts = [read_checkpoint(p) for p in paths]
+    first = parts[0]
+    same = ("kind", "method", "teacher_sha256", "arch", "model_config", "groups", "calibration",
+            "settings", "seed")
+    for path, other in zip(paths[1:], parts[1:]):
+        differ = [k for k in same if other.get(k) != first.get(k)]
+        if differ or ("calibration_crops" in first
+                      and not torch.equal(other["calibration_crops"], first["calibration_crops"])):
+            raise CheckpointError(f"{path} was scored differently from {paths[0]}: "
+                                  f"{differ or ['calibration_crops']}")
+    key = "terms" if first["method"] == "optin" else "scores"
+    joined = {name: value for part in parts for name, value in part[key].items()}
+    expected = [g["name"] for g in first["groups"]]
+    if sorted(joined) != sorted(expected) or sum(len(p[key]) for p in parts) != len(expected):
+        raise CheckpointError(f"the parts do not cover every group exactly once: "
+                              f"missing {sorted(set(expected) - set(joined))}")
+    artifact = {**first, key: {name: joined[name] for name in expected}, "part": None}
+    return finish_scores(artifact)
 
 
 def check_scores_match(scores: dict[str, Any], teacher_path: str | Path) -> None:
     if scores.get("kind") != "unit_scores":
         raise CheckpointError("not a unit-scores artifact (run `srprune score-units` first)")
+    if scores.get("part"):
+        raise CheckpointError("these are the scores of one scoring job only; join all parts with "
+                              "`srprune gather-scores` first")
     if scores["teacher_sha256"] != file_sha256(teacher_path):
         raise CheckpointError(f"the scores were computed for another teacher than {teacher_path} "
                               f"(checksum differs); rescore")
