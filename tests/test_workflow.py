@@ -42,6 +42,21 @@ def test_dry_run_of_the_default_config():
         assert f"rule {rule}:" in result.stdout + result.stderr, rule
 
 
+def test_slurm_profile_routes_gpu_rules():
+    """A dry run through the SLURM executor (no SLURM needed) shows each job's resources."""
+    result = snakemake("-n", "--forceall", "--profile", "profiles/slurm", cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = {}
+    for block in (result.stdout + result.stderr).split("rule ")[1:]:
+        name = block.split(":", 1)[0]
+        resources = next((line for line in block.splitlines() if "resources:" in line), "")
+        jobs.setdefault(name, set()).add(resources)
+    for rule in ("score_units", "finetune"):
+        assert all("gres=gpu:1" in r and "slurm_partition=gpu" in r for r in jobs[rule]), rule
+    for rule in ("search_masks", "export_zeroed", "rebuild", "evaluate_stage", "inspect"):
+        assert all("gres=" not in r and "slurm_partition=cpu" in r for r in jobs[rule]), rule
+
+
 def test_invalid_config_is_rejected(workflow_copy):
     result = snakemake("-n", "--cores", "1", "--config", "scale=5", cwd=workflow_copy)
     assert result.returncode != 0

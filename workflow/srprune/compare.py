@@ -412,8 +412,8 @@ def write_markdown(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -
 
 # --------------------------------------------------------------------------- figures
 STAGE_STYLE = {  # marker, filled, line style joining the budgets, legend label
-    "pruned": ("v", True, ":", "zeroed (no fine-tuning)"),
-    "finetuned_feature_kd": ("o", True, "-", "fine-tuned (feature KD)"),
+    "pruned": ("v", True, ":", "pruned (zeroed, no fine-tuning)"),
+    "finetuned_feature_kd": ("o", True, "-", "finetuned_feature_kd (zeroed)"),
     "rebuilt": ("s", False, "", "rebuilt (physically smaller)"),
 }
 
@@ -467,6 +467,9 @@ def plot_psnr_vs_macs(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike
                     markeredgecolor=colors[method], markeredgewidth=1.4, alpha=0.9,
                     zorder=2 + i)
     handles = []
+    model_psnr = [r["psnr"] for r in part if r["stage"] in (*MODEL_STAGES, "teacher")]
+    lo, hi = min(model_psnr, default=0.0), max(model_psnr, default=1.0)
+    pad = max(0.05, 0.08 * (hi - lo))
     if teacher is not None:
         ax.axhline(teacher["psnr"], color="0.35", linestyle="--", linewidth=1, zorder=1)
         if teacher["effective_macs_full"] is not None:
@@ -474,11 +477,24 @@ def plot_psnr_vs_macs(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike
                     markersize=15, color="black", linestyle="none", zorder=10)
         handles.append(Line2D([], [], color="black", marker="*", markersize=12, linestyle="--",
                               label=f"teacher ({teacher['psnr']:.3f} dB)"))
-    for j, row in enumerate(r for r in part if r["stage"] not in (*MODEL_STAGES, "teacher")):
+    off_scale = []
+    references = [r for r in part if r["stage"] not in (*MODEL_STAGES, "teacher")]
+    for j, row in enumerate(references):
         style = (0, (1, 1.5)) if j == 0 else (0, (4, 1, 1, 1))
-        ax.axhline(row["psnr"], color="0.2", linestyle=style, linewidth=1.2, zorder=1)
-        handles.append(Line2D([], [], color="0.2", linestyle=style,
-                              label=f"{row['stage']} ({row['psnr']:.3f} dB, no MACs)"))
+        label = f"{row['stage']} ({row['psnr']:.3f} dB, no MACs)"
+        if model_psnr and not hi - 2.5 * max(hi - lo, 0.2) <= row["psnr"] <= hi + 1.0:
+            off_scale.append(f"{row['stage']}: {row['psnr']:.3f} dB "
+                             f"({'below' if row['psnr'] < lo else 'above'} this range)")
+            label += ", off the scale"
+        else:
+            ax.axhline(row["psnr"], color="0.2", linestyle=style, linewidth=1.2, zorder=1)
+            lo, hi = min(lo, row["psnr"]), max(hi, row["psnr"])
+        handles.append(Line2D([], [], color="0.2", linestyle=style, label=label))
+    ax.set_ylim(lo - pad, hi + pad)
+    if off_scale:
+        ax.text(0.01, 0.015, "\n".join(off_scale), transform=ax.transAxes, fontsize=9,
+                va="bottom", ha="left", color="0.2",
+                bbox=dict(boxstyle="round,pad=0.3", facecolor="white", edgecolor="0.6"))
     handles += [Line2D([], [], color=colors[m], linewidth=3, label=m) for m in methods]
     handles += [Line2D([], [], color="0.3", marker=marker, linestyle=line or "none",
                        markerfacecolor="0.3" if filled else "none", markeredgecolor="0.3",
@@ -530,7 +546,8 @@ def plot_kept_units(masks_by_budget: Mapping[tuple[str, str], Mapping[str, Any]]
     budgets = sorted({b for _, b in masks_by_budget}, key=lambda b: (-float(b), b))
     cmap_colors = _budget_colors(len(budgets))
     width = 0.8 / len(budgets)
-    fig = _figure(max(8.0, 1.15 * len(groups) + 2), 2.6 * len(methods) + 1.4)
+    per_group = 0.55 + 0.22 * len(budgets)
+    fig = _figure(min(max(8.0, per_group * len(groups) + 1.5), 30.0), 2.6 * len(methods) + 1.6)
     axes = fig.subplots(len(methods), 1, sharex=True, squeeze=False)[:, 0]
     units = {}
     for ax, method in zip(axes, methods):
@@ -565,7 +582,8 @@ def plot_kept_units(masks_by_budget: Mapping[tuple[str, str], Mapping[str, Any]]
                 ax.axvline(k - 0.5, color="0.6", linewidth=0.8)
     axes[-1].set_xticks(range(len(groups)),
                         [_group_label(g, units.get(g, 0)) for g in groups],
-                        rotation=35, ha="right", rotation_mode="anchor", fontsize=8)
+                        rotation=35 if len(groups) <= 12 else 90, ha="right",
+                        rotation_mode="anchor", fontsize=8)
     fig.suptitle("Kept heads and neurons per module (bar labels: units kept)", fontsize=12)
     return _save_png(fig, path)
 
