@@ -1,6 +1,9 @@
 # Helpers shared by the rules: paths and command-line fragments built from the config.
 import json
+import os
 import shlex
+
+from snakemake.exceptions import WorkflowError
 
 RUN = config["run"]
 SCALE = config["scale"]
@@ -34,3 +37,25 @@ def teacher_config_arg():
 def finetune_settings_arg():
     """The finetune section as one JSON argument; a changed setting reruns fine-tuning."""
     return shlex.quote(json.dumps(FINETUNE, sort_keys=True))
+
+
+def check_inputs_exist():
+    """Stop before building the DAG when the teacher or a data folder of the config is missing."""
+    missing = []
+    teacher = config["teacher"]["weights_path"]
+    if not os.path.isfile(teacher):
+        missing.append(f"teacher.weights_path: {teacher}")
+    folders = {f"datasets.{name}": spec for name, spec in DATASETS.items()}
+    folders["prune.calibration"] = CALIB
+    folders.update({f"finetune.data.{k}": v for k, v in FINETUNE.get("data", {}).items()})
+    for where, spec in folders.items():
+        for key in ("hr", "lr"):
+            path = spec.get(key)
+            if path and not path.startswith("embedded:") and not os.path.isdir(path):
+                missing.append(f"{where}.{key}: {path}")
+    if missing:
+        raise WorkflowError("missing inputs named in the config (paths are relative to "
+                            f"{os.getcwd()}):\n  " + "\n  ".join(missing))
+
+
+check_inputs_exist()

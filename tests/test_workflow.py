@@ -57,6 +57,16 @@ def test_slurm_profile_routes_gpu_rules():
         assert all("gres=" not in r and "slurm_partition=cpu" in r for r in jobs[rule]), rule
 
 
+def test_real_use_config_names_what_is_missing(workflow_copy):
+    result = snakemake("-n", "--cores", "1", "--configfile", "config/catanet_x2_div2k.yaml",
+                       cwd=workflow_copy)
+    text = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "missing inputs named in the config" in text
+    assert "teacher.weights_path: weights/CATANet-L_x2.pth" in text
+    assert "prune.calibration.hr: data/DIV2K/DIV2K_train_HR" in text
+
+
 def test_invalid_config_is_rejected(workflow_copy):
     result = snakemake("-n", "--cores", "1", "--config", "scale=5", cwd=workflow_copy)
     assert result.returncode != 0
