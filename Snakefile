@@ -17,6 +17,7 @@ include: "rules/common.smk"
 include: "rules/evaluate.smk"
 include: "rules/prune.smk"
 include: "rules/recover.smk"
+include: "rules/compare.smk"
 
 
 wildcard_constraints:
@@ -29,16 +30,11 @@ wildcard_constraints:
 
 rule all:
     input:
-        expand(f"{RESULTS}/eval/teacher_{{dataset}}.json", dataset=DATASETS),
-        expand(f"{RESULTS}/eval/{{baseline}}_{{dataset}}.json", dataset=DATASETS,
-               baseline=EVAL.get("baselines", ["bicubic"])),
-        expand(f"{RESULTS}/{{method}}/{{budget}}/eval_{{stage}}_{{dataset}}.json",
-               method=PRUNE.get("methods", ["optin"]), budget=PRUNE.get("budgets", [0.5]),
-               stage=STAGES, dataset=DATASETS),
-        expand(f"{RESULTS}/{{method}}/{{budget}}/sparsity.json",
-               method=PRUNE.get("methods", ["optin"]), budget=PRUNE.get("budgets", [0.5])),
+        f"{RESULTS}/comparison.csv",
     default_target: True
 
 
 onsuccess:
-    print(f"\nsrprune: results are in {RESULTS}/ (evaluation JSON under {RESULTS}/eval/)")
+    print(f"\nsrprune: comparison in {RESULTS}/comparison.csv and {RESULTS}/comparison.md, plots "
+          f"{RESULTS}/psnr_vs_macs_<dataset>.png and {RESULTS}/kept_units.png; every artifact "
+          f"under {RESULTS}/<method>/<budget>/")

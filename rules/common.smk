@@ -59,3 +59,13 @@ def check_inputs_exist():
 
 
 check_inputs_exist()
+
+
+def model_eval_args():
+    """Latency and tiling options of `srprune evaluate` for models, from the config."""
+    args = ["--latency-runs", str(EVAL.get("latency_runs", 0))]
+    if EVAL.get("latency_size", "reference") != "reference":
+        args += ["--latency-size", EVAL["latency_size"]]
+    if EVAL.get("tile", 0):
+        args += ["--tile", str(EVAL["tile"]), "--tile-overlap", str(EVAL.get("tile_overlap", 8))]
+    return shlex.join(args)

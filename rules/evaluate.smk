@@ -10,12 +10,14 @@ rule evaluate_teacher:
         data=lambda w: data_args(w.dataset),
         model_config=teacher_config_arg(),
         device=EVAL.get("device", "cpu"),
+        options=model_eval_args(),
     log:
         f"{RESULTS}/logs/evaluate_teacher_{{dataset}}.log",
-    threads: 2
+    threads: 1
     shell:
-        "srprune evaluate --model {input.model} {params.data} --scale {SCALE} "
-        "--device {params.device} {params.model_config} --json {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} srprune evaluate --model {input.model} {params.data} "
+        "--scale {SCALE} --device {params.device} {params.model_config} {params.options} "
+        "--json {output} > {log} 2>&1"
 
 
 rule evaluate_baseline:
@@ -40,9 +42,10 @@ rule evaluate_stage:
     params:
         data=lambda w: data_args(w.dataset),
         device=EVAL.get("device", "cpu"),
+        options=model_eval_args(),
     log:
         f"{RESULTS}/logs/evaluate_{{stage}}_{{method}}_{{budget}}_{{dataset}}.log",
     threads: 1
     shell:
         "OMP_NUM_THREADS={threads} srprune evaluate --model {input.model} {params.data} "
-        "--scale {SCALE} --device {params.device} --json {output} > {log} 2>&1"
+        "--scale {SCALE} --device {params.device} {params.options} --json {output} > {log} 2>&1"

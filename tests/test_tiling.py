@@ -201,7 +201,8 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory, make_images):
     root = tmp_path_factory.mktemp("data")
-    return {"a": str(make_images(root / "a", 2, (40, 52))), "b": str(make_images(root / "b", 1, (36, 30), seed=3))}
+    return {"a": str(make_images(root / "a", 2, (40, 52))),
+            "b": str(make_images(root / "b", 1, (36, 30), seed=3))}
 
 
 def test_evaluate_spec_unchanged_without_the_new_options(checkpoint, folders):

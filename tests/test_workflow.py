@@ -1,6 +1,7 @@
 """The Snakemake workflow: config validation, dry run from the repository, a real tiny run."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -38,7 +39,7 @@ def test_dry_run_of_the_default_config():
     assert result.returncode == 0, result.stderr
     for rule in ("evaluate_teacher", "evaluate_baseline", "score_units", "gather_scores",
                  "search_masks", "export_zeroed", "finetune", "rebuild", "evaluate_stage",
-                 "inspect"):
+                 "inspect", "compare"):
         assert f"rule {rule}:" in result.stdout + result.stderr, rule
 
 
@@ -95,7 +96,17 @@ def test_tiny_run_writes_evaluation_json(workflow_copy, make_images):
     bicubic_json = json.loads((workflow_copy / "results/tiny/eval/bicubic_mine.json").read_text())
     assert len(teacher_json["per_image"]) == 2 and teacher_json["macs_full"] > 0
     assert bicubic_json["macs_full"] is None
-    assert "results are in results/tiny/" in result.stdout + result.stderr
+    assert "comparison in results/tiny/comparison.csv" in result.stdout + result.stderr
+    rows = list(csv.DictReader(open(workflow_copy / "results/tiny/comparison.csv")))
+    teacher_row = next(r for r in rows if r["stage"] == "teacher")
+    for budget in ("0.9", "0.8"):
+        by_stage = {r["stage"]: r for r in rows if r["method"] == "optin" and r["budget"] == budget}
+        assert set(by_stage) == {"pruned", "finetuned_feature_kd", "rebuilt"}
+        assert int(by_stage["rebuilt"]["params_total"]) < int(teacher_row["params_total"])
+        assert abs(float(by_stage["rebuilt"]["psnr"])
+                   - float(by_stage["finetuned_feature_kd"]["psnr"])) <= 0.001
+        assert float(by_stage["pruned"]["mac_ratio"]) <= float(budget)
+    assert (workflow_copy / "results/tiny/kept_units.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for method in ("optin", "magnitude"):
         for budget in ("0.9", "0.8"):
             folder = workflow_copy / "results/tiny" / method / budget
@@ -120,7 +131,7 @@ def test_tiny_run_writes_evaluation_json(workflow_copy, make_images):
     plan = snakemake("-n", "--cores", "1", cwd=workflow_copy)
     text = plan.stdout + plan.stderr
     assert plan.returncode == 0 and "Params have changed since last execution" in text
-    for rule in ("finetune", "rebuild", "evaluate_stage", "inspect"):
+    for rule in ("finetune", "rebuild", "evaluate_stage", "inspect", "compare"):
         assert f"rule {rule}:" in text, rule
     for rule in ("score_units", "gather_scores", "search_masks", "export_zeroed",
                  "evaluate_teacher"):

@@ -12,6 +12,7 @@ import yaml
 
 from .checkpoint import CheckpointError
 from .data import DataError
+from .evaluate import add_evaluate_options
 
 log = logging.getLogger("srprune")
 
@@ -54,12 +55,36 @@ def _training_args(p: argparse.ArgumentParser, out_help: str) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .evaluate import evaluate_spec
+    from .evaluate import evaluate_many, evaluate_options, evaluate_spec
     from .fileio import save_json
 
-    result = evaluate_spec(args.model, args.hr, args.scale, args.lr, args.filename_tmpl,
-                           quantize=not args.float_output, device=args.device,
-                           model_config=_model_config(args.model_config))
+    options = dict(quantize=not args.float_output, device=args.device,
+                   model_config=_model_config(args.model_config), **evaluate_options(args))
+    if args.dataset:
+        datasets = dict(args.dataset)
+        if args.hr:
+            datasets = {"main": {"hr": args.hr, "lr": args.lr,
+                                 "filename_tmpl": args.filename_tmpl}, **datasets}
+        result = evaluate_many(args.model, datasets, args.scale, **options)
+        for name, res in result["datasets"].items():
+            print(f"{args.model} x{args.scale} on {name}: PSNR {res['psnr']:.3f} dB, "
+                  f"SSIM {res['ssim']:.4f} ({len(res['per_image'])} images)")
+    elif args.hr:
+        result = evaluate_spec(args.model, args.hr, args.scale, args.lr, args.filename_tmpl,
+                               **options)
+        _print_scores(args, result)
+    else:
+        raise ValueError("give --hr (and optionally --lr) or one or more --dataset")
+    if result.get("latency"):
+        lat = result["latency"]
+        print(f"latency {lat['median_ms']:.1f} ms (median of {lat['runs']}) at LR "
+              f"{lat['lr_size'][0]}x{lat['lr_size'][1]}, {lat['threads']} threads, "
+              f"{lat['device_name']}")
+    if args.json:
+        save_json(result, args.json)
+
+
+def _print_scores(args: argparse.Namespace, result: dict) -> None:
     for row in result["per_image"]:
         print(f"  {row['name']:<28} PSNR {row['psnr']:7.3f} dB  SSIM {row['ssim']:.4f}")
     macs = "" if result["macs_full"] is None else (
@@ -67,8 +92,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         f"full {result['macs_full'] / 1e9:.3f} G at LR {result['macs_lr_size']}")
     print(f"{args.model} x{args.scale} on {args.hr}: PSNR {result['psnr']:.3f} dB, "
           f"SSIM {result['ssim']:.4f} ({len(result['per_image'])} images){macs}")
-    if args.json:
-        save_json(result, args.json)
 
 
 def _model_config(text: str | None) -> dict:
@@ -168,6 +191,15 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     inspect_paths(args.paths, args.json, _model_config(args.model_config))
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    from .compare import compare
+
+    layout = {m: list(args.budgets) for m in args.methods} if args.methods and args.budgets else None
+    paths = compare(args.results, args.out, args.datasets, layout)
+    print(f"wrote {paths['csv']}, {paths['markdown']}, {paths['kept_units']} and "
+          f"{', '.join(str(p) for p in paths['psnr_vs_macs'].values())}")
+
+
 def _teacher_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", required=True, help="the trained model (checkpoint)")
     p.add_argument("--model-config", help="hyper-parameters a BasicSR checkpoint cannot tell, "
@@ -186,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="PSNR/SSIM (Y channel), params and MACs of a model")
     p.add_argument("--model", required=True, help="checkpoint path, or 'bicubic' for the baseline")
-    p.add_argument("--hr", required=True, help="HR folder (dataroot_gt), or embedded:train|val")
+    p.add_argument("--hr", help="HR folder (dataroot_gt), or embedded:train|val")
     p.add_argument("--lr", help="LR folder (dataroot_lq); default: bicubic-downscale the HR images")
     p.add_argument("--scale", type=int, required=True, choices=(1, 2, 3, 4))
     p.add_argument("--filename-tmpl", default="{}", help="LR name template, e.g. '{}x4'")
@@ -196,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
     p.add_argument("--model-config", help="hyper-parameters a BasicSR checkpoint cannot tell, "
                                           "as YAML, e.g. '{heads: 4, patch_size: [16, 20]}'")
+    add_evaluate_options(p, datasets=True)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("score-units", help="score every head and FFN neuron (OPTIN or a baseline)")
@@ -258,6 +291,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write every report to this JSON file")
     p.add_argument("--model-config", help="hyper-parameters a BasicSR checkpoint cannot tell")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("compare", help="comparison CSV, Markdown and plots of a results folder")
+    p.add_argument("--results", required=True, help="results/<run> folder of the workflow")
+    p.add_argument("--out", required=True, help="folder for comparison.csv/.md and the plots")
+    p.add_argument("--datasets", nargs="+", help="default: every evaluated data set")
+    p.add_argument("--methods", nargs="+", help="default: the method folders found")
+    p.add_argument("--budgets", nargs="+", help="default: the budget folders found")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("export-data", help="write the embedded scikit-image images as PNG files")
     p.add_argument("--split", required=True, choices=("train", "val"))

@@ -1,6 +1,6 @@
 """One table and a few figures for a whole run: teacher, bicubic and every pruned stage.
 
-``srprune compare`` reads what the workflow wrote under ``results/<run>/`` and never recomputes a
+The comparison reads what the workflow wrote under ``results/<run>/`` and never recomputes a
 number differently from the file it comes from:
 
 * ``eval/teacher_<dataset>.json`` and ``eval/bicubic_<dataset>.json`` (``srprune evaluate``);
@@ -450,7 +450,7 @@ def plot_psnr_vs_macs(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike
     teacher = next((r for r in part if r["stage"] == "teacher"), None)
     methods = list(dict.fromkeys(r["method"] for r in part if r["method"]))
     colors = _method_colors(methods)
-    fig = _figure(8.0, 5.4)
+    fig = _figure(9.0, 5.4)
     ax = fig.add_subplot()
     for i, method in enumerate(methods):
         grow = 1.0 + 0.35 * (len(methods) - 1 - i)

@@ -31,7 +31,11 @@ the image border; image-border edges are never down-weighted. ``blend`` chooses 
 
 With a single tile (``tile`` >= both sides) the result is the plain forward, bit for bit.
 A model that is not local (CATANet: attention over token groups, LRSA patches, token centres
-computed per image) gives a different output when tiled; see the README for measured effects.
+computed per image) gives a different output when tiled. Measured on Set5 x4 with the
+third-party x4 checkpoint (untiled 31.723 dB, uint8 output; torch 2.13 CPU), PSNR change for
+tile 48 / 64 with overlap 8 / 16: ``uniform`` -0.032 / -0.036 / -0.008 / -0.006 dB, ``ramp``
+-0.012 / -0.014 / +0.004 / +0.005 dB, ``crop`` -0.014 / -0.016 / +0.005 / +0.004 dB (per image up
+to about +-0.07 dB; SSIM within 0.0004).
 """
 from __future__ import annotations
 

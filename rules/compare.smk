@@ -1,0 +1,29 @@
+# The final comparison: one CSV/Markdown row per (stage, method, budget, data set), and plots.
+# Every number is read from the JSON/artifact files the other rules wrote.
+METHODS = PRUNE.get("methods", ["optin"])
+BUDGETS = [str(b) for b in PRUNE.get("budgets", [0.5])]
+
+
+rule compare:
+    input:
+        expand(f"{RESULTS}/eval/{{who}}_{{dataset}}.json",
+               who=["teacher", *EVAL.get("baselines", ["bicubic"])], dataset=DATASETS),
+        expand(f"{RESULTS}/{{method}}/{{budget}}/eval_{{stage}}_{{dataset}}.json",
+               method=METHODS, budget=BUDGETS, stage=STAGES, dataset=DATASETS),
+        expand(f"{RESULTS}/{{method}}/{{budget}}/catanet_pruning_masks.pth",
+               method=METHODS, budget=BUDGETS),
+        expand(f"{RESULTS}/{{method}}/{{budget}}/sparsity.json", method=METHODS, budget=BUDGETS),
+    output:
+        csv=f"{RESULTS}/comparison.csv",
+        markdown=f"{RESULTS}/comparison.md",
+        kept=f"{RESULTS}/kept_units.png",
+        plots=expand(f"{RESULTS}/psnr_vs_macs_{{dataset}}.png", dataset=DATASETS),
+    params:
+        methods=" ".join(METHODS),
+        budgets=" ".join(BUDGETS),
+        datasets=" ".join(DATASETS),
+    log:
+        f"{RESULTS}/logs/compare.log",
+    shell:
+        "srprune compare --results {RESULTS} --out {RESULTS} --datasets {params.datasets} "
+        "--methods {params.methods} --budgets {params.budgets} > {log} 2>&1"
