@@ -14,10 +14,13 @@ rule compare:
                method=METHODS, budget=BUDGETS),
         expand(f"{RESULTS}/{{method}}/{{budget}}/sparsity.json", method=METHODS, budget=BUDGETS),
     output:
-        csv=f"{RESULTS}/comparison.csv",
+        csv=report(f"{RESULTS}/comparison.csv", category="Comparison",
+                   caption="../report/workflow.rst"),
         markdown=f"{RESULTS}/comparison.md",
-        kept=f"{RESULTS}/kept_units.png",
-        plots=expand(f"{RESULTS}/psnr_vs_macs_{{dataset}}.png", dataset=DATASETS),
+        kept=report(f"{RESULTS}/kept_units.png", category="Plots",
+                    caption="../report/kept_units.rst"),
+        plots=report(expand(f"{RESULTS}/psnr_vs_macs_{{dataset}}.png", dataset=DATASETS),
+                     category="Plots", caption="../report/psnr_vs_macs.rst"),
     params:
         methods=" ".join(METHODS),
         budgets=" ".join(BUDGETS),

@@ -28,7 +28,7 @@ def snakemake(*args, cwd):
 @pytest.fixture()
 def workflow_copy(tmp_path):
     """The workflow files (not results) copied into a scratch folder."""
-    for name in ("Snakefile", "rules", "config", "profiles"):
+    for name in ("Snakefile", "rules", "config", "profiles", "report"):
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
     return tmp_path
@@ -124,6 +124,17 @@ def test_tiny_run_writes_evaluation_json(workflow_copy, make_images):
             assert len(sparsity) == 3
     again = snakemake("-n", "--cores", "1", cwd=workflow_copy)   # nothing stale: nothing to do
     assert "Nothing to be done" in again.stdout + again.stderr
+
+    # one target builds only what it needs
+    target = snakemake("-n", "--forceall", "--cores", "1", "results/tiny/optin/0.9/catanet_rebuilt.pth",
+                       cwd=workflow_copy)
+    text = target.stdout + target.stderr
+    assert "rule rebuild:" in text and "rule score_units:" in text
+    assert "magnitude" not in text and "/0.8/" not in text and "rule compare:" not in text
+
+    report = snakemake("--report", "report.html", cwd=workflow_copy)
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert b"kept_units.png" in (workflow_copy / "report.html").read_bytes()
 
     # a changed fine-tune setting reruns fine-tuning and what follows, not the mask search
     config["finetune"]["train"]["lr"] = 1e-3
