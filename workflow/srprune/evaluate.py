@@ -162,9 +162,7 @@ def _extras(net: nn.Module | None, scale: int, tiling: dict[str, Any] | None, la
     else:
         if latency_runs > 0:
             latency = measure_latency(net, latency_lr_size, warmup=latency_warmup, runs=latency_runs,
-                                      scale=scale, **({} if tiling is None else {
-                                          "tile": tiling["tile"], "tile_overlap": tiling["overlap"],
-                                          "tile_blend": tiling["blend"]}))
+                                      scale=scale, **_tile_kwargs(tiling))
         cx = complexity_report(net.cpu(), scale=scale)
         extras.update({"params": cx["params_total"], "params_nonzero": cx["params_nonzero"],
                        "macs_thop": cx["macs_thop"], "macs_full": cx["macs_full"],
