@@ -118,16 +118,10 @@ def layer_stats(model: nn.Module) -> list[dict[str, Any]]:
 
 
 def zero_units(adapter: Any, model: nn.Module, group: Any) -> list[int]:
-    """Units of ``group`` whose every slice (``adapter.slices``) is zero, in increasing order."""
+    """Units of ``group`` whose every slice is zero (L1 magnitude 0), in increasing order."""
     if group.count == 0:
         return []
-    is_zero = torch.ones(group.count, dtype=torch.bool)
-    for name, axis, width in adapter.slices(model, group):
-        tensor = model.get_parameter(name).detach()
-        if tensor.numel():  # (units * width) x rest -> units x (width * rest)
-            per_unit = tensor.movedim(axis, 0).reshape(group.count, -1)
-            is_zero &= ~(per_unit != 0).any(dim=1).cpu()
-    return [int(u) for u in is_zero.nonzero().flatten()]
+    return [int(u) for u in (adapter.unit_magnitude(model, group) == 0).nonzero().flatten()]
 
 
 def _masks_of(meta: Any) -> tuple[dict[str, list[int]] | None, str | None]:
