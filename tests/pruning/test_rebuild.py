@@ -49,6 +49,7 @@ def test_rebuilt_size_is_what_the_adapter_predicted():
     small = ADAPTER.rebuild(model, masks)
     kept = kept_counts(masks)
     assert count_params(small)["total"] == ADAPTER.params(model, kept) < count_params(model)["total"]
+    assert small.blocks[1][0].conv1x1 is None  # no heads left: nothing for the 1x1 conv to mix
     for size in ((12, 16), ADAPTER.reference_lr_size(model)):
         assert macs_full(small, size)["total"] == ADAPTER.macs(model, kept, size)
 

@@ -93,6 +93,8 @@ def narrowed(model: CATANet, masks: dict[str, Tensor]) -> CATANet:
                 del state[key]
                 continue
             state[key] = state[key].index_select(axis, unit_index(kept, width)).contiguous()
+        if not kept and name.endswith("iasa_attn"):  # a TAB with no head has no 1x1 conv
+            del state[f"blocks.{block}.0.conv1x1.weight"]
     small = create_model("catanet", **cfg)
     small.load_state_dict(state, strict=True)
     return small.eval()

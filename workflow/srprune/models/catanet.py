@@ -310,7 +310,8 @@ class TAB(nn.Module):
         self.mlp = PreNorm(cfg.dim, ConvFFN(cfg.dim, cfg.tab_mlp[index]))
         self.irca_attn = IRCA(cfg, cfg.tab_heads[index])
         self.iasa_attn = IASA(cfg, cfg.tab_heads[index])
-        self.conv1x1 = nn.Conv2d(cfg.dim, cfg.dim, 1, bias=False)
+        # A TAB with every head removed has no attention output to mix: no conv1x1 either.
+        self.conv1x1 = nn.Conv2d(cfg.dim, cfg.dim, 1, bias=False) if cfg.tab_heads[index] else None
         self.register_buffer("means", torch.randn(self.num_tokens, cfg.dim))
         self.register_buffer("initted", torch.tensor(False))
 
