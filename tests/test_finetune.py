@@ -57,7 +57,7 @@ def test_masked_units_stay_exactly_zero_and_others_learn(setup):
             assert weight.index_select(axis, index).abs().max().item() == 0 if len(index) else True
             changed += int(not torch.equal(weight, before.get_parameter(name)))
     assert changed > 0
-    assert torch.equal(masks_of(root / "ft.pth")["blocks.1.0.iasa_attn"], torch.zeros(2))
+    assert torch.equal(masks_of(tuned, root / "ft.pth")["blocks.1.0.iasa_attn"], torch.zeros(2))
 
 
 def test_killed_finetune_resumes_to_the_same_weights(setup, monkeypatch):

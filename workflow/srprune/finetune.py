@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoint import CheckpointError, load_model, read_checkpoint, save_model
+from .checkpoint import CheckpointError, load_model, save_model
 from .data import PatchSampler
 from .evaluate import load_pairs
 from .pruning.adapter import Adapter
@@ -68,11 +68,11 @@ def feature_kd_loss(adapter: Adapter, teacher: nn.Module, weights: KDWeights) ->
     return loss
 
 
-def masks_of(student_path: str | Path) -> dict[str, Tensor]:
-    """The masks recorded in a zeroed (or fine-tuned) checkpoint."""
-    meta = read_checkpoint(student_path).get("meta", {})
+def masks_of(model: nn.Module, source: str | Path) -> dict[str, Tensor]:
+    """The masks recorded in a loaded zeroed (or fine-tuned) checkpoint's meta."""
+    meta = getattr(model, "checkpoint_meta", {})
     if "masks" not in meta:
-        raise CheckpointError(f"{student_path} records no masks: give the zeroed model written by "
+        raise CheckpointError(f"{source} records no masks: give the zeroed model written by "
                               f"`srprune export-zeroed` (catanet_pruned.pth)")
     return meta["masks"]
 
@@ -89,7 +89,7 @@ def finetune(teacher_path: str | Path, student_path: str | Path, config: dict[st
     student = load_model(student_path).to(device)
     if student.cfg != teacher.cfg:
         raise CheckpointError(f"{student_path} and {teacher_path} are not the same architecture")
-    masks = {name: mask.to(device) for name, mask in masks_of(student_path).items()}
+    masks = {name: mask.to(device) for name, mask in masks_of(student, student_path).items()}
     adapter = adapter_for(student)
     adapter.zero_units(student, masks)
     small = adapter.rebuild(student, masks).train()
@@ -101,7 +101,7 @@ def finetune(teacher_path: str | Path, student_path: str | Path, config: dict[st
     meta = {"stage": "finetuned", "loss_weights": asdict(weights),
             "train_settings": asdict(settings), "teacher": str(teacher_path),
             "student": str(student_path),
-            **{k: v for k, v in read_checkpoint(student_path)["meta"].items()
+            **{k: v for k, v in student.checkpoint_meta.items()
                if k in ("method", "mac_constraint", "achieved_mac_ratio", "teacher_sha256")}}
     trainer = Trainer(small, feature_kd_loss(adapter, teacher, weights), sampler,
                       list(load_pairs(scale=scale, **data["val"])), scale, settings, workdir,
@@ -117,7 +117,7 @@ def finetune(teacher_path: str | Path, student_path: str | Path, config: dict[st
 def rebuild(model_path: str | Path, out: str | Path) -> nn.Module:
     """Write the physically smaller model of a masked checkpoint (masks read from its meta)."""
     model = load_model(model_path)
-    masks = masks_of(model_path)
+    masks = masks_of(model, model_path)
     small = adapter_for(model).rebuild(model, masks)
     meta = {k: v for k, v in model.checkpoint_meta.items() if k not in ("masks",)}
     save_model(small, out, {**meta, "stage": "rebuilt", "rebuilt_from": str(model_path),
