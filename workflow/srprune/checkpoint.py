@@ -120,8 +120,13 @@ def resolve_config(arch: str, state: dict[str, Tensor], info: dict[str, Any],
 def load_model(path: str | os.PathLike, arch: str | None = None, param_key: str | None = None,
                **overrides: Any) -> nn.Module:
     """Build a model from a checkpoint file and load its weights strictly; returns it in eval mode."""
-    source = str(path)
     state, info = split_checkpoint(read_checkpoint(path), param_key)
+    return model_from_state(state, info, str(path), arch, **overrides)
+
+
+def model_from_state(state: dict[str, Tensor], info: dict[str, Any], source: str,
+                     arch: str | None = None, **overrides: Any) -> nn.Module:
+    """:func:`load_model` for a state dict and description already read by :func:`split_checkpoint`."""
     arch = arch or info.get("arch", "catanet")
     config = resolve_config(arch, state, info, overrides, source)
     try:

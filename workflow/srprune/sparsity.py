@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import CheckpointError, load_model, read_checkpoint, split_checkpoint
+from .checkpoint import CheckpointError, model_from_state, read_checkpoint, split_checkpoint
 from .fileio import save_json
 
 BUFFER_SUFFIXES = (".means",)  # known floating buffers: CATANet's TAB token centres
@@ -201,7 +201,7 @@ def inspect_checkpoint(path: str | os.PathLike, model_config: dict[str, Any] | N
                               "meta": _plain_meta(info.get("meta")), "tensors": tensors,
                               "totals": _totals(tensors)}
     try:
-        model = load_model(path, **(model_config or {}))
+        model = model_from_state(state, info, str(path), **(model_config or {}))
     except (ValueError, TypeError, KeyError, RuntimeError) as err:  # CheckpointError included
         report["structured"], report["structured_error"] = None, str(err)
     else:
