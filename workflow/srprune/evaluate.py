@@ -26,6 +26,7 @@ from tqdm import tqdm
 from .data import SRDataset, embedded_images, modcrop, to_tensor
 from .imresize import imresize
 from .metrics import psnr_y, ssim_y, to_uint8
+from .settings import check_int
 from .tiling import BLEND_MODES, check_tile_args, tiled_forward
 
 log = logging.getLogger(__name__)
@@ -128,9 +129,8 @@ def _tile_options(tile: int | None, tile_overlap: int, tile_blend: str,
 
 
 def _check_latency_runs(latency_runs: int, latency_warmup: int) -> None:
-    for name, value in (("latency_runs", latency_runs), ("latency_warmup", latency_warmup)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    check_int("latency_runs", latency_runs, 0)
+    check_int("latency_warmup", latency_warmup, 0)
 
 
 def _load_net(model: str, scale: int, device: str, model_config: dict[str, Any] | None) -> nn.Module:

@@ -21,11 +21,12 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from .settings import check_int
+
 
 def _check_counts(warmup: int, runs: int) -> None:
-    for name, value, minimum in (("warmup", warmup, 0), ("runs", runs, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    check_int("warmup", warmup, 0)
+    check_int("runs", runs, 1)
 
 
 def summarize(times_ms: Sequence[float]) -> dict[str, Any]:

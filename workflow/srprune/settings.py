@@ -7,6 +7,15 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+def check_int(name: str, value: object, minimum: int) -> int:
+    """``value`` if it is an integer (not a bool) of at least ``minimum``; else a clear error."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
 def from_mapping(cls: type[T], values: dict[str, Any], what: str) -> T:
     """``cls(**values)``, refusing unknown keys with a message that lists the known ones."""
     known = {f.name for f in fields(cls)}

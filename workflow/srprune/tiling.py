@@ -44,24 +44,18 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from .settings import check_int
+
 BLEND_MODES = ("uniform", "ramp", "crop")
 
 Forward = Callable[[Tensor], Tensor]
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
 def check_tile_args(tile: int, overlap: int, scale: int = 1, blend: str = "uniform") -> None:
     """Raise a clear ``ValueError``/``TypeError`` for bad tiling arguments."""
-    _check_int("tile", tile, 1)
-    _check_int("overlap", overlap, 0)
-    _check_int("scale", scale, 1)
+    check_int("tile", tile, 1)
+    check_int("overlap", overlap, 0)
+    check_int("scale", scale, 1)
     if overlap >= tile:
         raise ValueError(f"overlap must be smaller than the tile (0 <= overlap < tile), "
                          f"got tile {tile}, overlap {overlap}")
