@@ -162,3 +162,27 @@ def extrapolate(groups: list[UnitGroup], per_unit: dict[str, float], setup: floa
 
 def fmt_seconds(seconds: float) -> str:
     return f"{seconds:.0f} s ({seconds / 60:.1f} min)"
+
+
+def training_split(root: Path | None = None) -> dict[str, Path]:
+    """Folders of symlinks: ``train`` (T91 + BSD200 less its validation part) and ``val``.
+
+    The validation split is fixed: BSD200 sorted by file name, every 10th image starting with
+    the first (20 images). Defaults are chosen on ``val``; Set5 is only for reporting.
+    """
+    shared = require_shared("data/T91/HR", "data/BSD200/HR")
+    root = Path(root or Path(os.environ.get("TMPDIR", "/tmp")) / "srprune_split")
+    bsd = sorted((shared / "data/BSD200/HR").glob("*.png"))
+    parts = {"val": bsd[::10],
+             "train": sorted((shared / "data/T91/HR").glob("*.png"))
+             + [p for i, p in enumerate(bsd) if i % 10]}
+    folders = {}
+    for name, files in parts.items():
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.iterdir():
+            stale.unlink()
+        for path in files:
+            (folder / f"{path.parent.parent.name}_{path.name}").symlink_to(path)
+        folders[name] = folder
+    return folders
