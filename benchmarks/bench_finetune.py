@@ -12,7 +12,7 @@ Model: the released-size CATANet x4, random weights (seeded) with every TAB's ce
 
 * ``dense``: a copy of the teacher, no masks;
 * ``masked``: the copy with the masks of r = ``--budget`` applied (``set_masks``) and the masked
-  units zeroed; the masks are chosen by ``selection.select`` (OPTIN's search) from magnitude
+  units zeroed; the masks are chosen by the knapsack of :mod:`srprune.pruning.selection` from magnitude
   scores under the full-MAC budget at the adapter's reference LR size;
 * ``rebuilt``: ``adapter.rebuild(masked student, masks)``, the physically smaller model.
 
@@ -58,10 +58,10 @@ from torch import Tensor, nn
 from _common import random_released_x4, set_threads
 from srprune.complexity import count_params, macs_full
 from srprune.finetune import KDWeights, feature_kd_loss
-from srprune.pruning.adapter import full_kept, kept_counts, unit_costs
+from srprune.pruning.adapter import kept_counts
 from srprune.pruning.catanet import CATANetAdapter
 from srprune.pruning.importance import magnitude_scores
-from srprune.pruning.selection import select
+from srprune.pruning.selection import Selector
 
 VARIANTS = ("dense", "masked", "rebuilt")
 ADAPTER = CATANetAdapter()
@@ -73,11 +73,10 @@ def teacher_x4(seed: int = 0) -> nn.Module:
 
 
 def masks_at(teacher: nn.Module, budget: float) -> dict[str, Tensor]:
-    groups = ADAPTER.groups(teacher)
     lr_size = ADAPTER.reference_lr_size(teacher)
-    total = ADAPTER.macs(teacher, full_kept(groups), lr_size)
-    return select(groups, magnitude_scores(ADAPTER, teacher), unit_costs(ADAPTER, teacher, lr_size),
-                  total, budget)
+    selector = Selector(ADAPTER.groups(teacher), magnitude_scores(ADAPTER, teacher),
+                        lambda kept: ADAPTER.macs(teacher, kept, lr_size), distortion_scores=False)
+    return selector.select(budget, "knapsack")[0].masks
 
 
 @dataclass
@@ -234,7 +233,7 @@ def main() -> None:
     by_kind = {kind: (sum(kept[g.name] for g in groups if g.kind == kind),
                       sum(g.count for g in groups if g.kind == kind))
                for kind in ("head", "neuron")}
-    print(f"masks: magnitude scores, optin selection at r = {args.budget}: kept "
+    print(f"masks: magnitude scores, knapsack selection at r = {args.budget}: kept "
           + ", ".join(f"{k} of {n} {kind}s" for kind, (k, n) in by_kind.items())
           + f"; full-MAC ratio {ratio:.4f} at LR {ref[0]}x{ref[1]}")
     started = time.perf_counter()

@@ -4,18 +4,22 @@
 
 
 def calibration_args():
-    """Calibration and OPTIN options of `srprune score-units` from the config."""
+    """Calibration-crop options (`score-units`, `search-masks`) from the config."""
     args = ["--calib-hr", CALIB.get("hr", "embedded:train"),
             "--filename-tmpl", CALIB.get("filename_tmpl", "{}"),
             "--num-crops", str(CALIB.get("num_crops", 32)),
             "--crop-size", str(CALIB.get("crop_size", 48)),
-            "--seed", str(CALIB.get("seed", 0)),
-            "--tokens", str(OPTIN.get("tokens", 64)),
-            "--lam", str(OPTIN.get("lam", 1.0)),
-            "--max-batch", str(OPTIN.get("max_batch", 16))]
+            "--seed", str(CALIB.get("seed", 0))]
     if "lr" in CALIB:
         args += ["--calib-lr", CALIB["lr"]]
     return shlex.join(args)
+
+
+def optin_args():
+    """OPTIN options of `srprune score-units` from the config."""
+    return shlex.join(["--tokens", str(OPTIN.get("tokens", 64)),
+                       "--lam", str(OPTIN.get("lam", 1.0)),
+                       "--max-batch", str(OPTIN.get("max_batch", 16))])
 
 
 rule score_units:
@@ -24,7 +28,7 @@ rule score_units:
     output:
         f"{RESULTS}/{{method}}/unit_scores.part{{part}}of{SCORE_JOBS}.pth",
     params:
-        options=calibration_args(),
+        options=f"{calibration_args()} {optin_args()}",
         model_config=teacher_config_arg(),
         device=PRUNE.get("device", "cpu"),
     log:
@@ -57,15 +61,21 @@ rule search_masks:
     output:
         f"{RESULTS}/{{method}}/{{budget}}/catanet_pruning_masks.pth",
     params:
-        selection=PRUNE.get("selection", "optin"),
+        selection=PRUNE.get("selection", "measured"),
         min_keep=PRUNE.get("min_keep", 0),
+        calibration=calibration_args(),
         model_config=teacher_config_arg(),
+        device=PRUNE.get("device", "cpu"),
     log:
         f"{RESULTS}/logs/search_masks_{{method}}_{{budget}}.log",
+    threads: 1
+    resources:
+        gpu=1 if str(PRUNE.get("device", "cpu")).startswith("cuda") else 0,
     shell:
-        "srprune search-masks --teacher {input.teacher} --scores {input.scores} "
-        "--mac-constraint {wildcards.budget} --selection {params.selection} "
-        "--min-keep {params.min_keep} {params.model_config} --out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} srprune search-masks --teacher {input.teacher} "
+        "--scores {input.scores} --mac-constraint {wildcards.budget} "
+        "--selection {params.selection} --min-keep {params.min_keep} {params.calibration} "
+        "{params.model_config} --device {params.device} --out {output} > {log} 2>&1"
 
 
 rule export_zeroed:

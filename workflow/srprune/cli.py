@@ -13,6 +13,7 @@ import yaml
 from .checkpoint import CheckpointError
 from .data import DataError
 from .evaluate import add_evaluate_options
+from .pruning.selection import SELECTIONS
 
 log = logging.getLogger("srprune")
 
@@ -116,10 +117,9 @@ def cmd_export_data(args: argparse.Namespace) -> None:
 
 def cmd_score_units(args: argparse.Namespace) -> None:
     from .pruning.importance import OptinSettings
-    from .pruning.search import Calibration, save_artifact, score_units
+    from .pruning.search import save_artifact, score_units
 
-    calibration = Calibration(hr=args.calib_hr, lr=args.calib_lr, filename_tmpl=args.filename_tmpl,
-                              num_crops=args.num_crops, crop_size=args.crop_size, seed=args.seed)
+    calibration = _calibration(args)
     settings = OptinSettings(tokens=args.tokens, lam=args.lam, seed=args.seed,
                              max_batch=args.max_batch)
     artifact = score_units(args.teacher, args.method, calibration, settings,
@@ -151,13 +151,15 @@ def cmd_search_masks(args: argparse.Namespace) -> None:
     from .pruning.search import save_artifact, search_masks
 
     artifact = search_masks(args.teacher, args.scores, args.mac_constraint, args.selection,
-                            args.min_keep, _model_config(args.model_config))
+                            args.min_keep, _model_config(args.model_config), _calibration(args),
+                            args.device)
     save_artifact(artifact, args.out)
     kept, total = sum(artifact["kept"].values()), sum(len(m) for m in artifact["masks"].values())
     print(f"{artifact['method']}/{args.selection}: kept {kept} of {total} units; full MACs "
           f"{artifact['macs_pruned'] / 1e9:.3f} G of {artifact['macs_teacher'] / 1e9:.3f} G "
-          f"(ratio {artifact['achieved_mac_ratio']:.4f}, budget {args.mac_constraint}); "
-          f"wrote {args.out}")
+          f"(ratio {artifact['achieved_mac_ratio']:.4f}, prunable part "
+          f"{artifact['prunable_mac_ratio']:.4f}, budget {args.mac_constraint}; "
+          f"{len(artifact['candidates'])} candidates); wrote {args.out}")
 
 
 def cmd_export_zeroed(args: argparse.Namespace) -> None:
@@ -200,6 +202,23 @@ def cmd_compare(args: argparse.Namespace) -> None:
           f"{', '.join(str(p) for p in paths['psnr_vs_macs'].values())}")
 
 
+def _calibration_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calib-hr", default="embedded:train",
+                   help="training images for calibration crops (folder or embedded:train)")
+    p.add_argument("--calib-lr", help="their LR folder (default: bicubic-downscale the HR)")
+    p.add_argument("--filename-tmpl", default="{}", help="LR name template, e.g. '{}x2'")
+    p.add_argument("--num-crops", type=int, default=32, help="calibration LR crops")
+    p.add_argument("--crop-size", type=int, default=48, help="side of each LR crop")
+    p.add_argument("--seed", type=int, default=0, help="calibration crops, token positions, random")
+
+
+def _calibration(args: argparse.Namespace):
+    from .pruning.search import Calibration
+
+    return Calibration(hr=args.calib_hr, lr=args.calib_lr, filename_tmpl=args.filename_tmpl,
+                       num_crops=args.num_crops, crop_size=args.crop_size, seed=args.seed)
+
+
 def _teacher_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", required=True, help="the trained model (checkpoint)")
     p.add_argument("--model-config", help="hyper-parameters a BasicSR checkpoint cannot tell, "
@@ -235,17 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     _teacher_args(p)
     p.add_argument("--method", default="optin", choices=("optin", "magnitude", "random"))
     p.add_argument("--out", required=True, help="unit-scores artifact (.pth)")
-    p.add_argument("--calib-hr", default="embedded:train",
-                   help="training images for calibration crops (folder or embedded:train)")
-    p.add_argument("--calib-lr", help="their LR folder (default: bicubic-downscale the HR)")
-    p.add_argument("--filename-tmpl", default="{}", help="LR name template, e.g. '{}x2'")
-    p.add_argument("--num-crops", type=int, default=32, help="calibration LR crops")
-    p.add_argument("--crop-size", type=int, default=48, help="side of each LR crop")
+    _calibration_args(p)
     p.add_argument("--tokens", type=int, default=64, help="token positions K per Gram matrix")
     p.add_argument("--lam", type=float, default=1.0, help="weight of the output term")
     p.add_argument("--max-batch", type=int, default=16,
                    help="images per masked forward (variants x crops); bounds memory")
-    p.add_argument("--seed", type=int, default=0, help="calibration crops, token positions, random")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     p.add_argument("--part", help="k/n: score only the blocks i with i %% n == k (job k of n); "
                                   "join the n parts with gather-scores")
@@ -261,8 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores", required=True, help="unit-scores artifact from score-units")
     p.add_argument("--mac-constraint", type=float, required=True,
                    help="r in (0, 1]: pruned full MACs at most r times the teacher's")
-    p.add_argument("--selection", default="optin", choices=("optin", "greedy"))
+    p.add_argument("--selection", default="measured", choices=SELECTIONS,
+                   help="measured: knapsack candidates, the least distorting on calibration crops "
+                        "kept; knapsack: the alpha = 1 candidate, unmeasured")
     p.add_argument("--min-keep", type=int, default=0, help="units always kept per group")
+    _calibration_args(p)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     p.add_argument("--out", required=True, help="masks artifact (catanet_pruning_masks.pth)")
     p.set_defaults(func=cmd_search_masks)
 

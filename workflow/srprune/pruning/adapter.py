@@ -21,17 +21,23 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
-KINDS = ("head", "neuron")
+KINDS = ("head", "neuron", "qk_channel", "v_channel")
 
 
 @dataclass(frozen=True)
 class UnitGroup:
-    """One prunable module: ``count`` units of one ``kind``, inside trajectory block ``block``."""
+    """One prunable module: ``count`` units of one ``kind``, inside trajectory block ``block``.
+
+    Channel groups (kinds ``qk_channel``, ``v_channel``) name their head group as ``parent`` and
+    hold ``per_parent`` channels per head.
+    """
 
     name: str
     kind: str
     block: int
     count: int
+    parent: str | None = None
+    per_parent: int = 0
 
 
 class Adapter(ABC):
@@ -149,12 +155,3 @@ def full_kept(groups: list[UnitGroup]) -> dict[str, int]:
 
 def kept_counts(masks: dict[str, Tensor]) -> dict[str, int]:
     return {name: int(mask.bool().sum()) for name, mask in masks.items()}
-
-
-def unit_costs(adapter: Adapter, model: nn.Module, lr_size: tuple[int, int]) -> dict[str, int]:
-    """MACs one unit of each group costs: full model minus the model with one unit fewer."""
-    groups = adapter.groups(model)
-    full = full_kept(groups)
-    total = adapter.macs(model, full, lr_size)
-    return {g.name: total - adapter.macs(model, {**full, g.name: g.count - 1}, lr_size)
-            for g in groups}

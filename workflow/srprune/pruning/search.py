@@ -6,7 +6,8 @@ Artifacts hold plain types and tensors only (``torch.load(..., weights_only=True
   ``out`` terms), the method and its settings, the calibration crops themselves, and the
   teacher's checksum, so the scores can be recomputed or recombined;
 * masks (``catanet_pruning_masks.pth``): per group a 0/1 mask and its scores, the method, the
-  selection, the budget, the teacher's and the pruned model's full MACs and their ratio, the
+  selection and every candidate it measured, the budget, the teacher's, the pruned model's and the
+  floor's (every unit removed) full MACs with the whole-model and the prunable-part ratios, the
   calibration settings and the teacher's checksum.
 """
 from __future__ import annotations
@@ -25,10 +26,10 @@ from ..data import PatchSampler
 from ..evaluate import load_pairs
 from ..fileio import save_torch
 from ..models import arch_name
-from .adapter import Adapter, UnitGroup, full_kept, kept_counts, unit_costs
+from .adapter import Adapter, UnitGroup, kept_counts, masked
 from .catanet import CATANetAdapter
 from .importance import METHODS, OptinSettings, combine, optin_terms, random_scores
-from .selection import linear_macs, select
+from .selection import Selector
 
 log = logging.getLogger(__name__)
 
@@ -155,29 +156,65 @@ def check_scores_match(scores: dict[str, Any], teacher_path: str | Path) -> None
                               f"(checksum differs); rescore")
 
 
+def calibration_crops(scores: dict[str, Any], calibration: Calibration | None,
+                      scale: int) -> Tensor:
+    """Crops for measuring candidates: ``calibration``'s, else the scores' own, else defaults."""
+    if calibration is None and "calibration_crops" in scores:
+        return scores["calibration_crops"]
+    return (calibration or Calibration()).crops(scale)
+
+
+@torch.no_grad()
+def output_distortion(adapter: Adapter, model: nn.Module, x: Tensor, reference: Tensor,
+                      masks: dict[str, Tensor], batch: int = 16) -> float:
+    """Mean squared error of the masked model's output against ``reference`` (the teacher's)."""
+    total = 0.0
+    with masked(adapter, model, masks):
+        for start in range(0, x.shape[0], batch):
+            out = model(x[start:start + batch])
+            total += float((out - reference[start:start + batch]).pow(2).sum())
+    return total / reference.numel()
+
+
+@torch.no_grad()
 def search_masks(teacher_path: str | Path, scores_path: str | Path, budget: float,
-                 selection: str = "optin", min_keep: int = 0,
-                 model_config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Choose masks under ``budget`` from saved unit scores; returns the masks artifact."""
+                 selection: str = "measured", min_keep: int = 0,
+                 model_config: dict[str, Any] | None = None,
+                 calibration: Calibration | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Choose masks under ``budget`` from saved unit scores; returns the masks artifact.
+
+    The measured selection runs the teacher with each candidate's masks on the calibration crops
+    and keeps the candidate of smallest output error (:mod:`.selection`).
+    """
     scores = read_checkpoint(scores_path)
     check_scores_match(scores, teacher_path)
-    model = load_model(teacher_path, **(model_config or {}))
+    model = load_model(teacher_path, **(model_config or {})).to(device).eval()
     adapter = adapter_for(model)
-    groups = adapter.groups(model)
+    scored = {g["name"] for g in scores["groups"]} & set(scores["scores"])
+    groups = [g for g in adapter.groups(model) if g.name in scored]
     lr_size = adapter.reference_lr_size(model)
-    costs = unit_costs(adapter, model, lr_size)
-    total = adapter.macs(model, full_kept(groups), lr_size)
-    masks = select(groups, scores["scores"], costs, total, budget, selection, min_keep)
-    pruned = adapter.macs(model, kept_counts(masks), lr_size)
-    assert pruned <= linear_macs(groups, costs, total, masks) <= budget * total
-    log.info("kept %d of %d units; full MACs %.4f of the teacher's (budget %s)",
-             sum(kept_counts(masks).values()), sum(g.count for g in groups), pruned / total, budget)
+    selector = Selector(groups, scores["scores"], lambda kept: adapter.macs(model, kept, lr_size),
+                        min_keep, distortion_scores=scores["method"] == "optin")
+    measure = None
+    if selection == "measured":
+        x = calibration_crops(scores, calibration, model.cfg.upscale).to(device)
+        reference = torch.cat([model(x[i:i + 16]) for i in range(0, x.shape[0], 16)])
+        measure = lambda masks: output_distortion(adapter, model, x, reference, masks)  # noqa: E731
+    chosen, candidates = selector.select(budget, selection, measure)
+    total, floor, pruned = selector.total, selector.floor, chosen.macs
+    log.info("kept %d of %d units; full MACs %.4f of the teacher's, %.4f of the prunable part "
+             "(budget %s; %d candidates, head weight %g)", sum(kept_counts(chosen.masks).values()),
+             sum(g.count for g in groups), pruned / total, (pruned - floor) / (total - floor),
+             budget, len(candidates), chosen.alpha)
     return {
-        "kind": "pruning_masks", "masks": masks, "scores": scores["scores"],
+        "kind": "pruning_masks", "masks": chosen.masks,
+        "scores": {g.name: scores["scores"][g.name] for g in groups},
         "method": scores["method"], "selection": selection, "mac_constraint": budget,
-        "min_keep": min_keep, "macs_teacher": total, "macs_pruned": pruned,
-        "achieved_mac_ratio": pruned / total, "macs_lr_size": list(lr_size),
-        "kept": kept_counts(masks), "unit_costs": costs,
+        "min_keep": min_keep, "macs_teacher": total, "macs_pruned": pruned, "macs_floor": floor,
+        "achieved_mac_ratio": pruned / total,
+        "prunable_mac_ratio": (pruned - floor) / (total - floor) if total > floor else 1.0,
+        "macs_lr_size": list(lr_size), "kept": kept_counts(chosen.masks),
+        "candidates": [c.summary() for c in candidates], "chosen_alpha": chosen.alpha,
         "calibration": scores.get("calibration"), "optin_settings": scores.get("settings"),
         "teacher_sha256": scores["teacher_sha256"], "arch": scores["arch"],
         "model_config": scores["model_config"],
