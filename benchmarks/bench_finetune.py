@@ -58,7 +58,7 @@ from torch import Tensor, nn
 from _common import random_released_x4, set_threads
 from srprune.complexity import count_params, macs_full
 from srprune.finetune import KDWeights, feature_kd_loss
-from srprune.pruning.adapter import kept_counts
+from srprune.pruning.adapter import full_kept, kept_counts
 from srprune.pruning.catanet import CATANetAdapter
 from srprune.pruning.importance import magnitude_scores
 from srprune.pruning.selection import Selector
