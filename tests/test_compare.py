@@ -75,6 +75,7 @@ def build_results(root: Path) -> dict:
                         "mac_constraint": float(budget), "min_keep": 0,
                         "macs_teacher": TEACHER_MACS, "macs_pruned": macs_pruned,
                         "achieved_mac_ratio": macs_pruned / TEACHER_MACS,
+                        "prunable_mac_ratio": 0.25 + 0.01 * (10 * mi + bi),
                         "macs_lr_size": LR_SIZE, "kept": kept,
                         "unit_costs": {g: 1000 for g in GROUPS}, "arch": "catanet"}
             folder.mkdir(parents=True)
@@ -188,6 +189,9 @@ def test_numbers_come_from_the_files(compared):
             assert row["macs_thop"] == row["macs_lr_size"] == ""
             continue
         assert int(row["macs_full"]) == data["macs_full"]  # what the file itself computes
+        if stage != "teacher":  # every stage of a budget shares its masks' prunable ratio
+            assert float(row["prunable_mac_ratio"]) == \
+                exp["masks"][(method, budget)]["prunable_mac_ratio"]
         assert int(row["macs_thop"]) == data["macs_thop"]
         assert row["macs_lr_size"] == "360x640"
         if stage in ("pruned", "finetuned_feature_kd"):
@@ -213,6 +217,7 @@ def test_teacher_row_is_the_reference(compared):
     _, _, _, rows = compared
     for row in (r for r in rows if r["stage"] == "teacher"):
         assert float(row["mac_ratio"]) == float(row["params_ratio"]) == 1.0
+        assert float(row["prunable_mac_ratio"]) == 1.0
         assert float(row["delta_psnr"]) == float(row["delta_ssim"]) == 0.0
         assert row["speedup"] == ("1.0" if row["dataset"] == "set5" else "")
 

@@ -25,6 +25,9 @@ method or budget. Columns (:data:`COLUMNS`), empty where a number does not exist
 ``latency_ms``          eval JSON ``latency_ms`` when evaluate measured it
 ``psnr``, ``ssim``      mean Y-channel PSNR (dB) and SSIM (eval JSON)
 ``mac_ratio``           effective MACs relative to the teacher's (see below)
+``prunable_mac_ratio``  the same for the prunable part only: (effective - floor) / (teacher -
+                        floor), the floor being the model with every unit removed (masks
+                        artifact ``prunable_mac_ratio``; 1 for the teacher)
 ``params_ratio``        ``params_nonzero`` / teacher ``params_total``
 ``speedup``             teacher ``latency_ms`` / row ``latency_ms`` (when both exist)
 ``delta_psnr``          ``psnr`` - teacher ``psnr`` (same data set)
@@ -83,8 +86,8 @@ SPARSITY_FILE = "sparsity.json"
 
 COLUMNS = ("run", "stage", "method", "budget", "dataset", "params_total", "params_nonzero",
            "macs_thop", "macs_full", "effective_macs_full", "macs_lr_size", "latency_ms",
-           "psnr", "ssim", "mac_ratio", "params_ratio", "speedup", "delta_psnr", "delta_ssim",
-           "masks_consistent")
+           "psnr", "ssim", "mac_ratio", "prunable_mac_ratio", "params_ratio", "speedup",
+           "delta_psnr", "delta_ssim", "masks_consistent")
 
 # what produces each file, for the error messages
 _PRODUCERS = {
@@ -288,6 +291,7 @@ def collect(results_dir: str | os.PathLike, datasets: Sequence[str] | None = Non
         teacher_path = root / "eval" / f"teacher_{dataset}.json"
         teacher = _row(run, "teacher", "", "", dataset,
                        _read_eval(teacher_path, _PRODUCERS["teacher"]))
+        teacher["prunable_mac_ratio"] = 1.0
         block = [teacher]
         for baseline in baselines:
             path = root / "eval" / f"{baseline}_{dataset}.json"
@@ -302,6 +306,7 @@ def collect(results_dir: str | os.PathLike, datasets: Sequence[str] | None = Non
                     path = folder / f"eval_{stage}_{dataset}.json"
                     row = _row(run, stage, method, budget, dataset,
                                _read_eval(path, _PRODUCERS["stage"]))
+                    row["prunable_mac_ratio"] = artifact.get("prunable_mac_ratio")
                     if stage in ZEROED_STAGES:
                         row["effective_macs_full"] = artifact["macs_pruned"]
                         row["mac_ratio"] = artifact["achieved_mac_ratio"]
@@ -359,6 +364,7 @@ _MD_COLUMNS = [
     ("MACs run (G)", lambda r: _fmt(r["macs_full"], ".3f", 1e9)),
     ("MACs effective (G)", lambda r: _fmt(r["effective_macs_full"], ".3f", 1e9)),
     ("MAC ratio", lambda r: _fmt(r["mac_ratio"], ".3f")),
+    ("prunable MAC ratio", lambda r: _fmt(r["prunable_mac_ratio"], ".3f")),
     ("latency (ms)", lambda r: _fmt(r["latency_ms"], ".2f")),
     ("speedup", lambda r: _fmt(r["speedup"], ".3f")),
     ("PSNR (dB)", lambda r: _fmt(r["psnr"], ".3f")),
@@ -375,7 +381,9 @@ zeroed (`pruned`) and fine-tuned (`finetuned_feature_kd`) files keep the teacher
 so theirs is the teacher's count. *MACs effective*: what the pruned structure costs: for zeroed
 and fine-tuned rows the masks artifact's `macs_pruned` (analytic count with only the kept heads
 and neurons), for the rebuilt model its own measured count. *MAC ratio*: effective MACs over the
-teacher's (the masks' `achieved_mac_ratio` for zeroed and fine-tuned rows). *params ratio*:
+teacher's (the masks' `achieved_mac_ratio` for zeroed and fine-tuned rows). *prunable MAC
+ratio*: the same over the part pruning can remove (the floor, every unit removed, subtracted
+from both). *params ratio*:
 nonzero parameters over the teacher's parameters. Δ: difference to the teacher on the same data
 set. Bicubic has no MACs counted.
 """
