@@ -263,6 +263,25 @@ def test_sampler_errors_name_the_image() -> None:
         PatchSampler([(lr, hr)], scale=3, crop_size=4, batch_size=1, seed=0)
 
 
+def test_sampler_skips_images_smaller_than_the_crop(caplog: pytest.LogCaptureFixture) -> None:
+    small_lr, small_hr = _kron_pair(6, 10, 2, 4)
+    large_lr, large_hr = _kron_pair(12, 12, 2, 5)
+    pairs = [("small", small_lr, small_hr), ("large", large_lr, large_hr)]
+    with caplog.at_level("WARNING"):
+        sampler = PatchSampler(pairs, scale=2, crop_size=8, batch_size=32, seed=0)
+    assert "1 of 2 images" in caplog.text and "small" in caplog.text
+    lr, _ = sampler.sample()
+    crops = {tuple(c.flatten().tolist()) for c in lr}
+    large = torch.from_numpy(large_lr.copy()).permute(2, 0, 1).float() / 255
+    # every crop comes from the large image (some 8x8 window of it, up to flips)
+    windows = [large[:, y:y + 8, x:x + 8] for y in range(5) for x in range(5)]
+    variants = {tuple(t.flatten().tolist()) for w in windows
+                for t in (w, w.flip(1), w.flip(2), w.transpose(1, 2), w.flip(1).flip(2),
+                          w.flip(1).transpose(1, 2), w.flip(2).transpose(1, 2),
+                          w.flip(1).flip(2).transpose(1, 2))}
+    assert crops <= variants
+
+
 def test_sampler_accepts_a_dataset(tmp_path: Path) -> None:
     hr_dir, lr_dir, _ = _make_pair_dirs(tmp_path)
     dataset = SRDataset(hr_dir, scale=2, lr_dir=lr_dir, filename_tmpl="{}x2")

@@ -19,6 +19,7 @@ Every failure caused by the data raises :class:`DataError` naming the file or fo
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -30,6 +31,8 @@ import skimage.io
 import torch
 
 from srprune.imresize import imresize
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -243,9 +246,19 @@ class PatchSampler:
         self.scale = scale
         self.crop_size = crop_size
         self.batch_size = batch_size
-        self.pairs = [_checked_pair(item, i, scale, crop_size) for i, item in enumerate(pairs)]
-        if not self.pairs:
+        checked = [_checked_pair(item, i, scale) for i, item in enumerate(pairs)]
+        if not checked:
             raise DataError("PatchSampler needs at least one image pair")
+        self.pairs = [(lr, hr) for _, lr, hr in checked if min(lr.shape[:2]) >= crop_size]
+        small = [name for name, lr, _ in checked if min(lr.shape[:2]) < crop_size]
+        if not self.pairs:
+            name, lr, _ = checked[0]
+            raise DataError(f"{name}: LR image {_size(lr)} is smaller than the crop size "
+                            f"{crop_size}, and so is every other image ({len(checked)} in all); "
+                            f"use a smaller crop size")
+        if small:
+            log.warning("%d of %d images have an LR side below the crop size %d and are skipped "
+                        "(e.g. %s)", len(small), len(checked), crop_size, ", ".join(small[:3]))
         self.rng = np.random.default_rng(seed)
 
     def _crop(self) -> tuple[np.ndarray, np.ndarray]:
@@ -279,14 +292,12 @@ class PatchSampler:
         self.rng.bit_generator.state = state["bit_generator"]
 
 
-def _checked_pair(item: Sequence[Any], index: int, scale: int, crop_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Validate one ``(name, lr, hr)`` or ``(lr, hr)`` item and return ``(lr, hr)``."""
+def _checked_pair(item: Sequence[Any], index: int, scale: int) -> tuple[str, np.ndarray, np.ndarray]:
+    """Validate one ``(name, lr, hr)`` or ``(lr, hr)`` item and return ``(name, lr, hr)``."""
     name, lr, hr = item if len(item) == 3 else (f"pair {index}", *item)
     if (lr.shape[0] * scale, lr.shape[1] * scale) != hr.shape[:2]:
         raise DataError(f"{name}: LR size {_size(lr)} times scale {scale} does not match HR size {_size(hr)}")
-    if min(lr.shape[:2]) < crop_size:
-        raise DataError(f"{name}: LR image {_size(lr)} is smaller than the crop size {crop_size}")
-    return lr, hr
+    return name, lr, hr
 
 
 def _augment(img: np.ndarray, hflip: bool, vflip: bool, transpose: bool) -> np.ndarray:
