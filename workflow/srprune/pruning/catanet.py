@@ -95,7 +95,8 @@ class CATANetAdapter(Adapter):
     def widths(self, model: CATANet, kept: dict[str, int]) -> dict[str, list[int]]:
         """Per-block width lists of the config with ``kept`` units left.
 
-        A channel group's count is kept heads x channels per head; omitted, the width stays.
+        A channel group's count is kept heads x channels per head; omitted or at its full count
+        (every channel of every head of the unpruned module), the width stays.
         """
         widths = {field: list(getattr(model.cfg, field)) for field, _ in GROUP_FIELDS.values()}
         for name, count in kept.items():
@@ -108,8 +109,11 @@ class CATANetAdapter(Adapter):
                 block, suffix = _split(name[:-len(end)])
                 field = CHANNEL_FIELDS[end][0][suffix]
                 heads = widths[GROUP_FIELDS[suffix][0]][block]
+                current = getattr(model.cfg, field)[block]
+                full = getattr(model.cfg, GROUP_FIELDS[suffix][0])[block] * current
                 widths.setdefault(field, list(getattr(model.cfg, field)))
-                widths[field][block] = _per_head(name, count, heads, widths[field][block])
+                if count not in (full, 0 if heads == 0 else full):
+                    widths[field][block] = _per_head(name, count, heads)
         return widths
 
     def macs(self, model: CATANet, kept: dict[str, int], lr_size: tuple[int, int]) -> int:
@@ -208,13 +212,9 @@ class CATANetAdapter(Adapter):
         return small.train(model.training)
 
 
-def _per_head(name: str, kept: int, heads: int, current: int) -> int:
+def _per_head(name: str, kept: int, heads: int) -> int:
     """Channels per head of channel group ``name`` with ``kept`` channels over ``heads`` heads."""
-    if heads == 0:
-        if kept:
-            raise ValueError(f"{name}: {kept} channels kept but no head of the module")
-        return current
-    if kept % heads or kept == 0:
+    if heads == 0 or kept % heads or kept == 0:
         raise ValueError(f"{name}: {kept} channels kept is not a positive multiple of the "
                          f"{heads} kept heads (each kept head keeps the same number, >= 1)")
     return kept // heads
