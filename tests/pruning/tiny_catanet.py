@@ -124,3 +124,25 @@ def narrowed(model: CATANet, masks: dict[str, Tensor]) -> CATANet:
     small = create_model("catanet", **cfg)
     small.load_state_dict(state, strict=True)
     return small.eval()
+
+
+def random_masks(groups, seed: int, empty=(), keep: float = 0.6) -> dict[str, Tensor]:
+    """Valid random masks of ``groups`` (UnitGroups in forward order); ``empty`` keep nothing.
+
+    A channel group keeps nothing of a removed head and, in every kept head, the same random
+    number (>= 1) of channels, each head its own random choice.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    masks: dict[str, Tensor] = {}
+    for g in groups:
+        if g.parent is None:
+            masks[g.name] = (torch.zeros(g.count) if g.name in empty
+                             else (torch.rand(g.count, generator=gen) < keep).float())
+            continue
+        heads = masks.get(g.parent, torch.ones(g.count // g.per_parent))
+        width = int(torch.randint(1, g.per_parent + 1, (1,), generator=gen))
+        mask = torch.zeros(heads.numel(), g.per_parent)
+        for head in kept_units(heads):
+            mask[head, torch.randperm(g.per_parent, generator=gen)[:width]] = 1.0
+        masks[g.name] = mask.flatten()
+    return masks
