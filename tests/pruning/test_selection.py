@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from srprune.complexity import macs_full
-from srprune.pruning.adapter import UnitGroup, full_kept, kept_counts, masked, unit_costs
+from srprune.pruning.adapter import (UNIT_KINDS_DEFAULT, UnitGroup, full_kept, groups_of_kinds,
+                                     kept_counts, masked, unit_costs)
 from srprune.pruning.catanet import CATANetAdapter
 from srprune.pruning.importance import OptinSettings, combine, optin_terms
 from srprune.pruning.selection import BudgetError, linear_macs, select
@@ -23,10 +24,10 @@ def setup():
     """Tiny x1 CATANet (its unprunable floor, about 0.24, lies below every budget tested)."""
     adapter, model = CATANetAdapter(), tiny_catanet(seed=11, upscale=1)
     x = torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(4))
+    groups = groups_of_kinds(adapter.groups(model), UNIT_KINDS_DEFAULT)
     scores, _ = combine(optin_terms(adapter, model, x, OptinSettings(tokens=16, max_batch=32),
-                                    progress=False), lam=1.0)
+                                    progress=False, groups=groups), lam=1.0)
     lr = adapter.reference_lr_size(model)
-    groups = adapter.groups(model)
     costs = unit_costs(adapter, model, lr)
     total = adapter.macs(model, full_kept(groups), lr)
     return adapter, model, groups, scores, costs, total, lr
