@@ -178,8 +178,14 @@ def magnitude_scores(adapter: Adapter, model: nn.Module) -> dict[str, Tensor]:
 
 def random_scores(adapter: Adapter, model: nn.Module, seed: int,
                   groups: list[UnitGroup] | None = None) -> dict[str, Tensor]:
-    """Baseline: uniform random scores of ``groups`` (default: all), seeded, drawn in order."""
+    """Baseline: uniform random scores of ``groups`` (default: all), seeded.
+
+    Channel groups are drawn after all others, so that the other groups' scores do not depend
+    on whether channels are scored too.
+    """
     gen = torch.Generator().manual_seed(seed)
     groups = adapter.groups(model) if groups is None else groups
-    return {g.name: torch.rand(g.count, generator=gen) for g in groups}
+    drawn = {g.name: torch.rand(g.count, generator=gen)
+             for g in sorted(groups, key=lambda g: g.parent is not None)}
+    return {g.name: drawn[g.name] for g in groups}
 
