@@ -58,9 +58,9 @@ from torch import Tensor, nn
 from _common import random_released_x4, set_threads
 from srprune.complexity import count_params, macs_full
 from srprune.finetune import KDWeights, feature_kd_loss
-from srprune.pruning.adapter import full_kept, kept_counts, unit_costs
+from srprune.pruning.adapter import (UNIT_KINDS_DEFAULT, full_kept, groups_of_kinds, kept_counts,
+                                     unit_costs)
 from srprune.pruning.catanet import CATANetAdapter
-from srprune.pruning.importance import magnitude_scores
 from srprune.pruning.selection import select
 
 VARIANTS = ("dense", "masked", "rebuilt")
@@ -73,10 +73,11 @@ def teacher_x4(seed: int = 0) -> nn.Module:
 
 
 def masks_at(teacher: nn.Module, budget: float) -> dict[str, Tensor]:
-    groups = ADAPTER.groups(teacher)
+    groups = groups_of_kinds(ADAPTER.groups(teacher), UNIT_KINDS_DEFAULT)
     lr_size = ADAPTER.reference_lr_size(teacher)
     total = ADAPTER.macs(teacher, full_kept(groups), lr_size)
-    return select(groups, magnitude_scores(ADAPTER, teacher), unit_costs(ADAPTER, teacher, lr_size),
+    scores = {g.name: ADAPTER.unit_magnitude(teacher, g) for g in groups}
+    return select(groups, scores, unit_costs(ADAPTER, teacher, lr_size),
                   total, budget)
 
 
@@ -223,7 +224,7 @@ def main() -> None:
     lr, hr = batch(args, device)
     variants = [make_variant(name, teacher, masks, lr, hr) for name in VARIANTS]
     kept = kept_counts(masks)
-    groups = ADAPTER.groups(teacher)
+    groups = groups_of_kinds(ADAPTER.groups(teacher), UNIT_KINDS_DEFAULT)
     ref = ADAPTER.reference_lr_size(teacher)
     ratio = ADAPTER.macs(teacher, kept, ref) / ADAPTER.macs(teacher, full_kept(groups), ref)
     print(f"CATANet x4 released size, random weights (seeded), centres set; {threads_line}; "
