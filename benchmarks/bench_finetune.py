@@ -58,9 +58,8 @@ from torch import Tensor, nn
 from _common import random_released_x4, set_threads
 from srprune.complexity import count_params, macs_full
 from srprune.finetune import KDWeights, feature_kd_loss
-from srprune.pruning.adapter import full_kept, kept_counts
+from srprune.pruning.adapter import UNIT_KINDS_DEFAULT, full_kept, groups_of_kinds, kept_counts
 from srprune.pruning.catanet import CATANetAdapter
-from srprune.pruning.importance import magnitude_scores
 from srprune.pruning.selection import Selector
 
 VARIANTS = ("dense", "masked", "rebuilt")
@@ -73,9 +72,11 @@ def teacher_x4(seed: int = 0) -> nn.Module:
 
 
 def masks_at(teacher: nn.Module, budget: float) -> dict[str, Tensor]:
+    groups = groups_of_kinds(ADAPTER.groups(teacher), UNIT_KINDS_DEFAULT)
     lr_size = ADAPTER.reference_lr_size(teacher)
-    selector = Selector(ADAPTER.groups(teacher), magnitude_scores(ADAPTER, teacher),
-                        lambda kept: ADAPTER.macs(teacher, kept, lr_size), distortion_scores=False)
+    scores = {g.name: ADAPTER.unit_magnitude(teacher, g) for g in groups}
+    selector = Selector(groups, scores, lambda kept: ADAPTER.macs(teacher, kept, lr_size),
+                        distortion_scores=False)
     return selector.select(budget, "knapsack")[0].masks
 
 
@@ -222,7 +223,7 @@ def main() -> None:
     lr, hr = batch(args, device)
     variants = [make_variant(name, teacher, masks, lr, hr) for name in VARIANTS]
     kept = kept_counts(masks)
-    groups = ADAPTER.groups(teacher)
+    groups = groups_of_kinds(ADAPTER.groups(teacher), UNIT_KINDS_DEFAULT)
     ref = ADAPTER.reference_lr_size(teacher)
     ratio = ADAPTER.macs(teacher, kept, ref) / ADAPTER.macs(teacher, full_kept(groups), ref)
     print(f"CATANet x4 released size, random weights (seeded), centres set; {threads_line}; "

@@ -35,6 +35,7 @@ import torch
 
 from _common import (UnitSubset, extrapolate, fmt_seconds, peak_rss_mib, sample_counts,
                      random_released_x4, set_threads, suffix)
+from srprune.pruning.adapter import UNIT_KINDS_DEFAULT, groups_of_kinds
 from srprune.pruning.catanet import CATANetAdapter
 from srprune.pruning.importance import OptinSettings, naive_optin_terms, optin_terms
 from srprune.pruning.search import Calibration
@@ -106,7 +107,7 @@ def main() -> None:
     threads_line = set_threads(args.threads)
     model = random_released_x4(args.seed)
     adapter = CATANetAdapter()
-    groups = adapter.groups(model)
+    groups = groups_of_kinds(adapter.groups(model), UNIT_KINDS_DEFAULT)
     if not set(args.blocks) <= {g.block for g in groups}:
         sys.exit(f"--blocks must lie in 0..{model.cfg.block_num - 1}")
     calibration = Calibration(num_crops=args.num_crops, crop_size=args.crop_size, seed=args.seed)
@@ -178,7 +179,7 @@ def main() -> None:
               f"first (0) and the last ({model.cfg.block_num - 1}) block")
     if args.full:
         start = time.perf_counter()
-        optin_terms(adapter, model, x, settings, progress=False)
+        optin_terms(adapter, model, x, settings, progress=False, groups=groups)
         measured = time.perf_counter() - start
         versus = "" if ours_full is None else \
             f" (extrapolation was {ours_full / measured:.2f}x of it)"

@@ -33,6 +33,7 @@ from _common import (UnitSubset, extrapolate, fmt_seconds, peak_rss_mib, require
 from srprune import load_model
 from srprune.checkpoint import read_checkpoint
 from srprune.evaluate import load_pairs, score_model
+from srprune.pruning.adapter import UNIT_KINDS_DEFAULT, groups_of_kinds
 from srprune.pruning.importance import METHODS, OptinSettings, optin_terms
 from srprune.pruning.search import (Calibration, adapter_for, check_scores_match, export_zeroed,
                                     file_sha256, save_artifact, score_units, search_masks)
@@ -94,7 +95,7 @@ def estimate(teacher: Path, calibration: Calibration, settings: OptinSettings) -
     """Time OPTIN scoring on a sample of units of the teacher and extrapolate to all units."""
     model = load_model(teacher).eval()
     adapter = adapter_for(model)
-    groups = adapter.groups(model)
+    groups = groups_of_kinds(adapter.groups(model), UNIT_KINDS_DEFAULT)
     x = calibration.crops(model.cfg.upscale)
     per_forward = max(1, settings.max_batch // x.shape[0])  # sample one batched forward per FFN
     subset = UnitSubset(adapter, model, sample_counts(groups, [0, 4, 7], per_forward))

@@ -16,10 +16,11 @@ def calibration_args():
 
 
 def optin_args():
-    """OPTIN options of `srprune score-units` from the config."""
+    """Unit kinds and OPTIN options of `srprune score-units` from the config."""
     return shlex.join(["--tokens", str(OPTIN.get("tokens", 64)),
                        "--lam", str(OPTIN.get("lam", 1.0)),
-                       "--max-batch", str(OPTIN.get("max_batch", 16))])
+                       "--max-batch", str(OPTIN.get("max_batch", 16)),
+                       "--units", ",".join(PRUNE.get("units", ["head", "neuron"]))])
 
 
 rule score_units:

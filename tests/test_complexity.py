@@ -125,6 +125,12 @@ CASES = [
     ({"upscale": 4, "tab_heads": [4, 0, 1, 2, 3, 0, 4, 2], "lrsa_heads": [0, 1, 2, 3, 4, 1, 0, 2],
       "tab_mlp": [96, 0, 1, 50, 7, 0, 96, 3], "lrsa_mlp": [0, 96, 2, 0, 40, 12, 96, 1]}, (10, 13),
      BOTH),
+    # channels inside heads: q/k narrower or wider than v, one channel, all heads removed
+    ({**PRUNED, "tab_heads": [2, 1], "tab_qk": [1, 3], "tab_v": [4, 1], "lrsa_qk": [4, 2],
+      "lrsa_v": [2, 3]}, (12, 10), BOTH),
+    ({"upscale": 4, "tab_qk": [9, 1, 5, 2, 9, 3, 4, 7], "tab_v": [10, 2, 1, 9, 4, 10, 3, 6],
+      "lrsa_qk": [1, 9, 2, 8, 3, 7, 4, 6], "lrsa_v": [5, 5, 10, 1, 2, 3, 8, 10],
+      "tab_heads": [4, 1, 2, 3, 0, 4, 2, 1]}, (10, 13), BOTH),
 ]
 
 

@@ -10,7 +10,7 @@ from srprune.checkpoint import CheckpointError
 from srprune.cli import main
 from srprune.complexity import count_params
 from srprune.finetune import finetune, masks_of
-from srprune.pruning.adapter import kept_counts
+from srprune.pruning.adapter import UNIT_KINDS_DEFAULT, groups_of_kinds, kept_counts
 from srprune.pruning.catanet import CATANetAdapter
 from test_train import Interrupt, dies_at
 
@@ -28,8 +28,11 @@ def setup(tmp_path, make_images):
     srprune.save_model(teacher, tmp_path / "teacher.pth")
     gen = torch.Generator().manual_seed(1)
     masks = {g.name: (torch.rand(g.count, generator=gen) < 0.5).float()
-             for g in ADAPTER.groups(teacher)}
+             for g in groups_of_kinds(ADAPTER.groups(teacher), UNIT_KINDS_DEFAULT)}
     masks["blocks.1.0.iasa_attn"] = torch.zeros(2)          # a whole attention removed
+    masks["blocks.0.0.iasa_attn"] = masks["blocks.0.1.layer.0.fn"] = torch.ones(2)
+    masks["blocks.0.0.iasa_attn.qk"] = torch.tensor([1., 1, 0, 0, 0, 1, 1, 0])  # channels
+    masks["blocks.0.1.layer.0.fn.v"] = torch.tensor([1., 0, 1, 0, 0, 1, 0, 1])
     student = srprune.load_model(tmp_path / "teacher.pth")
     ADAPTER.zero_units(student, masks)
     srprune.save_model(student, tmp_path / "pruned.pth", {"masks": masks})
@@ -49,7 +52,7 @@ def test_masked_units_stay_exactly_zero_and_others_learn(setup):
     tuned, before = srprune.load_model(root / "ft.pth"), srprune.load_model(root / "pruned.pth")
     assert tuned.checkpoint_meta["stage"] == "finetuned"
     changed = 0
-    for group in ADAPTER.groups(tuned):
+    for group in (g for g in ADAPTER.groups(tuned) if g.name in masks):
         removed = (masks[group.name] == 0).nonzero().flatten()
         for name, axis, width in ADAPTER.slices(tuned, group):
             weight = tuned.get_parameter(name).detach()
@@ -90,6 +93,7 @@ def test_cli_finetune_then_rebuild(setup, capsys):
     assert small.checkpoint_meta["stage"] == "rebuilt"
     assert count_params(small)["total"] == ADAPTER.params(tuned, kept_counts(masks))
     assert small.cfg.tab_heads[1] == 0
+    assert (small.cfg.tab_qk[0], small.cfg.lrsa_v[0]) == (2, 2)
     x = torch.rand(2, 3, 13, 17)
     with torch.no_grad():
         assert (small(x) - tuned(x)).abs().max().item() <= 1e-5

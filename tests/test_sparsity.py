@@ -8,6 +8,7 @@ import torch
 
 import srprune
 from srprune.checkpoint import CheckpointError
+from srprune.pruning.adapter import UNIT_KINDS_DEFAULT, groups_of_kinds
 from srprune.pruning.catanet import CATANetAdapter
 from srprune.sparsity import format_table, inspect_checkpoint, inspect_paths, zero_rows_cols
 
@@ -25,7 +26,7 @@ MASKED = {  # group -> units removed; groups not named keep every unit
 
 def make_masks(model, removed=MASKED):
     masks = {}
-    for g in ADAPTER.groups(model):
+    for g in groups_of_kinds(ADAPTER.groups(model), UNIT_KINDS_DEFAULT):
         mask = torch.ones(g.count)
         mask[removed.get(g.name, [])] = 0
         masks[g.name] = mask
@@ -51,6 +52,14 @@ def zeroed(model, tmp_path):
     path = tmp_path / "zeroed.pth"
     srprune.save_model(model, path, {"masks": masks, "stage": "zeroed"})
     return model, masks, path
+
+
+def zero_units_of(group, removed=MASKED):
+    """Units expected fully zero: the removed ones; for a channel group, those of removed heads."""
+    if group.parent is None:
+        return removed.get(group.name, [])
+    return [h * group.per_parent + c for h in removed.get(group.parent, [])
+            for c in range(group.per_parent)]
 
 
 def expected_zeros(model, removed=MASKED):
@@ -107,8 +116,8 @@ def test_fully_zero_units_and_rows_cols(zeroed):
     for g in ADAPTER.groups(model):
         entry = groups[g.name]
         assert entry["units"] == g.count and entry["kind"] == g.kind and entry["block"] == g.block
-        assert entry["zero_unit_indices"] == MASKED.get(g.name, [])
-        assert entry["zero_units"] == len(MASKED.get(g.name, []))
+        assert entry["zero_unit_indices"] == zero_units_of(g)
+        assert entry["zero_units"] == len(zero_units_of(g))
     assert report["masks"] == {k: [int(v) for v in m.tolist()] for k, m in masks.items()}
     assert report["masks_consistent"] is True and report["masks_mismatch"] == []
     layers = {layer["name"]: layer for layer in report["structured"]["layers"]}
@@ -170,7 +179,7 @@ def test_basicsr_and_plain_state_dicts(zeroed, tmp_path, layout):
     assert report["state_key"] == {"basicsr": "params", "basicsr_ema": "params_ema",
                                    "plain": None}[layout]
     groups = {g["name"]: g["zero_unit_indices"] for g in report["structured"]["groups"]}
-    assert groups == {g.name: MASKED.get(g.name, []) for g in ADAPTER.groups(model)}
+    assert groups == {g.name: zero_units_of(g) for g in ADAPTER.groups(model)}
     assert "masks" not in report  # a BasicSR file has no meta
 
 
@@ -227,7 +236,8 @@ def test_inspect_paths_prints_and_writes_json(zeroed, tmp_path, capsys):
     assert list(data) == [str(path), str(plain)]
     assert data[str(path)] == reports[0]
     assert data[str(path)]["masks_consistent"] is True
-    assert data[str(plain)]["structured"]["groups"][1]["zero_unit_indices"] == [2, 5, 7]
+    groups = {g["name"]: g for g in data[str(plain)]["structured"]["groups"]}
+    assert groups["blocks.0.0.mlp.fn"]["zero_unit_indices"] == [2, 5, 7]
     assert not list(out.parent.glob(".*.tmp"))  # atomic write left nothing behind
 
 
@@ -238,3 +248,30 @@ def test_a_bad_path_among_several_writes_no_json(zeroed, tmp_path):
     with pytest.raises(CheckpointError):
         inspect_paths([path, bad], json_out=tmp_path / "out.json", print_tables=False)
     assert not (tmp_path / "out.json").exists()
+
+
+def test_zero_channels_per_head_and_mask_checks(model, tmp_path):
+    """Channel masks: zero channels per head, masks consistent, invalid masks named."""
+    masks = {"blocks.0.0.iasa_attn": torch.tensor([1., 0]),
+             "blocks.0.0.iasa_attn.qk": torch.tensor([0., 1, 1, 0, 0, 0, 0, 0]),
+             "blocks.1.1.layer.0.fn.v": torch.tensor([1., 0, 0, 1, 0, 1, 1, 0])}
+    ADAPTER.zero_units(model, masks)
+    path = tmp_path / "channels.pth"
+    srprune.save_model(model, path, {"masks": masks, "stage": "zeroed"})
+    report = inspect_checkpoint(path)
+    groups = {g["name"]: g for g in report["structured"]["groups"]}
+    qk, v = groups["blocks.0.0.iasa_attn.qk"], groups["blocks.1.1.layer.0.fn.v"]
+    assert qk["zero_unit_indices"] == [0, 3, 4, 5, 6, 7] and qk["zero_per_head"] == [2, 4]
+    assert groups["blocks.0.0.iasa_attn.v"]["zero_per_head"] == [0, 4]  # the removed head's
+    assert v["zero_per_head"] == [2, 2] and v["parent"] == "blocks.1.1.layer.0.fn"
+    assert report["masks_consistent"] is True and report["masks_invalid"] is None
+    assert "per head [2, 4] of 4" in format_table(report)
+
+    uneven = {**masks, "blocks.1.1.layer.0.fn.v": torch.tensor([1., 0, 0, 1, 0, 1, 0, 0])}
+    model.get_parameter("blocks.1.1.layer.0.fn.to_v.weight").data[6] = 0.0
+    model.get_parameter("blocks.1.1.layer.0.fn.proj.weight").data[:, 6] = 0.0
+    srprune.save_model(model, path, {"masks": uneven, "stage": "zeroed"})
+    report = inspect_checkpoint(path)
+    assert report["masks_consistent"] is True
+    assert "same number" in report["masks_invalid"]
+    assert "INVALID" in format_table(report)

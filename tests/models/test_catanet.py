@@ -242,6 +242,31 @@ def test_per_block_widths_shape_the_layers():
         assert torch.isfinite(model.eval()(torch.rand(1, 3, 12, 10))).all()
 
 
+def test_channel_widths_shape_the_layers_and_keep_the_scale():
+    model = create_model("catanet", **TINY, tab_heads=[1, 2], tab_qk=[3, 4], tab_v=[2, 1],
+                         lrsa_qk=[1, 2], lrsa_v=[4, 3])
+    tab0, lrsa0 = model.blocks[0]
+    assert tab0.iasa_attn.to_q.weight.shape == tab0.irca_attn.to_k.weight.shape == (3, 8)
+    assert tab0.iasa_attn.to_v.weight.shape == tab0.irca_attn.to_v.weight.shape == (2, 8)
+    assert tab0.iasa_attn.proj.weight.shape == (8, 2)
+    assert model.blocks[1][0].iasa_attn.to_v.weight.shape == (2, 8)  # 2 heads of 1
+    attn = lrsa0.layer[0].fn
+    assert attn.to_q.weight.shape == (2, 8) and attn.proj.weight.shape == (8, 8)
+    assert tab0.iasa_attn.scale == attn.scale == 4 ** -0.5  # the full head width's
+    assert model.cfg.to_dict()["lrsa_v"] == [4, 3]
+    model = initted(model).eval()
+    x = torch.rand(1, 3, 12, 10, generator=torch.Generator().manual_seed(0))
+    for impl in ("fast", "reference"):
+        model.set_attention_impl(impl)
+        with torch.no_grad():
+            out = model(x)
+        assert torch.isfinite(out).all()
+        if impl == "fast":
+            fast = out
+    # the padded fused path equals the authors' formulation (outputs here are of order 100)
+    assert (fast - out).abs().max().item() <= 1e-5 * out.abs().max().item()
+
+
 def test_empty_ffn_adds_fc2_bias_and_empty_attention_adds_nothing():
     model = initted(create_model("catanet", **TINY, lrsa_heads=[0, 0], lrsa_mlp=[0, 0]))
     lrsa = model.blocks[0][1]
@@ -261,6 +286,12 @@ def test_config_validation_errors():
         CATANetConfig(patch_size=[16, 20, 24])
     with pytest.raises(ValueError, match=r"tab_heads entries must lie in \[0, 4\]"):
         CATANetConfig(tab_heads=[5] * 8)
+    with pytest.raises(ValueError, match=r"tab_qk entries must lie in \[1, 9\]"):
+        CATANetConfig(tab_qk=[0] * 8)
+    with pytest.raises(ValueError, match=r"lrsa_v entries must lie in \[1, 10\]"):
+        CATANetConfig(lrsa_v=[11] * 8)
+    with pytest.raises(ValueError, match="tab_v has 2 entries"):
+        CATANetConfig(tab_v=[1, 2])
     with pytest.raises(ValueError, match="unknown CATANet config keys"):
         CATANetConfig.from_dict({"dims": 3})
     with pytest.raises(ValueError, match="B x 3 x H x W"):

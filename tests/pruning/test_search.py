@@ -105,3 +105,39 @@ def test_a_part_alone_is_refused(setup, capsys):
     assert main(["search-masks", "--teacher", str(teacher), "--scores", str(part),
                  "--mac-constraint", "0.9", "--out", str(root / "m.pth")]) == 2
     assert "one scoring job only" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["optin", "magnitude", "random"])
+def test_channel_units_are_scored_and_recorded(setup, method, capsys):
+    root, teacher = setup
+    units = "head,qk_channel,v_channel,neuron"
+    artifact = torch.load(score(setup, method, f"ch_{method}.pth", "--units", units),
+                          weights_only=True)
+    default = torch.load(score(setup, method, f"def_{method}.pth"), weights_only=True)
+    assert artifact["units"] == units.split(",") and default["units"] == ["head", "neuron"]
+    names = [g.name for g in CATANetAdapter().groups(srprune.load_model(teacher))]
+    assert list(artifact["scores"]) == names == [g["name"] for g in artifact["groups"]]
+    assert [g["name"] for g in default["groups"]] == [n for n in names
+                                                      if not n.endswith((".qk", ".v"))]
+    for name in ("blocks.0.0.iasa_attn.qk", "blocks.1.1.layer.0.fn.v"):
+        values = artifact["scores"][name]
+        assert values.shape == (8,) and torch.isfinite(values).all() and values.std() > 0
+    # head and neuron scores do not depend on whether channels are scored too
+    if method != "optin":  # OPTIN's balance factor sums over every scored unit
+        for name, values in default["scores"].items():
+            assert torch.equal(artifact["scores"][name], values), name
+    # today's selections cannot keep equal widths per head: a clear error, no file
+    out = root / f"ch_masks_{method}.pth"
+    assert main(["search-masks", "--teacher", str(teacher), "--scores",
+                 str(root / f"ch_{method}.pth"), "--mac-constraint", "0.6", "--out",
+                 str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--units head,neuron" in err and not out.exists()
+
+
+def test_bad_units_are_refused(setup, capsys):
+    root, teacher = setup
+    for units, message in (("head,channel", "units must be"), ("v_channel,neuron", "need 'head'")):
+        assert main(["score-units", "--teacher", str(teacher), "--method", "magnitude",
+                     "--units", units, "--out", str(root / "bad.pth")]) == 2
+        assert message in capsys.readouterr().err

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from srprune.complexity import macs_full
-from srprune.pruning.adapter import UnitGroup, full_kept, kept_counts
+from srprune.pruning.adapter import (KINDS, UNIT_KINDS_DEFAULT, UnitGroup, full_kept,
+                                     groups_of_kinds, kept_counts)
 from srprune.pruning.catanet import CATANetAdapter
 from srprune.pruning.importance import OptinSettings, combine, optin_terms
 from srprune.pruning.selection import (ALPHAS, BudgetError, Family, Selector, families, knapsack,
@@ -17,24 +18,29 @@ from tiny_catanet import tiny_catanet
 from vit_adapter import TinyViT, TinyViTAdapter, ViTConfig
 
 
-@pytest.fixture(scope="module")
-def setup():
-    """Tiny x1 CATANet (its unprunable floor, about 0.24, lies below every budget tested)."""
+@pytest.fixture(scope="module", params=["heads", "channels"])
+def setup(request):
+    """Tiny x1 CATANet (its unprunable floor, about 0.24, lies below every budget tested).
+
+    Scored on heads and neurons, or on heads, the channels inside them and neurons.
+    """
     adapter, model = CATANetAdapter(), tiny_catanet(seed=11, upscale=1)
     x = torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(4))
+    kinds = UNIT_KINDS_DEFAULT if request.param == "heads" else KINDS
+    groups = groups_of_kinds(adapter.groups(model), kinds)
     scores, _ = combine(optin_terms(adapter, model, x, OptinSettings(tokens=16, max_batch=32),
-                                    progress=False), lam=1.0)
+                                    progress=False, groups=groups), lam=1.0)
     lr = adapter.reference_lr_size(model)
-    groups = adapter.groups(model)
     macs = lambda kept: adapter.macs(model, kept, lr)  # noqa: E731
     return adapter, model, groups, scores, macs
 
 
 def assert_top_scored(groups, scores, masks):
-    """Within every head or neuron group the kept units are its best-scored ones."""
+    """Within every group without channel groups the kept units are its best-scored ones."""
+    parents = {g.parent for g in groups}
     for g in groups:
         keep = masks[g.name].bool()
-        if g.parent is None and keep.any() and (~keep).any():
+        if g.parent is None and g.name not in parents and keep.any() and (~keep).any():
             assert scores[g.name][keep].min() >= scores[g.name][~keep].max(), g.name
 
 
@@ -51,6 +57,7 @@ def test_budget_holds_exactly(setup, budget, selection):
                for g, m in zip(groups, masks.values()))
     exact = adapter.macs(model, kept_counts(masks), adapter.reference_lr_size(model))
     assert exact == chosen.macs <= budget * selector.total
+    adapter.check_masks(model, masks)  # channel masks: equal widths, none in removed heads
     assert_top_scored(groups, scores, masks)
     assert 0 < sum(int(m.sum()) for m in masks.values()) < sum(g.count for g in groups)
 
@@ -61,10 +68,12 @@ def test_min_keep(setup, min_keep):
     selector = Selector(groups, scores, macs, min_keep=min_keep)
     budget = selector.floor / selector.total + 0.01
     chosen, _ = selector.select(budget, "knapsack")
-    for g in groups:
+    parents = {g.parent for g in groups}
+    for g in (g for g in groups if g.parent is None):  # min_keep counts heads and neurons
         assert int(chosen.masks[g.name].sum()) >= min_keep, g.name
-        best = torch.argsort(scores[g.name], descending=True)[:min_keep]
-        assert chosen.masks[g.name][best].all(), g.name
+        if g.name not in parents:  # heads with channels are ranked net of dropped channels
+            best = torch.argsort(scores[g.name], descending=True)[:min_keep]
+            assert chosen.masks[g.name][best].all(), g.name
 
 
 @pytest.mark.parametrize("min_keep", [0, 1])
@@ -75,7 +84,7 @@ def test_budget_below_the_floor(setup, min_keep):
     with pytest.raises(BudgetError, match=f"below the floor of {floor:.4f}"):
         selector.select(floor - 0.005, "knapsack")
     chosen, _ = selector.select(floor + 1e-6, "knapsack")
-    assert all(int(chosen.masks[g.name].sum()) == min_keep for g in groups)
+    assert all(int(chosen.masks[g.name].sum()) == min_keep for g in groups if g.parent is None)
 
 
 def test_full_budget_keeps_everything(setup):
@@ -106,9 +115,11 @@ def test_a_mac_count_that_does_not_add_up_is_an_error(setup):
     adapter, model, groups, scores, macs = setup
     full = full_kept(groups)
 
+    modules = [g.name for g in groups if g.parent is None]
+
     def surcharge(kept):  # modules reduced together cost extra: not a sum over modules
-        reduced = sum(kept[k] < full[k] for k in full)
-        return macs(kept) + (10 ** 12 if 2 <= reduced < len(full) else 0)
+        reduced = sum(kept[k] < full[k] for k in modules)
+        return macs(kept) + (10 ** 12 if 2 <= reduced < len(modules) else 0)
     with pytest.raises(BudgetError, match="not a sum over modules"):
         Selector(groups, scores, surcharge).select(0.6, "knapsack")
 

@@ -133,7 +133,13 @@ def model_from_state(state: dict[str, Tensor], info: dict[str, Any], source: str
         model = get_arch(arch).build(config)
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{source}: invalid model config: {err}") from None
-    check_state_dict(model, state, source)
+    try:
+        check_state_dict(model, state, source)
+    except CheckpointError as err:
+        hint = get_arch(arch).shape_hint
+        if "config" in info or not hint:
+            raise
+        raise CheckpointError(f"{err}; {hint}") from None
     model.load_state_dict(state, strict=True)
     model.checkpoint_meta = info.get("meta", {})
     return model.eval()

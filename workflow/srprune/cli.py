@@ -123,7 +123,8 @@ def cmd_score_units(args: argparse.Namespace) -> None:
     settings = OptinSettings(tokens=args.tokens, lam=args.lam, seed=args.seed,
                              max_batch=args.max_batch)
     artifact = score_units(args.teacher, args.method, calibration, settings,
-                           _model_config(args.model_config), args.device, part=_part(args.part))
+                           _model_config(args.model_config), args.device, part=_part(args.part),
+                           units=args.units)
     save_artifact(artifact, args.out)
     scored = artifact.get("scores") or artifact.get("terms")
     print(f"scored {sum(len(s) for s in scored.values())} units of {len(scored)} groups with "
@@ -262,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     p.add_argument("--part", help="k/n: score only the blocks i with i %% n == k (job k of n); "
                                   "join the n parts with gather-scores")
+    p.add_argument("--units", default="head,neuron",
+                   help="unit kinds to score and prune, comma-separated: head, qk_channel, "
+                        "v_channel (channels inside heads; need head), neuron")
     p.set_defaults(func=cmd_score_units)
 
     p = sub.add_parser("gather-scores", help="join the unit scores of parallel scoring jobs")

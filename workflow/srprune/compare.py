@@ -526,16 +526,40 @@ def plot_psnr_vs_macs(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike
 
 def _group_label(name: str, units: int) -> str:
     """``blocks.0.0.iasa_attn`` -> the name and, for CATANet, what its units are."""
-    from .pruning.catanet import GROUP_FIELDS
+    from .pruning.catanet import CHANNEL_FIELDS, GROUP_FIELDS
 
+    channel = next((kind for end, (_, kind, _) in CHANNEL_FIELDS.items() if name.endswith(end)),
+                   None)
+    if channel is not None:
+        return f"{name}\n({units} {channel}s per head)"
     kind = next((k for suffix, (_, k) in GROUP_FIELDS.items() if name.endswith("." + suffix)),
                 "unit")
     return f"{name}\n({units} {kind}{'' if units == 1 else 's'})"
 
 
+def _kept_bar(masks: Mapping[str, Any], group: str) -> tuple[float, str, int]:
+    """(bar height, bar label, units for the axis label) of one group's mask.
+
+    A channel group (``<head group>.qk`` / ``.v``) shows the channels kept per kept head
+    against a head's full width; any other group its kept units against all of them.
+    """
+    mask = torch.as_tensor(masks[group]).flatten()
+    kept, total = int((mask != 0).sum()), mask.numel()
+    parent = group.rsplit(".", 1)[0]
+    if group.endswith((".qk", ".v")) and parent in masks:
+        heads = torch.as_tensor(masks[parent]).flatten()
+        per_head = total // heads.numel() if heads.numel() else 0
+        kept_heads = int((heads != 0).sum())
+        width = kept // kept_heads if kept_heads else 0
+        return (width / per_head if per_head else 0.0), f"{width}", per_head
+    return (kept / total if total else 0.0), f"{kept}", total
+
+
 def plot_kept_units(masks_by_budget: Mapping[tuple[str, str], Mapping[str, Any]],
                     path: str | os.PathLike) -> Path:
     """Kept fraction of the heads and neurons of every module, one subplot per method.
+
+    Channel groups show the q/k or v channels kept per kept head (see :func:`_kept_bar`).
 
     ``masks_by_budget``: ``{(method, budget): masks artifact}`` (as :func:`load_masks` returns)
     or ``{(method, budget): {group: 0/1 mask}}``. Bars are grouped per module, one per budget,
@@ -568,12 +592,10 @@ def plot_kept_units(masks_by_budget: Mapping[tuple[str, str], Mapping[str, Any]]
             for k, group in enumerate(groups):
                 if group not in masks:
                     continue
-                mask = torch.as_tensor(masks[group]).flatten()
-                kept, total = int((mask != 0).sum()), mask.numel()
-                units[group] = total
+                fraction, label, units[group] = _kept_bar(masks, group)
                 xs.append(k - 0.4 + width * (j + 0.5))
-                fractions.append(kept / total if total else 0.0)
-                labels.append(f"{kept}")
+                fractions.append(fraction)
+                labels.append(label)
             ratio = value.get("achieved_mac_ratio") if "masks" in value else None
             label = f"budget {budget}" + (f" (MAC ratio {ratio:.3f})" if ratio is not None
                                           else "")
@@ -592,7 +614,8 @@ def plot_kept_units(masks_by_budget: Mapping[tuple[str, str], Mapping[str, Any]]
                         [_group_label(g, units.get(g, 0)) for g in groups],
                         rotation=35 if len(groups) <= 12 else 90, ha="right",
                         rotation_mode="anchor", fontsize=8)
-    fig.suptitle("Kept heads and neurons per module (bar labels: units kept)", fontsize=12)
+    fig.suptitle("Kept heads and neurons per module (bar labels: units kept; for channels, "
+                 "channels kept per kept head)", fontsize=12)
     return _save_png(fig, path)
 
 

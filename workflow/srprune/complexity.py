@@ -378,11 +378,12 @@ def analytic_breakdown(cfg: Any, lr_size: Any) -> dict[str, Any]:
     cfg = _as_config(cfg)
     h, w = _lr_hw(lr_size)
     n = h * w
-    c, dq, dv, s = cfg.dim, cfg.head_qk, cfg.head_v, cfg.upscale
+    c, s = cfg.dim, cfg.upscale
     layers: dict[str, int] = {"first_conv": n * 3 * c * 9}
     for i in range(cfg.block_num):
         tab, lrsa = f"blocks.{i}.0", f"blocks.{i}.1"
         heads, k = cfg.tab_heads[i], cfg.num_tokens[i]
+        dq, dv = cfg.tab_qk[i], cfg.tab_v[i]
         if heads:
             gs = min(n, cfg.group_size[i])
             ng = math.ceil(n / gs)
@@ -397,6 +398,7 @@ def analytic_breakdown(cfg: Any, lr_size: Any) -> dict[str, Any]:
             layers[f"{tab}.conv1x1"] = n * c * c
         _ffn(layers, f"{tab}.mlp.fn", n, c, cfg.tab_mlp[i])
         heads, p = cfg.lrsa_heads[i], cfg.patch_size[i]
+        dq, dv = cfg.lrsa_qk[i], cfg.lrsa_v[i]
         if heads:
             (nh, ph), (nw, pw) = _patch_grid(h, p), _patch_grid(w, p)
             patches, t = nh * nw, ph * pw
@@ -438,8 +440,9 @@ def _ffn(layers: dict[str, int], name: str, n: int, c: int, hidden: int) -> None
 def analytic_macs(cfg: Any, lr_size: Any) -> int:
     r"""Closed-form MACs of one CATANet forward pass (eval, batch 1) on an H x W input.
 
-    Notation: N = H*W tokens, C = dim, dq = qk_dim/heads, dv = dim/heads (a pruned head keeps
-    these widths), s = upscale; per block i: h_T = tab_heads[i], h_L = lrsa_heads[i],
+    Notation: N = H*W tokens, C = dim, s = upscale; per block and attention module, dq and dv
+    are the q/k and v channels per head (``tab_qk[i]``, ``tab_v[i]``, ``lrsa_qk[i]``,
+    ``lrsa_v[i]``; at full width qk_dim/heads and dim/heads); per block i: h_T = tab_heads[i], h_L = lrsa_heads[i],
     m_T = tab_mlp[i], m_L = lrsa_mlp[i], K = num_tokens[i], G = group_size[i], p = patch_size[i].
     Conventions as in the module docstring (1 MAC = multiply-add; biases, norms, activations,
     softmax, adds and the bilinear base are free).

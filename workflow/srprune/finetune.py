@@ -91,6 +91,7 @@ def finetune(teacher_path: str | Path, student_path: str | Path, config: dict[st
         raise CheckpointError(f"{student_path} and {teacher_path} are not the same architecture")
     masks = {name: mask.to(device) for name, mask in masks_of(student, student_path).items()}
     adapter = adapter_for(student)
+    adapter.check_masks(student, masks)
     adapter.zero_units(student, masks)
     small = adapter.rebuild(student, masks).train()
     scale = student.cfg.upscale

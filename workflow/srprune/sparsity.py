@@ -11,15 +11,19 @@ Two views of one file, both read without running the model:
 * **Structured**, when the file loads as a registered model (:func:`srprune.load_model`, with
   ``model_config`` for what a BasicSR file cannot tell): for every prunable group of the pruning
   adapter, its units and those that are *fully zero* (every weight and bias slice the unit owns,
-  as listed by ``adapter.slices``, is zero); for every Linear and Conv weight, its all-zero rows
+  as listed by ``adapter.slices``, is zero; for channel groups also per head); for every Linear
+  and Conv weight, its all-zero rows
   (output channels) and columns (input channels of each group of a grouped conv). If the file
   cannot be loaded as a model, the reason is recorded under ``structured_error`` and the
   per-tensor view is still given.
 
 When the checkpoint's meta records pruning masks (``srprune export-zeroed`` and ``finetune``
 write them), the report lists the masked units and says whether they are exactly the fully-zero
-ones (``masks_consistent``); a unit zeroed by hand but not recorded, or a recorded unit whose
-weights are not zero, makes it False and is listed under ``masks_mismatch``.
+ones (``masks_consistent``; a channel of a masked head is expected to be zero too); a unit
+zeroed by hand but not recorded, or a recorded unit whose weights are not zero, makes it False
+and is listed under ``masks_mismatch``. ``masks_invalid`` says why the recorded masks are not
+valid masks (``Adapter.check_masks``: e.g. kept heads of one module keeping different numbers
+of channels), or is None.
 
 Every report holds plain JSON types only. Public API: :func:`inspect_checkpoint`,
 :func:`format_table`, :func:`inspect_paths`.
@@ -124,6 +128,15 @@ def zero_units(adapter: Any, model: nn.Module, group: Any) -> list[int]:
     return [int(u) for u in (adapter.unit_magnitude(model, group) == 0).nonzero().flatten()]
 
 
+def zero_per_head(zero: list[int], group: Any) -> list[int]:
+    """Fully-zero channels in each head of a channel group."""
+    heads = group.count // group.per_parent if group.per_parent else 0
+    counts = [0] * heads
+    for unit in zero:
+        counts[unit // group.per_parent] += 1
+    return counts
+
+
 def _masks_of(meta: Any) -> tuple[dict[str, list[int]] | None, str | None]:
     """Recorded masks as ``{group: [0/1, ...]}``, or (None, why) when they are unusable."""
     if not isinstance(meta, dict) or "masks" not in meta:
@@ -141,9 +154,23 @@ def _masks_of(meta: Any) -> tuple[dict[str, list[int]] | None, str | None]:
     return out, None
 
 
+def _effective_mask(group: dict[str, Any], masks: dict[str, list[int]]) -> list[int] | None:
+    """A group's recorded mask; a channel of a masked head counts as masked (None: unrecorded)."""
+    mask, parent = masks.get(group["name"]), group.get("parent")
+    if parent not in masks:
+        return mask
+    heads, per_head = masks[parent], group["per_parent"]
+    own = [1] * group["units"] if mask is None else mask
+    return [keep if u // per_head >= len(heads) or heads[u // per_head] else 0
+            for u, keep in enumerate(own)]
+
+
 def _compare_masks(groups: list[dict[str, Any]], masks: dict[str, list[int]]
                    ) -> list[dict[str, Any]]:
-    """Groups whose fully-zero units differ from the masked ones (with what each side says)."""
+    """Groups whose fully-zero units differ from the masked ones (with what each side says).
+
+    A channel of a head that is masked as a whole is expected to be zero as well.
+    """
     mismatch = []
     known = {g["name"]: g for g in groups}
     for name in sorted(set(masks) - set(known)):
@@ -154,7 +181,7 @@ def _compare_masks(groups: list[dict[str, Any]], masks: dict[str, list[int]]
             mismatch.append({"group": g["name"], "reason": f"mask has {len(mask)} entries, "
                                                            f"the group {g['units']} units"})
             continue
-        masked = [u for u, keep in enumerate(mask or []) if not keep]
+        masked = [u for u, keep in enumerate(_effective_mask(g, masks) or []) if not keep]
         if masked != g["zero_unit_indices"]:
             mismatch.append({"group": g["name"], "masked": masked,
                              "zero": g["zero_unit_indices"]})
@@ -175,14 +202,32 @@ def structured_view(model: nn.Module) -> dict[str, Any]:
         view["groups"] = []
         for group in adapter.groups(model):
             zero = zero_units(adapter, model, group)
-            view["groups"].append({"name": group.name, "kind": group.kind, "block": group.block,
-                                   "units": group.count, "zero_units": len(zero),
-                                   "zero_unit_indices": zero})
+            entry = {"name": group.name, "kind": group.kind, "block": group.block,
+                     "units": group.count, "zero_units": len(zero), "zero_unit_indices": zero}
+            if group.parent is not None:
+                entry.update(parent=group.parent, per_parent=group.per_parent,
+                             zero_per_head=zero_per_head(zero, group))
+            view["groups"].append(entry)
     view["layers"] = layer_stats(model)
     return view
 
 
 # --------------------------------------------------------------------------- report
+def _masks_invalid(model: nn.Module, masks: dict[str, list[int]]) -> str | None:
+    """Why ``masks`` are not valid masks of ``model`` (None: valid, or no adapter)."""
+    from .pruning.search import adapter_for
+
+    try:
+        adapter = adapter_for(model)
+    except ValueError:
+        return None
+    try:
+        adapter.check_masks(model, {k: torch.tensor(v, dtype=torch.float32) for k, v in masks.items()})
+    except ValueError as err:
+        return str(err)
+    return None
+
+
 def inspect_checkpoint(path: str | os.PathLike, model_config: dict[str, Any] | None = None
                        ) -> dict[str, Any]:
     """Zeros of every tensor of the checkpoint at ``path`` and, if it loads, of every unit.
@@ -191,7 +236,7 @@ def inspect_checkpoint(path: str | os.PathLike, model_config: dict[str, Any] | N
     ``format``, ``state_key``, ``meta`` (its scalar entries), ``tensors``, ``totals``, then either
     ``structured`` (``arch``, ``config``, ``groups``, ``layers``) or ``structured_error``, and,
     when the meta records masks, ``masks`` (``{group: [0/1...]}``), ``masks_consistent`` (None
-    when the structured view is missing) and ``masks_mismatch``.
+    when the structured view is missing), ``masks_mismatch`` and ``masks_invalid``.
     """
     obj = read_checkpoint(path)
     state, info = split_checkpoint(obj)
@@ -200,6 +245,7 @@ def inspect_checkpoint(path: str | os.PathLike, model_config: dict[str, Any] | N
     report: dict[str, Any] = {"path": str(path), "format": fmt, "state_key": key,
                               "meta": _plain_meta(info.get("meta")), "tensors": tensors,
                               "totals": _totals(tensors)}
+    model = None
     try:
         model = model_from_state(state, info, str(path), **(model_config or {}))
     except (ValueError, TypeError, KeyError, RuntimeError) as err:  # CheckpointError included
@@ -211,6 +257,7 @@ def inspect_checkpoint(path: str | os.PathLike, model_config: dict[str, Any] | N
         report["masks_error"] = why
     if masks is not None:
         report["masks"] = masks
+        report["masks_invalid"] = None if model is None else _masks_invalid(model, masks)
         groups = (report["structured"] or {}).get("groups")
         if groups is None:
             report["masks_consistent"], report["masks_mismatch"] = None, []
@@ -242,7 +289,7 @@ def format_table(report: dict[str, Any], max_tensors: int | None = None) -> str:
     else:
         groups = structured["groups"]
         width = max([len("group")] + [len(g["name"]) for g in groups])
-        lines.append(f"  {'group':<{width}}  {'kind':<6}  {'units':>5}  {'zero':>5}"
+        lines.append(f"  {'group':<{width}}  {'kind':<10}  {'units':>5}  {'zero':>5}"
                      + (f"  {'masked':>6}" if masks is not None else "") + "  zero units")
         for g in groups:
             masked = "" if masks is None else (
@@ -250,7 +297,9 @@ def format_table(report: dict[str, Any], max_tensors: int | None = None) -> str:
             shown = ", ".join(map(str, g["zero_unit_indices"][:12]))
             if len(g["zero_unit_indices"]) > 12:
                 shown += ", ..."
-            lines.append(f"  {g['name']:<{width}}  {g['kind']:<6}  {g['units']:>5}  "
+            if "zero_per_head" in g:
+                shown = f"per head {g['zero_per_head']} of {g['per_parent']}: {shown}"
+            lines.append(f"  {g['name']:<{width}}  {g['kind']:<10}  {g['units']:>5}  "
                          f"{g['zero_units']:>5}{masked}  {shown}".rstrip())
         for kind in sorted({g["kind"] for g in groups}):
             of_kind = [g for g in groups if g["kind"] == kind]
@@ -266,6 +315,8 @@ def format_table(report: dict[str, Any], max_tensors: int | None = None) -> str:
         else:
             names = ", ".join(m["group"] for m in report["masks_mismatch"])
             lines.append(f"  masks recorded: INCONSISTENT with the zero units in {names}")
+        if report.get("masks_invalid"):
+            lines.append(f"  masks recorded are INVALID: {report['masks_invalid']}")
     if report.get("masks_error"):
         lines.append(f"  masks unreadable: {report['masks_error']}")
     t = report["totals"]
@@ -314,4 +365,4 @@ def inspect_paths(paths: Sequence[str | os.PathLike], json_out: str | os.PathLik
 
 
 __all__ = ["CheckpointError", "format_table", "inspect_checkpoint", "inspect_paths",
-           "layer_stats", "tensor_stats", "zero_rows_cols", "zero_units"]
+           "layer_stats", "tensor_stats", "zero_per_head", "zero_rows_cols", "zero_units"]

@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from .catanet import CATANet, CATANetConfig, infer_config as catanet_infer_config
+from .catanet import CATANet, CATANetConfig, PLAIN_STATE_HINT, infer_config as catanet_infer_config
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,7 @@ class Arch:
     config_class: type
     infer_config: Callable[..., dict[str, Any]]
     inferable: tuple[str, ...]
+    shape_hint: str = ""  # added to the error when a file that does not describe itself misfits
 
 
 ARCHS: dict[str, Arch] = {
@@ -25,6 +26,7 @@ ARCHS: dict[str, Arch] = {
         config_class=CATANetConfig,
         infer_config=catanet_infer_config,
         inferable=("dim", "block_num", "qk_dim", "mlp_dim", "num_tokens", "upscale"),
+        shape_hint=PLAIN_STATE_HINT,
     ),
 }
 

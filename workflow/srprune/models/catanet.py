@@ -23,9 +23,10 @@ Two deliberate differences, both invisible where the authors' code works:
     output does not depend on the other images of the batch (the authors share centres across
     the batch). For a batch of one both agree.
 
-Per-block widths (heads kept per attention, hidden width per ConvFFN) are part of the
-configuration, so a structurally pruned model is this same class with narrower blocks. A head
-keeps its width when others are removed, so the softmax scale stays ``(qk_dim/heads) ** -0.5``.
+Per-block widths (heads kept per attention, q/k and v channels per head, hidden width per
+ConvFFN) are part of the configuration, so a structurally pruned model is this same class with
+narrower blocks. Heads and channels are pruned as if zeroed, so the softmax scale stays
+``(qk_dim/heads) ** -0.5`` whatever the widths.
 """
 from __future__ import annotations
 
@@ -72,6 +73,11 @@ class CATANetConfig:
     lrsa_heads: list[int] | None = None
     tab_mlp: list[int] | None = None
     lrsa_mlp: list[int] | None = None
+    # Per-block q/k and v channels of every kept head; None means the full head_qk / head_v.
+    tab_qk: list[int] | None = None
+    tab_v: list[int] | None = None
+    lrsa_qk: list[int] | None = None
+    lrsa_v: list[int] | None = None
 
     def __post_init__(self) -> None:
         n = self.block_num
@@ -92,12 +98,14 @@ class CATANetConfig:
         if min(self.patch_size) < 3:
             raise ValueError(f"patch_size entries must be at least 3 (stride is p - 2): "
                              f"{self.patch_size}")
-        for name, full in (("tab_heads", self.heads), ("lrsa_heads", self.heads),
-                           ("tab_mlp", self.mlp_dim), ("lrsa_mlp", self.mlp_dim)):
+        for name, low, full in (("tab_heads", 0, self.heads), ("lrsa_heads", 0, self.heads),
+                                ("tab_mlp", 0, self.mlp_dim), ("lrsa_mlp", 0, self.mlp_dim),
+                                ("tab_qk", 1, self.head_qk), ("lrsa_qk", 1, self.head_qk),
+                                ("tab_v", 1, self.head_v), ("lrsa_v", 1, self.head_v)):
             widths = _per_block(full if getattr(self, name) is None else getattr(self, name),
                                 n, name)
-            if any(w < 0 or w > full for w in widths):
-                raise ValueError(f"{name} entries must lie in [0, {full}]: {widths}")
+            if any(w < low or w > full for w in widths):
+                raise ValueError(f"{name} entries must lie in [{low}, {full}]: {widths}")
             setattr(self, name, widths)
 
     @property
@@ -231,18 +239,35 @@ class ConvFFN(nn.Module):
 
 
 class HeadProjections(nn.Module):
-    """q/k/v/proj of ``kept`` heads; a head keeps its width, so the softmax scale is fixed."""
+    """q/k/v/proj of ``kept`` heads of ``dqk`` q/k and ``dv`` v channels each.
 
-    def __init__(self, cfg: CATANetConfig, kept: int):
+    Pruned heads and channels act as if zeroed, so the softmax scale stays the full head's.
+    Masks (see :func:`apply_unit_mask`): ``unit_mask`` per head; ``qk_mask`` per q/k channel
+    (on q: zeroing a q channel removes its term from every dot product); ``v_mask`` per v
+    channel (on the attention output before ``proj``).
+    """
+
+    def __init__(self, cfg: CATANetConfig, kept: int, dqk: int, dv: int):
         super().__init__()
-        self.kept, self.dqk, self.dv = kept, cfg.head_qk, cfg.head_v
-        self.scale = self.dqk ** -0.5
+        self.kept, self.dqk, self.dv = kept, dqk, dv
+        self.scale = cfg.head_qk ** -0.5
         self.impl = "fast"
-        self.unit_mask: Tensor | None = None  # head mask, see apply_unit_mask
-        self.to_q = linear(cfg.dim, kept * self.dqk, bias=False)
-        self.to_k = linear(cfg.dim, kept * self.dqk, bias=False)
-        self.to_v = linear(cfg.dim, kept * self.dv, bias=False)
-        self.proj = linear(kept * self.dv, cfg.dim, bias=False)
+        self.unit_mask: Tensor | None = None
+        self.qk_mask: Tensor | None = None
+        self.v_mask: Tensor | None = None
+        self.to_q = linear(cfg.dim, kept * dqk, bias=False)
+        self.to_k = linear(cfg.dim, kept * dqk, bias=False)
+        self.to_v = linear(cfg.dim, kept * dv, bias=False)
+        self.proj = linear(kept * dv, cfg.dim, bias=False)
+
+    def query(self, x: Tensor) -> Tensor:
+        """q projection with the q/k channel mask applied."""
+        return apply_unit_mask(self.to_q(x), self.qk_mask, 1)
+
+    def project(self, out: Tensor) -> Tensor:
+        """``proj`` of the merged head outputs, with the head and v channel masks applied."""
+        out = apply_unit_mask(apply_unit_mask(out, self.unit_mask, self.dv), self.v_mask, 1)
+        return self.proj(out)
 
 
 class Attention(HeadProjections):
@@ -251,20 +276,19 @@ class Attention(HeadProjections):
     def forward(self, x: Tensor) -> Tensor:
         if not self.kept:
             return torch.zeros_like(x)
-        q = split_heads(self.to_q(x), self.dqk)
+        q = split_heads(self.query(x), self.dqk)
         k = split_heads(self.to_k(x), self.dqk)
         v = split_heads(self.to_v(x), self.dv)
-        out = merge_heads(attend(q, k, v, self.scale, self.impl))
-        return self.proj(apply_unit_mask(out, self.unit_mask, self.dv))
+        return self.project(merge_heads(attend(q, k, v, self.scale, self.impl)))
 
 
 class IRCA(nn.Module):
     """Inter-group cross-attention: keys and values of the token centres."""
 
-    def __init__(self, cfg: CATANetConfig, kept: int):
+    def __init__(self, cfg: CATANetConfig, kept: int, dqk: int, dv: int):
         super().__init__()
-        self.to_k = linear(cfg.dim, kept * cfg.head_qk, bias=False)
-        self.to_v = linear(cfg.dim, kept * cfg.head_v, bias=False)
+        self.to_k = linear(cfg.dim, kept * dqk, bias=False)
+        self.to_v = linear(cfg.dim, kept * dv, bias=False)
 
 
 class IASA(HeadProjections):
@@ -275,7 +299,7 @@ class IASA(HeadProjections):
         gs = min(n, group_size)
         ng = math.ceil(n / gs)
         gather = order.unsqueeze(-1)
-        q = self.to_q(t).gather(1, gather.expand(-1, -1, self.kept * self.dqk))
+        q = self.query(t).gather(1, gather.expand(-1, -1, self.kept * self.dqk))
         k = self.to_k(t).gather(1, gather.expand(-1, -1, self.kept * self.dqk))
         v = self.to_v(t).gather(1, gather.expand(-1, -1, self.kept * self.dv))
         q = split_heads(reflect_pad(q, ng * gs, 1), self.dqk)          # b h ng*gs d
@@ -284,7 +308,7 @@ class IASA(HeadProjections):
         out = self._grouped(q, k, v, ng, gs) + attend(q, k_g, v_g, self.scale, self.impl)
         out = merge_heads(out)[:, :n]
         unsorted = torch.empty_like(out).scatter_(1, gather.expand_as(out), out)
-        return self.proj(apply_unit_mask(unsorted, self.unit_mask, self.dv))
+        return self.project(unsorted)
 
     def _grouped(self, q: Tensor, k: Tensor, v: Tensor, ng: int, gs: int) -> Tensor:
         """Group j's queries attend to the 2*gs keys starting at j*gs."""
@@ -305,11 +329,12 @@ class TAB(nn.Module):
         self.num_tokens = cfg.num_tokens[index]
         self.group_size = cfg.group_size[index]
         self.n_iters = cfg.n_iters[index]
-        self.dqk, self.dv = cfg.head_qk, cfg.head_v
+        self.dqk, self.dv = cfg.tab_qk[index], cfg.tab_v[index]
+        heads = (cfg.tab_heads[index], self.dqk, self.dv)
         self.norm = nn.LayerNorm(cfg.dim)
         self.mlp = PreNorm(cfg.dim, ConvFFN(cfg.dim, cfg.tab_mlp[index]))
-        self.irca_attn = IRCA(cfg, cfg.tab_heads[index])
-        self.iasa_attn = IASA(cfg, cfg.tab_heads[index])
+        self.irca_attn = IRCA(cfg, *heads)
+        self.iasa_attn = IASA(cfg, *heads)
         # A TAB with every head removed has no attention output to mix: no conv1x1 either.
         self.conv1x1 = nn.Conv2d(cfg.dim, cfg.dim, 1, bias=False) if cfg.tab_heads[index] else None
         self.register_buffer("means", torch.randn(self.num_tokens, cfg.dim))
@@ -411,7 +436,8 @@ class LRSA(nn.Module):
     def __init__(self, cfg: CATANetConfig, index: int):
         super().__init__()
         self.layer = nn.ModuleList([
-            PreNorm(cfg.dim, Attention(cfg, cfg.lrsa_heads[index])),
+            PreNorm(cfg.dim, Attention(cfg, cfg.lrsa_heads[index], cfg.lrsa_qk[index],
+                                       cfg.lrsa_v[index])),
             PreNorm(cfg.dim, ConvFFN(cfg.dim, cfg.lrsa_mlp[index])),
         ])
 
@@ -499,10 +525,18 @@ class CATANet(nn.Module):
         return self.reconstruct(y + f, x)
 
 
+PLAIN_STATE_HINT = (
+    "if this model was pruned inside heads (q/k or v channels), its shapes cannot tell heads "
+    "from channels per head (q rows = heads x q/k width): load the self-describing srprune "
+    "checkpoint instead, or give qk_dim, tab_heads, lrsa_heads, tab_qk, tab_v, lrsa_qk and "
+    "lrsa_v in the model config")
+
+
 def infer_config(state: dict[str, Tensor], heads: int = CATANetConfig.heads) -> dict[str, Any]:
     """Read dim, block_num, qk_dim, mlp_dim, num_tokens, upscale and per-block widths off shapes.
 
     ``heads`` cannot be read off shapes; it is needed to turn q rows into a count of heads.
+    Heads are assumed to have their full q/k and v widths (see :data:`PLAIN_STATE_HINT`).
     """
     try:
         dim = state["first_conv.weight"].shape[0]

@@ -10,6 +10,12 @@ by writing one adapter, not by editing the core.
 Masks are ``{group name: tensor of shape (units,)}`` with 1 (keep) or 0 (remove); during scoring a
 group's mask may carry one row per sample, ``(batch, units)``, so that many masked variants run in
 one batched forward. Applying a mask must be exactly equivalent to removing the masked units.
+
+Channel groups refine a head group: their ``parent`` is the head group and unit
+``head * per_parent + channel`` is one channel of one head. A masks dict may omit any group (it
+then keeps everything); valid masks (:meth:`Adapter.check_masks`) remove every channel of a
+removed head and keep the same number (at least one) of channels in every kept head of a module,
+so that the rebuilt module stays one batched attention.
 """
 from __future__ import annotations
 
@@ -22,14 +28,15 @@ import torch
 from torch import Tensor, nn
 
 KINDS = ("head", "neuron", "qk_channel", "v_channel")
+CHANNEL_KINDS = ("qk_channel", "v_channel")
+UNIT_KINDS_DEFAULT = ("head", "neuron")
 
 
 @dataclass(frozen=True)
 class UnitGroup:
     """One prunable module: ``count`` units of one ``kind``, inside trajectory block ``block``.
 
-    Channel groups (kinds ``qk_channel``, ``v_channel``) name their head group as ``parent`` and
-    hold ``per_parent`` channels per head.
+    A channel group names its head group as ``parent`` and has ``per_parent`` channels per head.
     """
 
     name: str
@@ -38,6 +45,27 @@ class UnitGroup:
     count: int
     parent: str | None = None
     per_parent: int = 0
+
+
+def check_unit_kinds(kinds: list[str] | tuple[str, ...] | str) -> tuple[str, ...]:
+    """The unit kinds to prune, validated (a comma-separated string is accepted)."""
+    if isinstance(kinds, str):
+        kinds = [k.strip() for k in kinds.split(",") if k.strip()]
+    kinds = tuple(kinds)
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds or len(set(kinds)) != len(kinds):
+        raise ValueError(f"units must be distinct entries of {KINDS}, got {list(kinds)}")
+    if any(k in CHANNEL_KINDS for k in kinds) and "head" not in kinds:
+        raise ValueError(f"units {list(kinds)}: channel units (qk_channel, v_channel) need "
+                         f"'head' too (a removed head takes its channels with it)")
+    return kinds
+
+
+def groups_of_kinds(groups: list[UnitGroup], kinds: list[str] | tuple[str, ...] | str
+                    ) -> list[UnitGroup]:
+    """The groups whose kind is one of ``kinds`` (validated), in their order."""
+    kinds = check_unit_kinds(kinds)
+    return [g for g in groups if g.kind in kinds]
 
 
 class Adapter(ABC):
@@ -98,15 +126,41 @@ class Adapter(ABC):
             total += weight.reshape(group.count, -1).sum(dim=1).cpu()
         return total
 
+    def check_masks(self, model: nn.Module, masks: dict[str, Tensor]) -> None:
+        """Raise ValueError naming the first invalid entry of ``masks`` (see the module doc)."""
+        by_name = {g.name: g for g in self.groups(model)}
+        for name, mask in masks.items():
+            if name not in by_name:
+                raise ValueError(f"masks name an unknown group {name!r}")
+            if not isinstance(mask, Tensor) or tuple(mask.shape) != (by_name[name].count,):
+                shape = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+                raise ValueError(f"mask of {name!r} must have shape ({by_name[name].count},), "
+                                 f"got {shape}")
+        for group in by_name.values():
+            if group.parent is not None and group.count and group.name in masks:
+                _check_channels(group, masks[group.name], masks.get(group.parent))
+
     def _sliced(self, model: nn.Module, masks: dict[str, Tensor]
                 ) -> Iterator[tuple[str, int, Tensor, Tensor]]:
-        """(parameter name, axis, kept channel indices, removed channel indices) per slice."""
+        """(parameter name, axis, kept indices, removed indices), one per (parameter, axis).
+
+        A parameter cut by several groups (a head group and its channel groups) gets one keep
+        vector: the channels every one of them keeps.
+        """
         by_name = {g.name: g for g in self.groups(model)}
+        keeps: dict[tuple[str, int], Tensor] = {}
         for group_name, mask in masks.items():
             keep = mask.detach().bool().cpu()
             for name, axis, width in self.slices(model, by_name[group_name]):
                 channels = keep.repeat_interleave(width)
-                yield name, axis, channels.nonzero().flatten(), (~channels).nonzero().flatten()
+                size = model.get_parameter(name).shape[axis]
+                if channels.numel() != size:
+                    raise ValueError(f"mask of {group_name!r} covers {channels.numel()} channels "
+                                     f"of {name} (axis {axis}), which has {size}")
+                previous = keeps.get((name, axis), torch.ones(size, dtype=torch.bool))
+                keeps[(name, axis)] = previous & channels
+        for (name, axis), channels in keeps.items():
+            yield name, axis, channels.nonzero().flatten(), (~channels).nonzero().flatten()
 
     @torch.no_grad()
     def zero_units(self, model: nn.Module, masks: dict[str, Tensor]) -> None:
@@ -147,6 +201,22 @@ def masked(adapter: Adapter, model: nn.Module, masks: dict[str, Tensor]) -> Iter
         yield model
     finally:
         adapter.set_masks(model, None)
+
+
+def _check_channels(group: UnitGroup, mask: Tensor, parent: Tensor | None) -> None:
+    """A channel mask: removed heads keep nothing, kept heads keep the same number (>= 1)."""
+    per_head = mask.detach().bool().cpu().view(-1, group.per_parent)
+    heads = (torch.ones(per_head.shape[0], dtype=torch.bool) if parent is None
+             else parent.detach().bool().cpu())
+    kept = per_head.sum(dim=1)
+    if kept[~heads].any():
+        head = int((~heads & (kept > 0)).nonzero()[0])
+        raise ValueError(f"mask of {group.name!r} keeps channels of head {head}, which "
+                         f"{group.parent!r} removes")
+    widths = sorted({int(k) for k in kept[heads]})
+    if widths and (widths[0] == 0 or len(widths) > 1):
+        raise ValueError(f"mask of {group.name!r} keeps {kept[heads].tolist()} channels in the "
+                         f"kept heads: every kept head must keep the same number, at least 1")
 
 
 def full_kept(groups: list[UnitGroup]) -> dict[str, int]:

@@ -10,6 +10,15 @@ the mask:
   channel and bias of the depthwise conv, column of ``fc2``. The mask is applied after the
   depthwise branch, so GELU(depthwise bias) of a removed neuron cannot leak through ``fc2``.
 * ``blocks.i.1.layer.0.fn`` (LRSA heads): rows of ``to_q``/``to_k``/``to_v``, columns of ``proj``.
+
+Each head group is followed by its channel groups (tokens are assigned to centres from the
+normalised tokens, not from q/k, so a channel can go on its own):
+
+* ``<head group>.qk`` (q/k channels, unit ``head * width + channel``): the same row of ``to_q``,
+  ``to_k`` and, for a TAB, IRCA ``to_k``. The mask multiplies q's channel, which removes it
+  from every dot product (the softmax scale stays the full head's).
+* ``<head group>.v`` (v channels): row of ``to_v`` (and IRCA ``to_v``), column of ``proj``. The
+  mask multiplies the attention output's channel before ``proj``.
 """
 from __future__ import annotations
 
@@ -29,6 +38,11 @@ GROUP_FIELDS = {
     "1.layer.0.fn": ("lrsa_heads", "head"),
     "1.layer.1.fn": ("lrsa_mlp", "neuron"),
 }
+# channel group suffix -> (config field of its per-head width, kind, mask attribute)
+CHANNEL_FIELDS = {
+    ".qk": ({"0.iasa_attn": "tab_qk", "1.layer.0.fn": "lrsa_qk"}, "qk_channel", "qk_mask"),
+    ".v": ({"0.iasa_attn": "tab_v", "1.layer.0.fn": "lrsa_v"}, "v_channel", "v_mask"),
+}
 
 
 @dataclass
@@ -47,23 +61,59 @@ def _split(name: str) -> tuple[int, str]:
     return int(block), rest
 
 
+def _channel_suffix(name: str) -> str | None:
+    """``.qk`` or ``.v`` for a channel group, None for a head or neuron group."""
+    return next((end for end in CHANNEL_FIELDS if name.endswith(end)), None)
+
+
+def _mask_target(name: str) -> tuple[str, str]:
+    """(module that applies the group's mask, its attribute)."""
+    end = _channel_suffix(name)
+    return (name, "unit_mask") if end is None else (name[:-len(end)], CHANNEL_FIELDS[end][2])
+
+
 class CATANetAdapter(Adapter):
-    """Prunes CATANet's TAB heads, LRSA heads and ConvFFN neurons."""
+    """Prunes CATANet's TAB and LRSA heads, their q/k and v channels, and ConvFFN neurons."""
 
     def groups(self, model: CATANet) -> list[UnitGroup]:
         cfg = model.cfg
-        return [UnitGroup(f"blocks.{i}.{suffix}", kind, i, getattr(cfg, field)[i])
-                for i in range(cfg.block_num) for suffix, (field, kind) in GROUP_FIELDS.items()]
+        groups = []
+        for i in range(cfg.block_num):
+            for suffix, (field, kind) in GROUP_FIELDS.items():
+                name, count = f"blocks.{i}.{suffix}", getattr(cfg, field)[i]
+                groups.append(UnitGroup(name, kind, i, count))
+                if kind == "head":
+                    groups += [UnitGroup(name + end, channel_kind, i,
+                                         count * getattr(cfg, fields[suffix])[i], name,
+                                         getattr(cfg, fields[suffix])[i])
+                               for end, (fields, channel_kind, _) in CHANNEL_FIELDS.items()]
+        return groups
 
     def reference_lr_size(self, model: CATANet) -> tuple[int, int]:
         return reference_lr_size(model.cfg.upscale)
 
     def widths(self, model: CATANet, kept: dict[str, int]) -> dict[str, list[int]]:
-        """Per-block width lists of the config with ``kept`` units left."""
+        """Per-block width lists of the config with ``kept`` units left.
+
+        A channel group's count is kept heads x channels per head; omitted or at its full count
+        (every channel of every head of the unpruned module), the width stays.
+        """
         widths = {field: list(getattr(model.cfg, field)) for field, _ in GROUP_FIELDS.values()}
         for name, count in kept.items():
-            block, suffix = _split(name)
-            widths[GROUP_FIELDS[suffix][0]][block] = count
+            if _channel_suffix(name) is None:
+                block, suffix = _split(name)
+                widths[GROUP_FIELDS[suffix][0]][block] = count
+        for name, count in kept.items():
+            end = _channel_suffix(name)
+            if end is not None:
+                block, suffix = _split(name[:-len(end)])
+                field = CHANNEL_FIELDS[end][0][suffix]
+                heads = widths[GROUP_FIELDS[suffix][0]][block]
+                current = getattr(model.cfg, field)[block]
+                full = getattr(model.cfg, GROUP_FIELDS[suffix][0])[block] * current
+                widths.setdefault(field, list(getattr(model.cfg, field)))
+                if count not in (full, 0 if heads == 0 else full):
+                    widths[field][block] = _per_head(name, count, heads)
         return widths
 
     def macs(self, model: CATANet, kept: dict[str, int], lr_size: tuple[int, int]) -> int:
@@ -72,9 +122,11 @@ class CATANetAdapter(Adapter):
 
     def set_masks(self, model: CATANet, masks: dict[str, Tensor] | None) -> None:
         for group in self.groups(model):
-            model.get_submodule(group.name).unit_mask = None
+            module, attribute = _mask_target(group.name)
+            setattr(model.get_submodule(module), attribute, None)
         for name, mask in (masks or {}).items():
-            model.get_submodule(name).unit_mask = mask
+            module, attribute = _mask_target(name)
+            setattr(model.get_submodule(module), attribute, mask)
 
     def trajectory(self, model: CATANet, x: Tensor) -> tuple[list[Tensor], Tensor]:
         f = model.embed(x)
@@ -98,8 +150,9 @@ class CATANetAdapter(Adapter):
         variants, batch = masks.shape[0], cache.x.shape[0]
         repeat = lambda t: t.repeat(variants, *[1] * (t.dim() - 1))  # noqa: E731
         i, suffix = _split(group.name)
-        module = model.get_submodule(group.name)
-        module.unit_mask = masks.repeat_interleave(batch, dim=0)
+        target, attribute = _mask_target(group.name)
+        module = model.get_submodule(target)
+        setattr(module, attribute, masks.repeat_interleave(batch, dim=0))
         try:
             tab, lrsa = model.blocks[i]
             x_in = repeat(cache.block_in[i])
@@ -111,24 +164,35 @@ class CATANetAdapter(Adapter):
                 feats.append(map_to_tokens(y))
             return feats, model.reconstruct(y + repeat(cache.f), repeat(cache.x))
         finally:
-            module.unit_mask = None
+            setattr(module, attribute, None)
 
     def slices(self, model: CATANet, group: UnitGroup) -> list[tuple[str, int, int]]:
         """(parameter name, axis, width per unit) of every weight slice the group's units own."""
-        i, suffix = _split(group.name)
         if group.kind == "neuron":
             parts = [("fc1.weight", 0, 1), ("fc1.bias", 0, 1), ("fc2.weight", 1, 1)]
             if model.get_submodule(group.name).dwconv is not None:
                 parts += [("dwconv.depthwise_conv.0.weight", 0, 1),
                           ("dwconv.depthwise_conv.0.bias", 0, 1)]
             return [(f"{group.name}.{name}", axis, width) for name, axis, width in parts]
-        dq, dv = model.cfg.head_qk, model.cfg.head_v
-        parts = [(f"{group.name}.to_q.weight", 0, dq), (f"{group.name}.to_k.weight", 0, dq),
-                 (f"{group.name}.to_v.weight", 0, dv), (f"{group.name}.proj.weight", 1, dv)]
-        if suffix == "0.iasa_attn":
-            parts += [(f"blocks.{i}.0.irca_attn.to_k.weight", 0, dq),
-                      (f"blocks.{i}.0.irca_attn.to_v.weight", 0, dv)]
-        return parts
+        end = _channel_suffix(group.name)
+        if end is not None:
+            return self._channel_slices(group.name[:-len(end)], end == ".qk", (1, 1))
+        module = model.get_submodule(group.name)
+        return (self._channel_slices(group.name, True, (module.dqk, module.dv))
+                + self._channel_slices(group.name, False, (module.dqk, module.dv)))
+
+    @staticmethod
+    def _channel_slices(head_group: str, qk: bool, width: tuple[int, int]
+                        ) -> list[tuple[str, int, int]]:
+        """q/k (``qk``) or v slices of a head group, ``width`` = (q/k, v) channels per unit."""
+        block, suffix = _split(head_group)
+        irca = f"blocks.{block}.0.irca_attn" if suffix == "0.iasa_attn" else None
+        if qk:
+            names = [f"{head_group}.to_q", f"{head_group}.to_k"] + ([f"{irca}.to_k"] if irca else [])
+            return [(f"{name}.weight", 0, width[0]) for name in names]
+        names = [f"{head_group}.to_v"] + ([f"{irca}.to_v"] if irca else [])
+        return ([(f"{name}.weight", 0, width[1]) for name in names]
+                + [(f"{head_group}.proj.weight", 1, width[1])])
 
     def narrowed_config(self, model: CATANet, kept: dict[str, int]) -> CATANetConfig:
         return CATANetConfig.from_dict({**model.cfg.to_dict(), **self.widths(model, kept)})
@@ -140,8 +204,17 @@ class CATANetAdapter(Adapter):
 
     @torch.no_grad()
     def rebuild(self, model: CATANet, masks: dict[str, Tensor]) -> CATANet:
+        self.check_masks(model, masks)
         state = self.sliced_state(model, masks)
         small = CATANet(self.narrowed_config(model, kept_counts(masks))).to(
             next(model.parameters()).device)
         small.load_state_dict({key: state[key] for key in small.state_dict()}, strict=True)
         return small.train(model.training)
+
+
+def _per_head(name: str, kept: int, heads: int) -> int:
+    """Channels per head of channel group ``name`` with ``kept`` channels over ``heads`` heads."""
+    if heads == 0 or kept % heads or kept == 0:
+        raise ValueError(f"{name}: {kept} channels kept is not a positive multiple of the "
+                         f"{heads} kept heads (each kept head keeps the same number, >= 1)")
+    return kept // heads

@@ -176,8 +176,16 @@ def magnitude_scores(adapter: Adapter, model: nn.Module) -> dict[str, Tensor]:
     return {g.name: adapter.unit_magnitude(model, g) for g in adapter.groups(model)}
 
 
-def random_scores(adapter: Adapter, model: nn.Module, seed: int) -> dict[str, Tensor]:
-    """Baseline: uniform random scores, seeded."""
+def random_scores(adapter: Adapter, model: nn.Module, seed: int,
+                  groups: list[UnitGroup] | None = None) -> dict[str, Tensor]:
+    """Baseline: uniform random scores of ``groups`` (default: all), seeded.
+
+    Channel groups are drawn after all others, so that the other groups' scores do not depend
+    on whether channels are scored too.
+    """
     gen = torch.Generator().manual_seed(seed)
-    return {g.name: torch.rand(g.count, generator=gen) for g in adapter.groups(model)}
+    groups = adapter.groups(model) if groups is None else groups
+    drawn = {g.name: torch.rand(g.count, generator=gen)
+             for g in sorted(groups, key=lambda g: g.parent is not None)}
+    return {g.name: drawn[g.name] for g in groups}
 

@@ -3,8 +3,9 @@
 Artifacts hold plain types and tensors only (``torch.load(..., weights_only=True)`` reads them):
 
 * unit scores (``unit_scores_<method>.pth``): per group the scores (and OPTIN's raw ``md`` and
-  ``out`` terms), the method and its settings, the calibration crops themselves, and the
-  teacher's checksum, so the scores can be recomputed or recombined;
+  ``out`` terms), the unit kinds scored (``units``) and their groups, the method and its
+  settings, the calibration crops themselves, and the teacher's checksum, so the scores can be
+  recomputed or recombined;
 * masks (``catanet_pruning_masks.pth``): per group a 0/1 mask and its scores, the method, the
   selection and every candidate it measured, the budget, the teacher's, the pruned model's and the
   floor's (every unit removed) full MACs with the whole-model and the prunable-part ratios, the
@@ -26,7 +27,8 @@ from ..data import PatchSampler
 from ..evaluate import load_pairs
 from ..fileio import save_torch
 from ..models import arch_name
-from .adapter import Adapter, UnitGroup, kept_counts, masked
+from .adapter import (UNIT_KINDS_DEFAULT, Adapter, UnitGroup, check_unit_kinds,
+                      groups_of_kinds, kept_counts, masked)
 from .catanet import CATANetAdapter
 from .importance import METHODS, OptinSettings, combine, optin_terms, random_scores
 from .selection import Selector
@@ -82,22 +84,25 @@ def part_groups(groups: list[UnitGroup], part: tuple[int, int] | None) -> list[U
 def score_units(teacher_path: str | Path, method: str, calibration: Calibration,
                 settings: OptinSettings, model_config: dict[str, Any] | None = None,
                 device: str = "cpu", progress: bool = True,
-                part: tuple[int, int] | None = None) -> dict[str, Any]:
-    """Score the units of the teacher with ``method``; returns the scores artifact.
+                part: tuple[int, int] | None = None,
+                units: tuple[str, ...] | list[str] | str = UNIT_KINDS_DEFAULT) -> dict[str, Any]:
+    """Score the units of kinds ``units`` of the teacher with ``method``; returns the artifact.
 
     ``part = (k, n)`` scores only the blocks of job k of n (for a cluster); :func:`gather_scores`
     joins the n parts into the artifact a single job writes.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    units = check_unit_kinds(units)
     model = load_model(teacher_path, **(model_config or {}))
     adapter = adapter_for(model)
-    all_groups = adapter.groups(model)
+    all_groups = groups_of_kinds(adapter.groups(model), units)
     groups = part_groups(all_groups, part)
     artifact: dict[str, Any] = {
         "kind": "unit_scores", "method": method, "teacher_sha256": file_sha256(teacher_path),
         "teacher": str(teacher_path), "arch": arch_name(model), "model_config": model.cfg.to_dict(),
-        "groups": [asdict(g) for g in all_groups], "part": list(part) if part else None,
+        "units": list(units), "groups": [asdict(g) for g in all_groups],
+        "part": list(part) if part else None,
     }
     names = {g.name for g in groups}
     if method == "optin":
@@ -109,7 +114,7 @@ def score_units(teacher_path: str | Path, method: str, calibration: Calibration,
     elif method == "magnitude":
         artifact["scores"] = {g.name: adapter.unit_magnitude(model, g) for g in groups}
     else:
-        scores = random_scores(adapter, model, calibration.seed)  # all, so parts agree with one job
+        scores = random_scores(adapter, model, calibration.seed, all_groups)  # parts agree
         artifact.update(seed=calibration.seed,
                         scores={k: v for k, v in scores.items() if k in names})
     return finish_scores(artifact) if part is None else artifact
@@ -127,8 +132,8 @@ def gather_scores(paths: list[str | Path]) -> dict[str, Any]:
     """Join the artifacts of scoring jobs 0..n-1 into the one a single job would have written."""
     parts = [read_checkpoint(p) for p in paths]
     first = parts[0]
-    same = ("kind", "method", "teacher_sha256", "arch", "model_config", "groups", "calibration",
-            "settings", "seed")
+    same = ("kind", "method", "teacher_sha256", "arch", "model_config", "units", "groups",
+            "calibration", "settings", "seed")
     for path, other in zip(paths[1:], parts[1:]):
         differ = [k for k in same if other.get(k) != first.get(k)]
         if differ or ("calibration_crops" in first
@@ -190,8 +195,7 @@ def search_masks(teacher_path: str | Path, scores_path: str | Path, budget: floa
     check_scores_match(scores, teacher_path)
     model = load_model(teacher_path, **(model_config or {})).to(device).eval()
     adapter = adapter_for(model)
-    scored = {g["name"] for g in scores["groups"]} & set(scores["scores"])
-    groups = [g for g in adapter.groups(model) if g.name in scored]
+    groups = scored_groups(adapter, model, scores)
     lr_size = adapter.reference_lr_size(model)
     selector = Selector(groups, scores["scores"], lambda kept: adapter.macs(model, kept, lr_size),
                         min_keep, distortion_scores=scores["method"] == "optin")
@@ -201,6 +205,7 @@ def search_masks(teacher_path: str | Path, scores_path: str | Path, budget: floa
         reference = torch.cat([model(x[i:i + 16]) for i in range(0, x.shape[0], 16)])
         measure = lambda masks: output_distortion(adapter, model, x, reference, masks)  # noqa: E731
     chosen, candidates = selector.select(budget, selection, measure)
+    adapter.check_masks(model, chosen.masks)
     total, floor, pruned = selector.total, selector.floor, chosen.macs
     log.info("kept %d of %d units; full MACs %.4f of the teacher's, %.4f of the prunable part "
              "(budget %s; %d candidates, head weight %g)", sum(kept_counts(chosen.masks).values()),
@@ -209,7 +214,8 @@ def search_masks(teacher_path: str | Path, scores_path: str | Path, budget: floa
     return {
         "kind": "pruning_masks", "masks": chosen.masks,
         "scores": {g.name: scores["scores"][g.name] for g in groups},
-        "method": scores["method"], "selection": selection, "mac_constraint": budget,
+        "method": scores["method"], "units": scores.get("units", list(UNIT_KINDS_DEFAULT)),
+        "selection": selection, "mac_constraint": budget,
         "min_keep": min_keep, "macs_teacher": total, "macs_pruned": pruned, "macs_floor": floor,
         "achieved_mac_ratio": pruned / total,
         "prunable_mac_ratio": (pruned - floor) / (total - floor) if total > floor else 1.0,
@@ -221,6 +227,16 @@ def search_masks(teacher_path: str | Path, scores_path: str | Path, budget: floa
     }
 
 
+def scored_groups(adapter: Adapter, model: nn.Module, scores: dict[str, Any]) -> list[UnitGroup]:
+    """The model's groups that the scores artifact scored (as recorded in it), in order."""
+    groups = [g for g in adapter.groups(model) if g.name in scores["scores"]]
+    recorded = [g["name"] for g in scores.get("groups", [])]
+    if recorded and [g.name for g in groups] != recorded:
+        raise CheckpointError(f"the scores name groups {recorded[:4]}... that do not match the "
+                              f"teacher's; rescore")
+    return groups
+
+
 def export_zeroed(teacher_path: str | Path, masks_path: str | Path, out: str | Path,
                   model_config: dict[str, Any] | None = None) -> nn.Module:
     """Write the teacher with every masked unit's weights set to zero (self-describing)."""
@@ -230,7 +246,9 @@ def export_zeroed(teacher_path: str | Path, masks_path: str | Path, out: str | P
     if artifact["teacher_sha256"] != file_sha256(teacher_path):
         raise CheckpointError(f"{masks_path} was made for another teacher than {teacher_path}")
     model = load_model(teacher_path, **(model_config or {}))
-    adapter_for(model).zero_units(model, artifact["masks"])
+    adapter = adapter_for(model)
+    adapter.check_masks(model, artifact["masks"])
+    adapter.zero_units(model, artifact["masks"])
     meta = {"stage": "zeroed", "masks": artifact["masks"], "method": artifact["method"],
             "mac_constraint": artifact["mac_constraint"],
             "achieved_mac_ratio": artifact["achieved_mac_ratio"],

@@ -261,6 +261,9 @@ class Selector:
             options = fam.options(min_keep)
             table = Table(fam, options, self.costs.of(fam, options),
                           np.array([ranked.loss(o) for o in options]))
+            if (table.cost < 0).any():
+                raise BudgetError(f"{fam.group.name}: the adapter's MAC count is lower with more "
+                                  f"units kept than with the fewest; it cannot be budgeted")
             self.tables.append((ranked, pareto(table)))
 
     @property
