@@ -9,8 +9,9 @@ import torch
 from srprune.complexity import macs_full
 from srprune.models.catanet import ConvFFN, HeadProjections
 from srprune.pruning.adapter import (UNIT_KINDS_DEFAULT, check_unit_kinds, full_kept,
-                                     groups_of_kinds, kept_counts, masked, unit_costs)
+                                     groups_of_kinds, kept_counts, masked)
 from srprune.pruning.catanet import CATANetAdapter
+from srprune.pruning.selection import Costs, families
 from tiny_catanet import kept_units, narrowed, owned_slices, tiny_catanet, unit_index
 
 ADAPTER = CATANetAdapter()
@@ -314,11 +315,13 @@ def test_check_masks_names_the_violation(model, masks, message):
 def test_channel_unit_costs_are_exact(model):
     """A channel costs 1/heads of narrowing each head by one; heads and channels add up."""
     lr = (12, 16)
-    costs = unit_costs(ADAPTER, model, lr)
+    fams = families(ADAPTER.groups(model))
+    costs = Costs(fams, lambda kept: ADAPTER.macs(model, kept, lr), min_keep=0)
+    unit = {k: v for f in fams for k, v in costs.unit(f).items()}
     total = ADAPTER.macs(model, {}, lr)
     dq = model.cfg.head_qk
     one_less = ADAPTER.macs(model, {f"{L1}.qk": 2 * (dq - 1)}, lr)
-    assert costs[f"{L1}.qk"] * 2 == total - one_less > 0
+    assert unit[f"{L1}.qk"] * 2 == total - one_less > 0
     # a head (one of two) costs exactly its channels
     for name in (T0, L0, T1, L1):
-        assert costs[name] == dq * costs[f"{name}.qk"] + 4 * costs[f"{name}.v"]
+        assert unit[name] == dq * unit[f"{name}.qk"] + 4 * unit[f"{name}.v"]
