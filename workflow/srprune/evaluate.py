@@ -71,7 +71,12 @@ def model_upscaler(model: nn.Module, device: torch.device | str = "cpu",
 
     def upscale(lr: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            out = forward(to_tensor(lr).to(device)).clamp(0, 1).cpu()
+            out = forward(to_tensor(lr).to(device)).cpu()
+        bad = int((~torch.isfinite(out)).sum())
+        if bad:
+            log.warning("the model output holds %d non-finite values (NaN or inf) of %d; the "
+                        "scores of this image are not meaningful", bad, out.numel())
+        out = out.clamp(0, 1)
         return to_uint8(out) if quantize else out[0].permute(1, 2, 0).double().numpy()
     return upscale
 
