@@ -28,5 +28,5 @@ rule compare:
     log:
         f"{RESULTS}/logs/compare.log",
     shell:
-        "srprune compare --results {RESULTS} --out {RESULTS} --datasets {params.datasets} "
-        "--methods {params.methods} --budgets {params.budgets} > {log} 2>&1"
+        "srprune compare --results {RESULTS:q} --out {RESULTS:q} --datasets {params.datasets} "
+        "--methods {params.methods} --budgets {params.budgets} > {log:q} 2>&1"

@@ -15,9 +15,9 @@ rule evaluate_teacher:
         f"{RESULTS}/logs/evaluate_teacher_{{dataset}}.log",
     threads: 1
     shell:
-        "OMP_NUM_THREADS={threads} srprune evaluate --model {input.model} {params.data} "
+        "OMP_NUM_THREADS={threads} srprune evaluate --model {input.model:q} {params.data} "
         "--scale {SCALE} --device {params.device} {params.model_config} {params.options} "
-        "--json {output} > {log} 2>&1"
+        "--json {output:q} > {log:q} 2>&1"
 
 
 rule evaluate_baseline:
@@ -31,7 +31,7 @@ rule evaluate_baseline:
         f"{RESULTS}/logs/evaluate_{{baseline}}_{{dataset}}.log",
     shell:
         "srprune evaluate --model {wildcards.baseline} {params.data} --scale {SCALE} "
-        "--json {output} > {log} 2>&1"
+        "--json {output:q} > {log:q} 2>&1"
 
 
 rule evaluate_stage:
@@ -47,5 +47,5 @@ rule evaluate_stage:
         f"{RESULTS}/logs/evaluate_{{stage}}_{{method}}_{{budget}}_{{dataset}}.log",
     threads: 1
     shell:
-        "OMP_NUM_THREADS={threads} srprune evaluate --model {input.model} {params.data} "
-        "--scale {SCALE} --device {params.device} {params.options} --json {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} srprune evaluate --model {input.model:q} {params.data} "
+        "--scale {SCALE} --device {params.device} {params.options} --json {output:q} > {log:q} 2>&1"

@@ -38,9 +38,9 @@ rule score_units:
     resources:
         gpu=1 if str(PRUNE.get("device", "cpu")).startswith("cuda") else 0,
     shell:
-        "OMP_NUM_THREADS={threads} srprune score-units --teacher {input.teacher} "
+        "OMP_NUM_THREADS={threads} srprune score-units --teacher {input.teacher:q} "
         "--method {wildcards.method} --part {wildcards.part}/{SCORE_JOBS} {params.options} "
-        "{params.model_config} --device {params.device} --out {output} > {log} 2>&1"
+        "{params.model_config} --device {params.device} --out {output:q} > {log:q} 2>&1"
 
 
 rule gather_scores:
@@ -52,7 +52,7 @@ rule gather_scores:
     log:
         f"{RESULTS}/logs/gather_scores_{{method}}.log",
     shell:
-        "srprune gather-scores {input} --out {output} > {log} 2>&1"
+        "srprune gather-scores {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule search_masks:
@@ -73,10 +73,10 @@ rule search_masks:
     resources:
         gpu=1 if str(PRUNE.get("device", "cpu")).startswith("cuda") else 0,
     shell:
-        "OMP_NUM_THREADS={threads} srprune search-masks --teacher {input.teacher} "
-        "--scores {input.scores} --mac-constraint {wildcards.budget} "
+        "OMP_NUM_THREADS={threads} srprune search-masks --teacher {input.teacher:q} "
+        "--scores {input.scores:q} --mac-constraint {wildcards.budget} "
         "--selection {params.selection} --min-keep {params.min_keep} {params.calibration} "
-        "{params.model_config} --device {params.device} --out {output} > {log} 2>&1"
+        "{params.model_config} --device {params.device} --out {output:q} > {log:q} 2>&1"
 
 
 rule export_zeroed:
@@ -90,6 +90,6 @@ rule export_zeroed:
     log:
         f"{RESULTS}/logs/export_zeroed_{{method}}_{{budget}}.log",
     shell:
-        "srprune export-zeroed --teacher {input.teacher} --masks {input.masks} "
-        "{params.model_config} --out {output} > {log} 2>&1"
+        "srprune export-zeroed --teacher {input.teacher:q} --masks {input.masks:q} "
+        "{params.model_config} --out {output:q} > {log:q} 2>&1"
 

@@ -17,9 +17,9 @@ rule finetune:
     resources:
         gpu=1 if FINETUNE_ON_GPU else 0,
     shell:
-        "OMP_NUM_THREADS={threads} srprune finetune --teacher {input.teacher} "
-        "--student {input.student} --settings {params.settings} {params.model_config} "
-        "--workdir {params.workdir} --out {output} --quiet > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} srprune finetune --teacher {input.teacher:q} "
+        "--student {input.student:q} --settings {params.settings} {params.model_config} "
+        "--workdir {params.workdir:q} --fresh-on-change --out {output:q} --quiet > {log:q} 2>&1"
 
 
 rule rebuild:
@@ -30,7 +30,7 @@ rule rebuild:
     log:
         f"{RESULTS}/logs/rebuild_{{method}}_{{budget}}.log",
     shell:
-        "srprune rebuild --model {input} --out {output} > {log} 2>&1"
+        "srprune rebuild --model {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule inspect:
@@ -41,4 +41,4 @@ rule inspect:
     log:
         f"{RESULTS}/logs/inspect_{{method}}_{{budget}}.log",
     shell:
-        "srprune inspect {input} --json {output} > {log} 2>&1"
+        "srprune inspect {input:q} --json {output:q} > {log:q} 2>&1"

@@ -1,9 +1,12 @@
 """The `srprune` command: subcommands, teacher training end to end."""
 from __future__ import annotations
 
+import json
 import subprocess
+from pathlib import Path
 import sys
 
+import pytest
 import torch
 import yaml
 
@@ -53,3 +56,68 @@ def test_bad_config_is_reported(tmp_path):
         assert "must hold a mapping" in str(exit_)
     else:
         raise AssertionError("a non-mapping config must be refused")
+
+
+def _bad_inputs(root):
+    """(argv, what the one-line message must say) per class of bad input."""
+    hr, tiny, model = str(root / "hr"), str(root / "tiny"), str(root / "teacher.pth")
+    score = ["score-units", "--teacher", model, "--out", str(root / "s.pth")]
+    evaluate = ["evaluate", "--model", "bicubic", "--hr", hr, "--scale", "2"]
+    finetune = ["finetune", "--teacher", model, "--student", model, "--out", str(root / "f.pth")]
+    train = ["train", "--out", str(root / "t.pth"), "--config"]
+    return [
+        (evaluate + ["--device", "gpu"], "argument --device: device must be cpu, cuda"),
+        (score + ["--crop-size", "0"], "argument --crop-size: must be >= 1, got 0"),
+        (score + ["--num-crops", "0"], "argument --num-crops: must be >= 1"),
+        (score + ["--max-batch", "0"], "argument --max-batch: must be >= 1"),
+        (score + ["--tokens", "0"], "argument --tokens: must be >= 1"),
+        (score + ["--lam", "nan"], "argument --lam: must be a finite number"),
+        (evaluate + ["--lr", hr, "--filename-tmpl", "x2"], "filename_tmpl must hold exactly one"),
+        (evaluate + ["--model-config", "{heads: [4"], "--model-config is not valid YAML"),
+        (train + [str(root / "no_scale.yaml")], "the train config lacks ['scale']"),
+        (train + [str(root / "no_data.yaml")], "the train config lacks ['data']"),
+        (finetune + ["--settings", "{trian: {iters: 5}}"],
+         "unknown fine-tune settings keys ['trian']"),
+        (finetune + ["--settings", "{loss: {pix: -1}}"],
+         "fine-tune loss weight pix must be a finite number >= 0"),
+        (["compare", "--results", str(root / "empty"), "--out", str(root / "c")],
+         "missing result file"),
+        (["compare", "--results", str(root / "partial"), "--out", str(root / "c")],
+         "bicubic_x.json"),
+        (["evaluate", "--model", "bicubic", "--hr", tiny, "--scale", "4"],
+         "im0.png: image too small"),
+    ]
+
+
+@pytest.fixture()
+def bad_input_files(tmp_path, make_images):
+    make_images(tmp_path / "hr", 1, (16, 16))
+    make_images(tmp_path / "tiny", 1, (3, 3))
+    (tmp_path / "no_scale.yaml").write_text("data: {train: {hr: x}, val: {hr: y}}\n")
+    (tmp_path / "no_data.yaml").write_text("scale: 2\n")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "partial/eval").mkdir(parents=True)
+    (tmp_path / "partial/eval/teacher_x.json").write_text(json.dumps(
+        {"psnr": 30.0, "ssim": 0.9, "params": 1, "params_nonzero": 1, "macs_thop": 1,
+         "macs_full": 1}))
+    return tmp_path
+
+
+@pytest.mark.parametrize("case", range(len(_bad_inputs(Path(".")))))
+def test_bad_input_is_one_line_with_exit_code_2(bad_input_files, capsys, case):
+    argv, expected = _bad_inputs(bad_input_files)[case]
+    try:
+        code = main(argv)
+    except SystemExit as exit_:   # refused while parsing the command line
+        code = exit_.code
+    err = capsys.readouterr().err
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
+    assert code == 2 and expected in lines[-1], err     # (a progress bar may come before)
+    assert sum("error" in line for line in lines) == 1 and "Traceback" not in err, err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["evaluate", "--model", "bicubic", "--hr", "x", "--scale", "2", "--device", "cuda"])
+    assert exit_.value.code == 2 and "CUDA is not available" in capsys.readouterr().err

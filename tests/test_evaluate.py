@@ -56,3 +56,20 @@ def test_errors_are_clear(tmp_path, capsys):
     assert main(["evaluate", "--model", str(tmp_path / "missing.pth"), "--hr", str(hr),
                  "--scale", "2"]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_a_model_that_outputs_nan_is_reported(tmp_path, make_images, caplog):
+    import torch
+
+    import srprune
+    from srprune.models import create_model
+
+    model = create_model("catanet", dim=8, block_num=1, qk_dim=8, mlp_dim=8, heads=2,
+                         patch_size=[8], num_tokens=[4], group_size=[16], n_iters=[2], upscale=2)
+    with torch.no_grad():
+        model.get_parameter("last_conv.bias").fill_(float("nan"))
+    srprune.save_model(model, tmp_path / "nan.pth")
+    make_images(tmp_path / "hr", 1, (16, 16))
+    with caplog.at_level("WARNING"):
+        evaluate_spec(str(tmp_path / "nan.pth"), str(tmp_path / "hr"), 2)
+    assert "non-finite values (NaN or inf)" in caplog.text

@@ -11,6 +11,7 @@ from srprune.cli import main
 from srprune.complexity import count_params
 from srprune.finetune import finetune, masks_of
 from srprune.pruning.adapter import UNIT_KINDS_DEFAULT, groups_of_kinds, kept_counts
+from srprune.train import WorkdirError
 from srprune.pruning.catanet import CATANetAdapter
 from test_train import Interrupt, dies_at
 
@@ -107,3 +108,40 @@ def test_student_without_masks_is_refused(setup):
     with pytest.raises(ValueError, match="unknown fine-tune loss keys"):
         finetune(root / "teacher.pth", root / "pruned.pth", {**config, "loss": {"kd": 1}},
                  root / "x.pth", root / "w", progress=False)
+
+
+def test_rerun_with_another_loss_or_student_never_returns_the_old_weights(setup):
+    """A stale work folder used to be resumed: the old run's weights came back, exit 0."""
+    root, masks, config = setup
+    args = (root / "teacher.pth", root / "pruned.pth")
+    finetune(*args, config, root / "a.pth", root / "work", progress=False)
+    other = {**config, "loss": {"feat": 0.5}}
+    with pytest.raises(WorkdirError, match="another loss weights"):
+        finetune(*args, other, root / "b.pth", root / "work", progress=False)
+    finetune(*args, other, root / "b.pth", root / "work", progress=False, fresh_on_change=True)
+    finetune(*args, other, root / "c.pth", root / "clean", progress=False)
+    b, c = srprune.load_model(root / "b.pth"), srprune.load_model(root / "c.pth")
+    assert b.checkpoint_meta["loss_weights"]["feat"] == 0.5
+    for (name, x), y in zip(b.state_dict().items(), c.state_dict().values()):
+        assert torch.equal(x, y), name
+
+    swapped = {name: mask.flip(0) for name, mask in masks.items()}   # the same kept counts
+    student = srprune.load_model(root / "teacher.pth")
+    ADAPTER.zero_units(student, swapped)
+    srprune.save_model(student, root / "swapped.pth", {"masks": swapped})
+    with pytest.raises(WorkdirError, match="another student"):
+        finetune(root / "teacher.pth", root / "swapped.pth", other, root / "d.pth",
+                 root / "work", progress=False)
+
+
+def test_masks_of_another_model_are_refused(setup):
+    root, masks, config = setup
+    wrong = {**masks, "blocks.0.0.iasa_attn": torch.ones(4)}
+    student = srprune.load_model(root / "pruned.pth")
+    srprune.save_model(student, root / "wrong.pth", {"masks": wrong})
+    with pytest.raises(CheckpointError, match="4 units in group 'blocks.0.0.iasa_attn', this "
+                                              "model 2"):
+        srprune.finetune.rebuild(root / "wrong.pth", root / "rb.pth")
+    with pytest.raises(CheckpointError, match="made for another model"):
+        finetune(root / "teacher.pth", root / "wrong.pth", config, root / "x.pth", root / "w",
+                 progress=False)

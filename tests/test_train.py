@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import os
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from srprune.data import PatchSampler
 from srprune.models import create_model
-from srprune.train import Trainer, TrainSettings, l1_loss, lr_at
+from srprune.train import Trainer, TrainSettings, WorkdirError, l1_loss, lr_at, work_lock
 
 TINY = dict(dim=8, block_num=1, qk_dim=8, mlp_dim=8, heads=2, patch_size=[8], num_tokens=[4],
             group_size=[16], n_iters=[2], upscale=2)
@@ -107,3 +108,56 @@ def test_numbers_written_as_yaml_text_are_accepted():
     assert settings.lr == 1e-4 and settings.min_lr == 1e-6 and settings.betas == (0.9, 0.99)
     with pytest.raises(ValueError, match="lr must be a number"):
         TrainSettings(lr="fast")
+
+
+def assert_same_weights(a, b):
+    for (name, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(x, y), name
+
+
+def test_a_work_folder_of_another_run_is_refused_or_restarted(tmp_path):
+    """A stale state used to be resumed whatever the loss or data: its old weights came back."""
+    settings = TrainSettings(iters=4, batch_size=2, crop_size=8, val_every=2, save_every=2)
+    first = make_trainer(tmp_path / "w", settings)
+    first.fingerprint = {"loss weights": {"feat": 0.01}}
+    first.run(progress=False)
+    other = make_trainer(tmp_path / "w", settings, loss=dies_at(99, l1_loss))
+    other.fingerprint = {"loss weights": {"feat": 0.1}}
+    with pytest.raises(WorkdirError, match="another loss weights"):
+        other.run(progress=False)
+    other.fresh_on_change = True
+    other.run(progress=False)
+    assert other.loss_fn.__name__ == "wrapped" and other.iteration == 4
+    rows = list(csv.DictReader(open(tmp_path / "w/log.csv")))
+    assert [int(r["iter"]) for r in rows] == [1, 2, 3, 4]      # a fresh log, not a resumed one
+    straight = make_trainer(tmp_path / "s", settings)
+    straight.run(progress=False)
+    assert_same_weights(other, straight)
+
+
+def test_raising_iters_continues_only_where_exact(tmp_path):
+    step = dict(batch_size=2, crop_size=8, val_every=2, save_every=2, lr=1e-3,
+                schedule="multistep", milestones=[3], gamma=0.5)
+    make_trainer(tmp_path / "a", TrainSettings(iters=4, **step)).run(progress=False)
+    longer = make_trainer(tmp_path / "a", TrainSettings(iters=6, **step))
+    assert longer.resume() and longer.iteration == 4
+    longer.run(progress=False)
+    straight = make_trainer(tmp_path / "b", TrainSettings(iters=6, **step))
+    straight.run(progress=False)
+    assert_same_weights(longer, straight)
+    assert longer.best_iter == straight.best_iter
+
+    cosine = dict(batch_size=2, crop_size=8, val_every=2, save_every=2)
+    make_trainer(tmp_path / "c", TrainSettings(iters=4, **cosine)).run(progress=False)
+    with pytest.raises(WorkdirError, match="iters 4 -> 6 cannot continue exactly"):
+        make_trainer(tmp_path / "c", TrainSettings(iters=6, **cosine)).resume()
+
+
+def test_a_second_run_on_a_locked_work_folder_refuses(tmp_path):
+    settings = TrainSettings(iters=2, batch_size=2, crop_size=8, val_every=2, save_every=2)
+    (tmp_path / "w").mkdir()
+    with work_lock(tmp_path / "w"):
+        with pytest.raises(WorkdirError, match=f"in use by another run \\(process {os.getpid()}\\)"):
+            make_trainer(tmp_path / "w", settings).run(progress=False)
+    assert not (tmp_path / "w/state.pth").exists()
+    make_trainer(tmp_path / "w", settings).run(progress=False)   # free again afterwards

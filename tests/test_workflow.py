@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -25,13 +26,27 @@ def snakemake(*args, cwd):
                           capture_output=True, text=True, timeout=600)
 
 
+def copy_workflow(dest: Path) -> Path:
+    """The workflow files (not results) copied into ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("Snakefile", "rules", "config", "profiles", "report"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
+    return dest
+
+
 @pytest.fixture()
 def workflow_copy(tmp_path):
     """The workflow files (not results) copied into a scratch folder."""
-    for name in ("Snakefile", "rules", "config", "profiles", "report"):
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
-    return tmp_path
+    return copy_workflow(tmp_path)
+
+
+def tiny_teacher(path: Path) -> None:
+    """A one-block x2 CATANet saved at ``path``."""
+    torch.manual_seed(0)
+    teacher = create_model("catanet", dim=8, block_num=1, qk_dim=8, mlp_dim=8, heads=2,
+                           patch_size=[8], num_tokens=[4], group_size=[16], n_iters=[2], upscale=2)
+    srprune.save_model(teacher, path)
 
 
 def test_dry_run_of_the_default_config():
@@ -75,10 +90,7 @@ def test_invalid_config_is_rejected(workflow_copy):
 
 
 def test_tiny_run_writes_evaluation_json(workflow_copy, make_images):
-    torch.manual_seed(0)
-    teacher = create_model("catanet", dim=8, block_num=1, qk_dim=8, mlp_dim=8, heads=2,
-                           patch_size=[8], num_tokens=[4], group_size=[16], n_iters=[2], upscale=2)
-    srprune.save_model(teacher, workflow_copy / "teacher.pth")
+    tiny_teacher(workflow_copy / "teacher.pth")
     make_images(workflow_copy / "hr", 2, (24, 20))
     config = yaml.safe_load((workflow_copy / "config/config.yaml").read_text())
     config.update(run="tiny", teacher={"weights_path": "teacher.pth"},
@@ -147,3 +159,33 @@ def test_tiny_run_writes_evaluation_json(workflow_copy, make_images):
     for rule in ("score_units", "gather_scores", "search_masks", "export_zeroed",
                  "evaluate_teacher"):
         assert f"rule {rule}:" not in text, rule
+
+
+def test_paths_with_spaces(tmp_path, make_images):
+    """Every rule quotes its paths: a workflow folder, teacher and images with spaces run."""
+    root = copy_workflow(tmp_path / "my work")
+    (root / "the teacher").mkdir()
+    tiny_teacher(root / "the teacher/teacher x2.pth")
+    make_images(root / "hr images", 2, (24, 20))
+    config = yaml.safe_load((root / "config/config.yaml").read_text())
+    config.update(run="tiny", teacher={"weights_path": "the teacher/teacher x2.pth"},
+                  datasets={"mine": {"hr": "hr images"}})
+    config["prune"].update(methods=["magnitude"], budgets=[0.8], selection="knapsack",
+                           calibration={"hr": "hr images", "num_crops": 2, "crop_size": 8})
+    config["finetune"] = {"device": "cpu",
+                          "train": {"iters": 1, "batch_size": 1, "crop_size": 8, "val_every": 1},
+                          "data": {"train": {"hr": "hr images"}, "val": {"hr": "hr images"}}}
+    (root / "config/config.yaml").write_text(yaml.safe_dump(config))
+    plan = snakemake("-n", "-p", "--forceall", "--cores", "1", cwd=root)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    prefix = "Shell command: "
+    commands = [shlex.split(line[len(prefix):]) for line in (plan.stdout + plan.stderr).splitlines()
+                if line.startswith(prefix)]
+    assert len(commands) == 14, commands   # every job of the run
+    for words in commands:    # every path one word: no 'the', 'teacher/teacher', 'x2.pth' words
+        assert not {"the", "teacher/teacher", "x2.pth", "images"} & set(words), words
+    assert sum("the teacher/teacher x2.pth" in words for words in commands) == 5
+    target = "results/tiny/magnitude/0.8/eval_rebuilt_mine.json"   # a real run through it
+    result = snakemake("--cores", "2", target, cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((root / target).read_text())["psnr"] > 0

@@ -144,3 +144,49 @@ def test_bad_units_are_refused(setup, capsys):
         assert main(["score-units", "--teacher", str(teacher), "--method", "magnitude",
                      "--units", units, "--out", str(root / "bad.pth")]) == 2
         assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("heads", [1, 4])
+def test_scores_and_masks_of_another_model_are_refused(setup, heads, capsys):
+    """Scores of the 2-head teacher read as a 1- or 4-head model: an error naming the group."""
+    root, teacher = setup
+    scores = score(setup, "magnitude", "mag_for_mismatch.pth")
+    other = ["--model-config", f"{{heads: {heads}, tab_heads: null, lrsa_heads: null}}"]
+    masks_path = root / "mismatch_masks.pth"
+    assert main(["search-masks", "--teacher", str(teacher), "--scores", str(scores),
+                 "--mac-constraint", "0.8", "--selection", "knapsack", *other,
+                 "--out", str(root / "bad.pth")]) == 2
+    err = capsys.readouterr().err
+    assert "units in group" in err and "made for another model" in err and not (root / "bad.pth").exists()
+    assert main(["search-masks", "--teacher", str(teacher), "--scores", str(scores),
+                 "--mac-constraint", "0.8", "--selection", "knapsack",
+                 "--out", str(masks_path)]) == 0
+    assert torch.load(masks_path, weights_only=True)["groups"]
+    assert main(["export-zeroed", "--teacher", str(teacher), "--masks", str(masks_path), *other,
+                 "--out", str(root / "bad_zeroed.pth")]) == 2
+    assert "made for another model" in capsys.readouterr().err
+
+
+def test_non_finite_weights_and_scores_are_errors(setup, capsys):
+    """One NaN weight used to make every score NaN and prune every unit, exiting 0."""
+    root, teacher = setup
+    model = srprune.load_model(teacher)
+    with torch.no_grad():
+        model.get_parameter("blocks.0.0.mlp.fn.fc1.weight")[3, 1] = float("nan")
+    srprune.save_model(model, root / "nan_teacher.pth")
+    assert main(["score-units", "--teacher", str(root / "nan_teacher.pth"), "--method",
+                 "magnitude", "--out", str(root / "nan_scores.pth")]) == 2
+    err = capsys.readouterr().err
+    assert "blocks.0.0.mlp.fn.fc1.weight holds 1 non-finite values" in err and "(3, 1)" in err
+
+    scores_path = score(setup, "magnitude", "finite.pth")
+    scores = torch.load(scores_path, weights_only=True)
+    name = next(iter(scores["scores"]))
+    scores["scores"][name][0] = float("nan")
+    torch.save(scores, root / "nan_scores.pth")
+    assert main(["search-masks", "--teacher", str(teacher), "--scores", str(root / "nan_scores.pth"),
+                 "--mac-constraint", "0.8", "--out", str(root / "nan_masks.pth")]) == 2
+    assert f"{name} holds 1 non-finite values" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        score(setup, "optin", "nan_lam.pth", "--lam", "nan")
+    assert exit_.value.code == 2 and "--lam: must be a finite number" in capsys.readouterr().err

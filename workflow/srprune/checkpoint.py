@@ -124,6 +124,13 @@ def load_model(path: str | os.PathLike, arch: str | None = None, param_key: str 
     return model_from_state(state, info, str(path), arch, **overrides)
 
 
+def load_finite(path: str | os.PathLike, **overrides: Any) -> nn.Module:
+    """:func:`load_model`, refusing weights that hold NaN or infinite values."""
+    model = load_model(path, **overrides)
+    check_finite(model.state_dict(), str(path))
+    return model
+
+
 def model_from_state(state: dict[str, Tensor], info: dict[str, Any], source: str,
                      arch: str | None = None, **overrides: Any) -> nn.Module:
     """:func:`load_model` for a state dict and description already read by :func:`split_checkpoint`."""
@@ -143,6 +150,19 @@ def model_from_state(state: dict[str, Tensor], info: dict[str, Any], source: str
     model.load_state_dict(state, strict=True)
     model.checkpoint_meta = info.get("meta", {})
     return model.eval()
+
+
+def check_finite(tensors: dict[str, Any], source: str) -> None:
+    """Refuse NaN or infinite values in ``tensors`` (nested dicts too), naming the first entry."""
+    for name, value in tensors.items():
+        if isinstance(value, dict):
+            check_finite(value, f"{source} {name}")
+        elif isinstance(value, Tensor) and value.is_floating_point():
+            bad = (~torch.isfinite(value)).nonzero()
+            if len(bad):
+                raise FloatingPointError(
+                    f"{source}: {name} holds {len(bad)} non-finite values (NaN or inf), the first "
+                    f"at index {tuple(bad[0].tolist())}")
 
 
 def checkpoint_dict(model: nn.Module, meta: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -10,6 +10,8 @@ from typing import Callable
 
 import yaml
 
+from .argtypes import (Parser, device, filename_template, finite_float, int_at_least,
+                       nonnegative_float, positive_int)
 from .checkpoint import CheckpointError
 from .data import DataError
 from .evaluate import add_evaluate_options
@@ -35,7 +37,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .train import train_teacher
 
     summary = train_teacher(_read_yaml(args.config), args.out, _workdir(args),
-                            progress=not args.quiet)
+                            progress=not args.quiet, fresh_on_change=args.fresh_on_change)
     _print_training(summary, args.out)
 
 
@@ -53,6 +55,9 @@ def _training_args(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument("--workdir", help="resume state, last/best checkpoints and log.csv "
                                      "(default: <out without suffix>_work)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--fresh-on-change", action="store_true",
+                   help="when the work folder holds a run of other settings, inputs or data, "
+                        "start afresh (default: refuse and say what differs)")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -95,16 +100,20 @@ def _print_scores(args: argparse.Namespace, result: dict) -> None:
           f"SSIM {result['ssim']:.4f} ({len(result['per_image'])} images){macs}")
 
 
-def _model_config(text: str | None) -> dict:
+def _model_config(text: str | None, option: str = "--model-config") -> dict:
     """Hyper-parameters given as a YAML/JSON mapping on the command line."""
     if not text:
         return {}
     try:
         value = json.loads(text)  # JSON first: YAML 1.1 reads 1e-06 as a string
     except json.JSONDecodeError:
-        value = yaml.safe_load(text)
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ValueError(f"{option} is not valid YAML ({str(err).splitlines()[0]}): "
+                             f"{text!r}") from None
     if not isinstance(value, dict):
-        raise ValueError(f"--model-config must be a mapping such as '{{heads: 4}}', got {text!r}")
+        raise ValueError(f"{option} must be a mapping such as '{{heads: 4}}', got {text!r}")
     return value
 
 
@@ -174,9 +183,10 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     from .finetune import finetune
 
     config = _read_yaml(args.config) if args.config else {}
-    config.update(_model_config(args.settings))
+    config.update(_model_config(args.settings, "--settings"))
     summary = finetune(args.teacher, args.student, config, args.out, _workdir(args),
-                       _model_config(args.model_config), progress=not args.quiet)
+                       _model_config(args.model_config), progress=not args.quiet,
+                       fresh_on_change=args.fresh_on_change)
     _print_training(summary, args.out)
 
 
@@ -207,9 +217,10 @@ def _calibration_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-hr", default="embedded:train",
                    help="training images for calibration crops (folder or embedded:train)")
     p.add_argument("--calib-lr", help="their LR folder (default: bicubic-downscale the HR)")
-    p.add_argument("--filename-tmpl", default="{}", help="LR name template, e.g. '{}x2'")
-    p.add_argument("--num-crops", type=int, default=32, help="calibration LR crops")
-    p.add_argument("--crop-size", type=int, default=48, help="side of each LR crop")
+    p.add_argument("--filename-tmpl", default="{}", type=filename_template,
+                   help="LR name template, e.g. '{}x2'")
+    p.add_argument("--num-crops", type=positive_int, default=32, help="calibration LR crops")
+    p.add_argument("--crop-size", type=positive_int, default=48, help="side of each LR crop")
     p.add_argument("--seed", type=int, default=0, help="calibration crops, token positions, random")
 
 
@@ -227,7 +238,7 @@ def _teacher_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="srprune", description=__doc__)
+    parser = Parser(prog="srprune", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -241,11 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hr", help="HR folder (dataroot_gt), or embedded:train|val")
     p.add_argument("--lr", help="LR folder (dataroot_lq); default: bicubic-downscale the HR images")
     p.add_argument("--scale", type=int, required=True, choices=(1, 2, 3, 4))
-    p.add_argument("--filename-tmpl", default="{}", help="LR name template, e.g. '{}x4'")
+    p.add_argument("--filename-tmpl", default="{}", type=filename_template,
+                   help="LR name template, e.g. '{}x4'")
     p.add_argument("--json", help="write the results as JSON to this file")
     p.add_argument("--float-output", action="store_true",
                    help="score the float output instead of rounding it to uint8 first")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
+    p.add_argument("--device", default="cpu", type=device, help="cpu, cuda, cuda:1 or auto")
     p.add_argument("--model-config", help="hyper-parameters a BasicSR checkpoint cannot tell, "
                                           "as YAML, e.g. '{heads: 4, patch_size: [16, 20]}'")
     add_evaluate_options(p, datasets=True)
@@ -256,11 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="optin", choices=("optin", "magnitude", "random"))
     p.add_argument("--out", required=True, help="unit-scores artifact (.pth)")
     _calibration_args(p)
-    p.add_argument("--tokens", type=int, default=64, help="token positions K per Gram matrix")
-    p.add_argument("--lam", type=float, default=1.0, help="weight of the output term")
-    p.add_argument("--max-batch", type=int, default=16,
+    p.add_argument("--tokens", type=positive_int, default=64,
+                   help="token positions K per Gram matrix")
+    p.add_argument("--lam", type=nonnegative_float, default=1.0, help="weight of the output term")
+    p.add_argument("--max-batch", type=positive_int, default=16,
                    help="images per masked forward (variants x crops); bounds memory")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--device", default="cpu", type=device, help="cpu, cuda, cuda:N")
     p.add_argument("--part", help="k/n: score only the blocks i with i %% n == k (job k of n); "
                                   "join the n parts with gather-scores")
     p.add_argument("--units", default="head,neuron",
@@ -276,14 +289,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search-masks", help="choose units to keep under a MAC budget")
     _teacher_args(p)
     p.add_argument("--scores", required=True, help="unit-scores artifact from score-units")
-    p.add_argument("--mac-constraint", type=float, required=True,
+    p.add_argument("--mac-constraint", type=finite_float, required=True,
                    help="r in (0, 1]: pruned full MACs at most r times the teacher's")
     p.add_argument("--selection", default="measured", choices=SELECTIONS,
                    help="measured: knapsack candidates, the least distorting on calibration crops "
                         "kept; knapsack: the alpha = 1 candidate, unmeasured")
-    p.add_argument("--min-keep", type=int, default=0, help="units always kept per group")
+    p.add_argument("--min-keep", type=int_at_least(0), default=0,
+                   help="units always kept per group")
     _calibration_args(p)
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--device", default="cpu", type=device, help="cpu, cuda, cuda:N")
     p.add_argument("--out", required=True, help="masks artifact (catanet_pruning_masks.pth)")
     p.set_defaults(func=cmd_search_masks)
 
@@ -335,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], None] = args.func
     try:
         func(args)
-    except (CheckpointError, DataError, ValueError, FileNotFoundError) as err:
+    except (CheckpointError, DataError, ValueError, FileNotFoundError, FloatingPointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -106,6 +106,9 @@ class MissingResultError(FileNotFoundError):
                          f"run the workflow for it first")
         self.filename = str(path)
 
+    def __str__(self) -> str:
+        return str(self.args[0])  # not OSError's "[Errno None] None: <filename>"
+
 
 class ResultFormatError(ValueError):
     """A results file exists but does not hold what the comparison reads."""

@@ -19,6 +19,7 @@ Every failure caused by the data raises :class:`DataError` naming the file or fo
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -96,6 +97,17 @@ def list_images(folder: str | Path) -> list[Path]:
     return images
 
 
+def folder_digest(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` (hr/lr/filename_tmpl) with a checksum of each folder's image names and sizes."""
+    out = dict(spec)
+    for key in ("hr", "lr"):
+        folder = spec.get(key)
+        if folder and Path(folder).is_dir():
+            listing = "\n".join(f"{p.name}:{p.stat().st_size}" for p in list_images(folder))
+            out[f"{key}_files_sha256"] = hashlib.sha256(listing.encode()).hexdigest()
+    return out
+
+
 def to_tensor(img: np.ndarray) -> torch.Tensor:
     """HxWx3 uint8 image -> 1x3xHxW float32 tensor in [0, 1]."""
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float().div_(255.0).unsqueeze(0)
@@ -127,6 +139,7 @@ class SRDataset:
             raise ValueError(f"scale must be a positive integer, got {scale}")
         self.scale = scale
         self.min_lr_size = min_lr_size
+        check_filename_template(filename_tmpl)
         self.hr_paths = list_images(hr_dir)
         self.lr_paths: list[Path] | None = None
         if lr_dir is not None:
@@ -162,6 +175,15 @@ class SRDataset:
         """Item ``index`` as ``(name, lr, hr)`` with 1x3xHxW float32 tensors in [0, 1]."""
         name, lr, hr = self[index]
         return name, to_tensor(lr), to_tensor(hr)
+
+
+def check_filename_template(template: str) -> str:
+    """``template`` if it holds exactly one ``{}`` (where the HR file stem goes)."""
+    if not isinstance(template, str) or not template.count("{") == template.count("}") \
+            == template.count("{}") == 1:
+        raise DataError(f"filename_tmpl must hold exactly one '{{}}' for the HR file name "
+                        f"(e.g. '{{}}x4'), got {template!r}")
+    return template
 
 
 def _index_by_stem(paths: list[Path]) -> dict[str, list[Path]]:

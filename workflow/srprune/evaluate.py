@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from .argtypes import filename_template, int_at_least
 from .data import SRDataset, embedded_images, modcrop, to_tensor
 from .imresize import imresize
 from .metrics import psnr_y, ssim_y, to_uint8
@@ -70,7 +71,12 @@ def model_upscaler(model: nn.Module, device: torch.device | str = "cpu",
 
     def upscale(lr: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            out = forward(to_tensor(lr).to(device)).clamp(0, 1).cpu()
+            out = forward(to_tensor(lr).to(device)).cpu()
+        bad = int((~torch.isfinite(out)).sum())
+        if bad:
+            log.warning("the model output holds %d non-finite values (NaN or inf) of %d; the "
+                        "scores of this image are not meaningful", bad, out.numel())
+        out = out.clamp(0, 1)
         return to_uint8(out) if quantize else out[0].permute(1, 2, 0).double().numpy()
     return upscale
 
@@ -293,20 +299,8 @@ def parse_dataset(text: str) -> tuple[str, dict[str, Any]]:
     if not sep or not name or not parts[0] or len(parts) > 3:
         raise argparse.ArgumentTypeError(f"expected NAME=HR[,LR[,TMPL]], got {text!r}")
     spec = {"hr": parts[0], "lr": parts[1] if len(parts) > 1 and parts[1] else None,
-            "filename_tmpl": parts[2] if len(parts) > 2 and parts[2] else "{}"}
+            "filename_tmpl": filename_template(parts[2]) if len(parts) > 2 and parts[2] else "{}"}
     return name, spec
-
-
-def _int_at_least(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-    return parse
 
 
 def add_evaluate_options(parser: argparse.ArgumentParser, datasets: bool = False) -> None:
@@ -314,16 +308,16 @@ def add_evaluate_options(parser: argparse.ArgumentParser, datasets: bool = False
     ``--latency-warmup``, ``--latency-size`` (and, with ``datasets``, a repeatable ``--dataset``)
     to ``srprune evaluate``'s parser. Pair with :func:`evaluate_options`."""
     group = parser.add_argument_group("tiled inference and latency")
-    group.add_argument("--tile", type=_int_at_least(1), metavar="PIXELS",
+    group.add_argument("--tile", type=int_at_least(1), metavar="PIXELS",
                        help="run the model on LR tiles of this side (bounded memory); default: whole images")
-    group.add_argument("--tile-overlap", type=_int_at_least(0), default=8, metavar="PIXELS",
+    group.add_argument("--tile-overlap", type=int_at_least(0), default=8, metavar="PIXELS",
                        help="overlap of neighbouring tiles in LR pixels (default 8; must be < --tile)")
     group.add_argument("--tile-blend", choices=BLEND_MODES, default="uniform",
                        help="weights of overlapping tile outputs: uniform mean (default, BasicSR's), "
                             "linear ramp, or crop (each pixel from the tile it is most inside)")
-    group.add_argument("--latency-runs", type=_int_at_least(0), default=0, metavar="N",
+    group.add_argument("--latency-runs", type=int_at_least(0), default=0, metavar="N",
                        help="time N forward passes (batch 1) and report the median; 0 = skip (default)")
-    group.add_argument("--latency-warmup", type=_int_at_least(0), default=2, metavar="N",
+    group.add_argument("--latency-warmup", type=int_at_least(0), default=2, metavar="N",
                        help="untimed forward passes before timing (default 2)")
     group.add_argument("--latency-size", type=parse_size, metavar="HxW",
                        help="LR input size for the latency, e.g. 64x64 (default: the reference size, "

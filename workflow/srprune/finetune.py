@@ -34,15 +34,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoint import CheckpointError, load_model, save_model
-from .data import PatchSampler
+from .checkpoint import CheckpointError, load_finite, load_model, save_model
+from .data import PatchSampler, folder_digest
 from .evaluate import load_pairs
 from .pruning.adapter import Adapter
-from .pruning.search import adapter_for
-from .settings import from_mapping
-from .train import LossFn, Trainer, TrainSettings, pick_device
+from .pruning.search import adapter_for, check_artifact, file_sha256
+from .settings import check_sections, check_weights, from_mapping
+from .train import LossFn, Trainer, TrainSettings, check_data_section, pick_device
 
 log = logging.getLogger(__name__)
+
+DEFAULT_DATA = {"train": {"hr": "embedded:train"}, "val": {"hr": "embedded:val"}}
 
 
 @dataclass
@@ -52,6 +54,9 @@ class KDWeights:
     pix: float = 1.0
     out: float = 1.0
     feat: float = 0.01
+
+    def __post_init__(self) -> None:
+        check_weights(asdict(self), "fine-tune loss weight")
 
 
 def feature_kd_loss(adapter: Adapter, teacher: nn.Module, weights: KDWeights) -> LossFn:
@@ -69,24 +74,32 @@ def feature_kd_loss(adapter: Adapter, teacher: nn.Module, weights: KDWeights) ->
 
 
 def masks_of(model: nn.Module, source: str | Path) -> dict[str, Tensor]:
-    """The masks recorded in a loaded zeroed (or fine-tuned) checkpoint's meta."""
+    """The masks recorded in a loaded zeroed (or fine-tuned) checkpoint's meta, checked against it."""
     meta = getattr(model, "checkpoint_meta", {})
     if "masks" not in meta:
         raise CheckpointError(f"{source} records no masks: give the zeroed model written by "
                               f"`srprune export-zeroed` (catanet_pruned.pth)")
+    check_artifact(adapter_for(model).groups(model), meta, meta["masks"], source)
     return meta["masks"]
 
 
 def finetune(teacher_path: str | Path, student_path: str | Path, config: dict[str, Any],
              out: str | Path, workdir: str | Path, model_config: dict[str, Any] | None = None,
-             progress: bool = True) -> dict[str, Any]:
-    """Fine-tune the masked student as ``config`` says; write the chosen model to ``out``."""
+             progress: bool = True, fresh_on_change: bool = False) -> dict[str, Any]:
+    """Fine-tune the masked student as ``config`` says; write the chosen model to ``out``.
+
+    A run left in ``workdir`` is resumed only if it is this run (same settings, loss weights,
+    teacher and student files, data); otherwise it is refused or, with ``fresh_on_change``,
+    restarted (:class:`srprune.train.Trainer`).
+    """
+    check_sections(config, ("train", "loss", "data", "device"), (), "fine-tune settings")
     settings = TrainSettings.from_dict(config.get("train", {}))
     weights = from_mapping(KDWeights, config.get("loss", {}), "fine-tune loss")
+    data = check_data_section(config.get("data", DEFAULT_DATA), "fine-tune settings")
     device = pick_device(config.get("device", "auto"))
-    teacher = load_model(teacher_path, **(model_config or {})).to(device).eval()
+    teacher = load_finite(teacher_path, **(model_config or {})).to(device).eval()
     teacher.requires_grad_(False)
-    student = load_model(student_path).to(device)
+    student = load_finite(student_path).to(device)
     if student.cfg != teacher.cfg:
         raise CheckpointError(f"{student_path} and {teacher_path} are not the same architecture")
     masks = {name: mask.to(device) for name, mask in masks_of(student, student_path).items()}
@@ -95,7 +108,6 @@ def finetune(teacher_path: str | Path, student_path: str | Path, config: dict[st
     adapter.zero_units(student, masks)
     small = adapter.rebuild(student, masks).train()
     scale = student.cfg.upscale
-    data = config.get("data", {"train": {"hr": "embedded:train"}, "val": {"hr": "embedded:val"}})
     sampler = PatchSampler(load_pairs(scale=scale, **data["train"]), scale=scale,
                            crop_size=settings.crop_size, batch_size=settings.batch_size,
                            seed=settings.seed)
@@ -103,10 +115,14 @@ def finetune(teacher_path: str | Path, student_path: str | Path, config: dict[st
             "train_settings": asdict(settings), "teacher": str(teacher_path),
             "student": str(student_path),
             **{k: v for k, v in student.checkpoint_meta.items()
-               if k in ("method", "mac_constraint", "achieved_mac_ratio", "teacher_sha256")}}
+               if k in ("method", "mac_constraint", "achieved_mac_ratio", "teacher_sha256",
+                        "groups", "units")}}
+    fingerprint = {"teacher": file_sha256(teacher_path), "student": file_sha256(student_path),
+                   "loss weights": asdict(weights), "model_config": model_config or {},
+                   "data": {k: folder_digest(v) for k, v in data.items()}}
     trainer = Trainer(small, feature_kd_loss(adapter, teacher, weights), sampler,
                       list(load_pairs(scale=scale, **data["val"])), scale, settings, workdir,
-                      meta=meta)
+                      meta=meta, fingerprint=fingerprint, fresh_on_change=fresh_on_change)
     summary = trainer.run(progress=progress)
     chosen = load_model(trainer.output_checkpoint())
     adapter.write_back(student, chosen, masks)
@@ -120,7 +136,7 @@ def rebuild(model_path: str | Path, out: str | Path) -> nn.Module:
     model = load_model(model_path)
     masks = masks_of(model, model_path)
     small = adapter_for(model).rebuild(model, masks)
-    meta = {k: v for k, v in model.checkpoint_meta.items() if k not in ("masks",)}
+    meta = {k: v for k, v in model.checkpoint_meta.items() if k not in ("masks", "groups", "units")}
     save_model(small, out, {**meta, "stage": "rebuilt", "rebuilt_from": str(model_path),
                             "kept": {k: int(v.sum()) for k, v in masks.items()}})
     return small

@@ -5,31 +5,47 @@ validation PSNR, the last and the best model kept, a CSV log, and exact resume: 
 state (model, optimizer, sampler and torch RNG, iteration, best PSNR) is written atomically every
 ``save_every`` iterations, and a killed run continues from it to the same final weights as an
 uninterrupted run with the same seed.
+
+A resume must continue the *same* run: the state records the settings and a fingerprint of
+everything else that defines the run (the caller's: checksums of the models, loss weights, data);
+any difference refuses the resume with the reasons (or, with ``fresh_on_change``, starts afresh).
+Raising ``iters`` continues where that is exact (a multistep schedule, whose learning rates do not
+depend on ``iters``, and no extra end-of-run validation that could have changed the best model).
+A lock on the work folder keeps two runs from sharing it.
 """
 from __future__ import annotations
 
 import csv
+import errno
+import fcntl
 import logging
 import math
+import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .checkpoint import CheckpointError, read_checkpoint, save_model
+from .checkpoint import read_checkpoint, save_model
 from .evaluate import Pair, score_model
 from .fileio import save_torch
-from .settings import from_mapping
+from .settings import check_sections, from_mapping
 
 log = logging.getLogger(__name__)
 
 LossFn = Callable[[nn.Module, Tensor, Tensor], tuple[Tensor, dict[str, float]]]
 LOG_FIELDS = ("iter", "lr", "loss", "val_psnr", "seconds")
 RESUMABLE_CHANGES = ("val_every", "save_every", "keep")  # settings a resumed run may change
+RUN_FILES = ("state.pth", "last.pth", "best.pth", "log.csv")  # what a fresh start removes
+
+
+class WorkdirError(ValueError):
+    """A work folder that holds another run, or that another process is using."""
 
 
 @dataclass
@@ -97,11 +113,14 @@ class Trainer:
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, sampler: Any, val_pairs: Sequence[Pair],
                  scale: int, settings: TrainSettings, workdir: str | Path,
-                 meta: dict[str, Any] | None = None):
+                 meta: dict[str, Any] | None = None, fingerprint: dict[str, Any] | None = None,
+                 fresh_on_change: bool = False):
         self.model, self.loss_fn, self.sampler = model, loss_fn, sampler
         self.val_pairs, self.scale, self.s = val_pairs, scale, settings
         self.workdir = Path(workdir)
         self.meta = dict(meta or {})
+        self.fingerprint = dict(fingerprint or {})
+        self.fresh_on_change = fresh_on_change
         self.device = next(model.parameters()).device
         self.optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, betas=settings.betas,
                                           weight_decay=settings.weight_decay)
@@ -118,18 +137,23 @@ class Trainer:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "sampler": self.sampler.state_dict(), "torch_rng": torch.get_rng_state(),
                 "iteration": self.iteration, "best_psnr": self.best_psnr,
-                "best_iter": self.best_iter, "settings": asdict(self.s)}
+                "best_iter": self.best_iter, "settings": asdict(self.s),
+                "fingerprint": self.fingerprint}
 
     def resume(self) -> bool:
         """Load ``state.pth`` if present; True when a run was resumed."""
         if not self.state_path.exists():
             return False
         state = read_checkpoint(self.state_path)
-        changed = sorted(k for k, v in asdict(self.s).items()
-                         if k not in RESUMABLE_CHANGES and state["settings"].get(k) != v)
-        if changed:
-            raise CheckpointError(f"{self.state_path} was written with other training settings "
-                                  f"({', '.join(changed)}); delete {self.workdir} to start afresh")
+        reasons = self._differences(state)
+        if reasons and not self.fresh_on_change:
+            raise WorkdirError(f"{self.workdir} holds another run ({'; '.join(reasons)}); delete "
+                               f"it, give another --workdir, or pass --fresh-on-change")
+        if reasons:
+            log.warning("starting afresh in %s: %s", self.workdir, "; ".join(reasons))
+            for name in RUN_FILES:
+                (self.workdir / name).unlink(missing_ok=True)
+            return False
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
@@ -140,10 +164,38 @@ class Trainer:
         log.info("resumed from %s at iteration %d", self.state_path, self.iteration)
         return True
 
+    def _differences(self, state: dict[str, Any]) -> list[str]:
+        """Why ``state`` is not a point of this run (empty when it is)."""
+        old = state["settings"]
+        changed = sorted(k for k, v in asdict(self.s).items() if k not in RESUMABLE_CHANGES
+                         and k != "iters" and old.get(k) != v)
+        reasons = [f"other training settings ({', '.join(changed)})"] if changed else []
+        recorded = state.get("fingerprint", {})
+        differ = sorted(k for k in {*recorded, *self.fingerprint}
+                        if recorded.get(k) != self.fingerprint.get(k))
+        if differ:
+            reasons.append(f"another {', '.join(differ)}")
+        if old.get("iters") != self.s.iters and not self._extendable(state):
+            reasons.append(f"iters {old.get('iters')} -> {self.s.iters} cannot continue exactly "
+                           f"(only a multistep schedule can, before or on an iteration it "
+                           f"validated at)")
+        return reasons
+
+    def _extendable(self, state: dict[str, Any]) -> bool:
+        """Whether continuing ``state`` to the new ``iters`` gives what a straight run gives."""
+        old_iters, done = state["settings"]["iters"], state["iteration"]
+        extra_validation = done == old_iters and old_iters % self.s.val_every != 0
+        return (self.s.schedule == "multistep" and done <= self.s.iters
+                and (self.s.keep == "last" or not extra_validation))
+
     # ------------------------------------------------------------------ loop
     def run(self, progress: bool = True) -> dict[str, Any]:
         """Train to ``settings.iters``; returns a summary (best/last validation PSNR)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
+        with work_lock(self.workdir):
+            return self._run(progress)
+
+    def _run(self, progress: bool) -> dict[str, Any]:
         torch.manual_seed(self.s.seed)
         self.resume()
         bar = tqdm(total=self.s.iters, initial=self.iteration, desc="train", unit="it",
@@ -217,28 +269,82 @@ class Trainer:
         return self.workdir / ("best.pth" if self.s.keep == "best" else "last.pth")
 
 
+@contextmanager
+def work_lock(workdir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``workdir`` (a second run refuses instead of mixing weights)."""
+    path = workdir / "lock"
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            raise WorkdirError(f"{workdir} is in use by another run (process {owner}); wait for "
+                               f"it to end or give another --workdir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def l1_loss(model: nn.Module, lr_img: Tensor, hr_img: Tensor) -> tuple[Tensor, dict[str, float]]:
     """Plain L1 between the model output and HR."""
     return torch.nn.functional.l1_loss(model(lr_img), hr_img), {}
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` takes the first CUDA GPU when one is present, else the CPU."""
+def parse_device(name: str) -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when present) as a usable device."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {name!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: CUDA is not available here (use cpu or auto)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} CUDA devices")
+    return device
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` takes the first CUDA GPU when one is present, else the CPU; logs the choice."""
+    device = parse_device(str(name))
     log.info("using device %s%s", device,
              f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
     return device
 
 
+def check_data_section(data: Any, what: str) -> dict[str, dict[str, Any]]:
+    """A ``data`` section with ``train`` and ``val`` folders (``hr``, optional ``lr``, template)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} data must be a mapping with 'train' and 'val', got {data!r}")
+    check_sections(data, ("train", "val"), ("train", "val"), f"{what} data")
+    for split, spec in data.items():
+        if not isinstance(spec, dict):
+            raise ValueError(f"{what} data.{split} must be a mapping with 'hr', got {spec!r}")
+        check_sections(spec, ("hr", "lr", "filename_tmpl"), ("hr",), f"{what} data.{split}")
+    return data
+
+
 def train_teacher(config: dict[str, Any], out: str | Path, workdir: str | Path,
-                  progress: bool = True) -> dict[str, Any]:
+                  progress: bool = True, fresh_on_change: bool = False) -> dict[str, Any]:
     """Train a model from scratch with L1 loss as ``config`` says; write the chosen model to out."""
-    from .data import PatchSampler
+    from .data import PatchSampler, folder_digest
     from .evaluate import load_pairs
     from .models import create_model
 
+    check_sections(config, ("scale", "arch", "model", "data", "train", "device"),
+                   ("scale", "data"), "train config")
+    check_data_section(config["data"], "train config")
     scale = int(config["scale"])
     settings = TrainSettings.from_dict(config.get("train", {}))
     torch.manual_seed(settings.seed)
@@ -252,7 +358,10 @@ def train_teacher(config: dict[str, Any], out: str | Path, workdir: str | Path,
     val_pairs = list(load_pairs(scale=scale, **data["val"]))
     meta = {"stage": "train", "scale": scale, "train_settings": asdict(settings),
             "data": {k: dict(v) for k, v in data.items()}}
-    trainer = Trainer(model, l1_loss, sampler, val_pairs, scale, settings, workdir, meta=meta)
+    fingerprint = {"arch": config.get("arch", "catanet"), "model": config.get("model", {}),
+                   "scale": scale, "data": {k: folder_digest(v) for k, v in data.items()}}
+    trainer = Trainer(model, l1_loss, sampler, val_pairs, scale, settings, workdir, meta=meta,
+                      fingerprint=fingerprint, fresh_on_change=fresh_on_change)
     summary = trainer.run(progress=progress)
     best = read_checkpoint(trainer.output_checkpoint())
     save_torch(best, out)

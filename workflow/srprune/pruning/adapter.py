@@ -27,6 +27,8 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
+from ..checkpoint import CheckpointError
+
 KINDS = ("head", "neuron", "qk_channel", "v_channel")
 CHANNEL_KINDS = ("qk_channel", "v_channel")
 UNIT_KINDS_DEFAULT = ("head", "neuron")
@@ -225,3 +227,35 @@ def full_kept(groups: list[UnitGroup]) -> dict[str, int]:
 
 def kept_counts(masks: dict[str, Tensor]) -> dict[str, int]:
     return {name: int(mask.bool().sum()) for name, mask in masks.items()}
+
+
+def recorded_groups(artifact: dict[str, Any]) -> dict[str, int]:
+    """The ``{group: units}`` an artifact (scores, masks, checkpoint meta) says it was made for."""
+    return {str(g["name"]): int(g["count"]) for g in artifact["groups"]}
+
+
+def sizes(per_group: dict[str, Any]) -> dict[str, int]:
+    """``{group: units}`` of per-group masks or scores."""
+    return {name: len(values) for name, values in per_group.items()}
+
+
+def check_groups(groups: list[UnitGroup], recorded: dict[str, int], source: str,
+                 complete: bool = True) -> None:
+    """Refuse an artifact made for other groups than the model's, naming the first mismatch.
+
+    ``recorded`` maps group names to unit counts; with ``complete`` it must list every group of
+    the model, else (masks or scores of some groups) only groups the model has.
+    """
+    counts = full_kept(groups)
+    for name, count in recorded.items():
+        if name not in counts:
+            raise CheckpointError(f"{source} has a group {name!r} that this model lacks: it was "
+                                  f"made for another model (check --model-config)")
+        if count != counts[name]:
+            raise CheckpointError(f"{source} has {count} units in group {name!r}, this model "
+                                  f"{counts[name]}: it was made for another model (check "
+                                  f"--model-config)")
+    missing = [name for name in counts if name not in recorded]
+    if complete and missing:
+        raise CheckpointError(f"{source} lacks the group {missing[0]!r} of this model "
+                              f"({len(missing)} missing): it was made for another model")

@@ -30,6 +30,7 @@ variant per forward at 16 or more crops); on a GPU, larger batches pay off.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Iterable
 
@@ -37,6 +38,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from ..settings import check_int
 from .adapter import Adapter, UnitGroup, masked
 
 METHODS = ("optin", "magnitude", "random")
@@ -50,6 +52,12 @@ class OptinSettings:
     lam: float = 1.0          # weight of the output term relative to the trajectory term
     seed: int = 0             # token positions
     max_batch: int = 16       # images (variants x crops) per masked forward; see the docstring
+
+    def __post_init__(self) -> None:
+        check_int("tokens", self.tokens, 1)
+        check_int("max_batch", self.max_batch, 1)
+        if not math.isfinite(self.lam) or self.lam < 0:
+            raise ValueError(f"lam must be a finite number >= 0, got {self.lam}")
 
     def to_dict(self) -> dict:
         return asdict(self)

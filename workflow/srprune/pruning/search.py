@@ -22,13 +22,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import CheckpointError, load_model, read_checkpoint, save_model
+from ..checkpoint import CheckpointError, check_finite, load_finite, read_checkpoint, save_model
 from ..data import PatchSampler
 from ..evaluate import load_pairs
 from ..fileio import save_torch
 from ..models import arch_name
-from .adapter import (UNIT_KINDS_DEFAULT, Adapter, UnitGroup, check_unit_kinds,
-                      groups_of_kinds, kept_counts, masked)
+from .adapter import (UNIT_KINDS_DEFAULT, Adapter, UnitGroup, check_groups,
+                      check_unit_kinds, groups_of_kinds, kept_counts, masked,
+                      recorded_groups, sizes)
 from .catanet import CATANetAdapter
 from .importance import METHODS, OptinSettings, combine, optin_terms, random_scores
 from .selection import Selector
@@ -94,7 +95,7 @@ def score_units(teacher_path: str | Path, method: str, calibration: Calibration,
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     units = check_unit_kinds(units)
-    model = load_model(teacher_path, **(model_config or {}))
+    model = load_finite(teacher_path, **(model_config or {}))
     adapter = adapter_for(model)
     all_groups = groups_of_kinds(adapter.groups(model), units)
     groups = part_groups(all_groups, part)
@@ -117,6 +118,7 @@ def score_units(teacher_path: str | Path, method: str, calibration: Calibration,
         scores = random_scores(adapter, model, calibration.seed, all_groups)  # parts agree
         artifact.update(seed=calibration.seed,
                         scores={k: v for k, v in scores.items() if k in names})
+    check_finite(artifact.get("terms") or artifact["scores"], f"{method} scores")
     return finish_scores(artifact) if part is None else artifact
 
 
@@ -193,8 +195,9 @@ def search_masks(teacher_path: str | Path, scores_path: str | Path, budget: floa
     """
     scores = read_checkpoint(scores_path)
     check_scores_match(scores, teacher_path)
-    model = load_model(teacher_path, **(model_config or {})).to(device).eval()
+    model = load_finite(teacher_path, **(model_config or {})).to(device).eval()
     adapter = adapter_for(model)
+    check_artifact(adapter.groups(model), scores, scores["scores"], scores_path)
     groups = scored_groups(adapter, model, scores)
     lr_size = adapter.reference_lr_size(model)
     selector = Selector(groups, scores["scores"], lambda kept: adapter.macs(model, kept, lr_size),
@@ -203,6 +206,7 @@ def search_masks(teacher_path: str | Path, scores_path: str | Path, budget: floa
     if selection == "measured":
         x = calibration_crops(scores, calibration, model.cfg.upscale).to(device)
         reference = torch.cat([model(x[i:i + 16]) for i in range(0, x.shape[0], 16)])
+        check_finite({"output": reference}, f"{teacher_path} on the calibration crops")
         measure = lambda masks: output_distortion(adapter, model, x, reference, masks)  # noqa: E731
     chosen, candidates = selector.select(budget, selection, measure)
     adapter.check_masks(model, chosen.masks)
@@ -223,7 +227,7 @@ def search_masks(teacher_path: str | Path, scores_path: str | Path, budget: floa
         "candidates": [c.summary() for c in candidates], "chosen_alpha": chosen.alpha,
         "calibration": scores.get("calibration"), "optin_settings": scores.get("settings"),
         "teacher_sha256": scores["teacher_sha256"], "arch": scores["arch"],
-        "model_config": scores["model_config"],
+        "model_config": scores["model_config"], "groups": scores["groups"],
     }
 
 
@@ -245,16 +249,32 @@ def export_zeroed(teacher_path: str | Path, masks_path: str | Path, out: str | P
         raise CheckpointError(f"{masks_path} is not a masks artifact (run `srprune search-masks`)")
     if artifact["teacher_sha256"] != file_sha256(teacher_path):
         raise CheckpointError(f"{masks_path} was made for another teacher than {teacher_path}")
-    model = load_model(teacher_path, **(model_config or {}))
+    model = load_finite(teacher_path, **(model_config or {}))
     adapter = adapter_for(model)
+    check_artifact(adapter.groups(model), artifact, artifact["masks"], masks_path)
     adapter.check_masks(model, artifact["masks"])
     adapter.zero_units(model, artifact["masks"])
     meta = {"stage": "zeroed", "masks": artifact["masks"], "method": artifact["method"],
+            "groups": artifact.get("groups") or [asdict(g) for g in adapter.groups(model)],
+            "units": artifact.get("units", list(UNIT_KINDS_DEFAULT)),
             "mac_constraint": artifact["mac_constraint"],
             "achieved_mac_ratio": artifact["achieved_mac_ratio"],
             "teacher_sha256": artifact["teacher_sha256"]}
     save_model(model, out, meta)
     return model
+
+
+def check_artifact(groups: list[UnitGroup], artifact: dict[str, Any],
+                   per_group: dict[str, Tensor], source: str | Path) -> None:
+    """Refuse masks or scores (``per_group``) of an artifact made for other groups than these.
+
+    Only the groups of the unit kinds the artifact was made for must all be there.
+    """
+    if "groups" in artifact:
+        kinds = groups_of_kinds(groups, artifact.get("units") or UNIT_KINDS_DEFAULT)
+        check_groups(kinds, recorded_groups(artifact), str(source))
+    check_groups(groups, sizes(per_group), str(source), complete=False)
+    check_finite(per_group, str(source))
 
 
 def save_artifact(artifact: dict[str, Any], path: str | Path) -> None:

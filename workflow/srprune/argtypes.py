@@ -1,0 +1,71 @@
+"""Argparse ``type=`` checkers shared by every subcommand: a bad value is refused while the
+command line is parsed (one line naming the option, exit code 2), before any work starts."""
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Callable
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An integer of at least ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+positive_int = int_at_least(1)
+
+
+def finite_float(text: str) -> float:
+    """A finite number (no nan or inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    """A finite number >= 0."""
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
+def device(text: str) -> str:
+    """cpu, auto, cuda or cuda:N, refused when CUDA is asked for and absent."""
+    from .train import parse_device
+
+    try:
+        parse_device(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def filename_template(text: str) -> str:
+    """An LR file-name template with exactly one ``{}``."""
+    from .data import DataError, check_filename_template
+
+    try:
+        return check_filename_template(text)
+    except DataError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (``prog: error: ...``), exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """Print one line naming the problem and exit with status 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
