@@ -151,7 +151,8 @@ def test_scores_and_masks_of_another_model_are_refused(setup, heads, capsys):
     """Scores of the 2-head teacher read as a 1- or 4-head model: an error naming the group."""
     root, teacher = setup
     scores = score(setup, "magnitude", "mag_for_mismatch.pth")
-    other = ["--model-config", f"{{heads: {heads}, tab_heads: null, lrsa_heads: null}}"]
+    other = ["--model-config", f"{{heads: {heads}, tab_heads: null, lrsa_heads: null, "
+                               "tab_qk: null, tab_v: null, lrsa_qk: null, lrsa_v: null}"]
     masks_path = root / "mismatch_masks.pth"
     assert main(["search-masks", "--teacher", str(teacher), "--scores", str(scores),
                  "--mac-constraint", "0.8", "--selection", "knapsack", *other,
