@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..complexity import analytic_macs, reference_lr_size
 from ..models.catanet import CATANet, CATANetConfig, map_to_tokens
-from .adapter import Adapter, UnitGroup, kept_counts
+from .adapter import Adapter, ResidualTap, UnitGroup, kept_counts
 
 # group suffix -> (config field of its width, kind)
 GROUP_FIELDS = {
@@ -129,6 +129,14 @@ class CATANetAdapter(Adapter):
             parts += [(f"blocks.{i}.0.irca_attn.to_k.weight", 0, dq),
                       (f"blocks.{i}.0.irca_attn.to_v.weight", 0, dv)]
         return parts
+
+    def residual(self, model: CATANet, weight: str) -> ResidualTap:
+        """ConvFFN and LRSA outputs add to their PreNorm's input; IASA's, through the TAB's 1x1
+        conv, to the TAB's input (a map, turned into tokens in raster order like ``proj``'s)."""
+        i, suffix = _split(weight)
+        if suffix.startswith("0.iasa_attn."):
+            return ResidualTap(f"blocks.{i}.0", map_to_tokens, f"blocks.{i}.0.conv1x1.weight")
+        return ResidualTap(weight.split(".fn.")[0])
 
     def narrowed_config(self, model: CATANet, kept: dict[str, int]) -> CATANetConfig:
         return CATANetConfig.from_dict({**model.cfg.to_dict(), **self.widths(model, kept)})
