@@ -116,10 +116,9 @@ def cmd_export_data(args: argparse.Namespace) -> None:
 
 def cmd_score_units(args: argparse.Namespace) -> None:
     from .pruning.importance import OptinSettings
-    from .pruning.search import Calibration, save_artifact, score_units
+    from .pruning.search import save_artifact, score_units
 
-    calibration = Calibration(hr=args.calib_hr, lr=args.calib_lr, filename_tmpl=args.filename_tmpl,
-                              num_crops=args.num_crops, crop_size=args.crop_size, seed=args.seed)
+    calibration = _calibration(args)
     settings = OptinSettings(tokens=args.tokens, lam=args.lam, seed=args.seed,
                              max_batch=args.max_batch)
     artifact = score_units(args.teacher, args.method, calibration, settings,
@@ -128,6 +127,44 @@ def cmd_score_units(args: argparse.Namespace) -> None:
     scored = artifact.get("scores") or artifact.get("terms")
     print(f"scored {sum(len(s) for s in scored.values())} units of {len(scored)} groups with "
           f"{args.method}{f' (part {args.part})' if args.part else ''}; wrote {args.out}")
+
+
+def _calibration(args: argparse.Namespace):
+    """The calibration crops that :func:`_calibration_args` describes."""
+    from .pruning.search import Calibration
+
+    return Calibration(hr=args.calib_hr, lr=args.calib_lr, filename_tmpl=args.filename_tmpl,
+                       num_crops=args.num_crops, crop_size=args.crop_size, seed=args.seed)
+
+
+def _calibration_args(p: argparse.ArgumentParser, seed_help: str) -> None:
+    """Options of the calibration crops (training images, never a test set)."""
+    p.add_argument("--calib-hr", default="embedded:train",
+                   help="training images for calibration crops (folder or embedded:train)")
+    p.add_argument("--calib-lr", help="their LR folder (default: bicubic-downscale the HR)")
+    p.add_argument("--filename-tmpl", default="{}", help="LR name template, e.g. '{}x2'")
+    p.add_argument("--num-crops", type=int, default=32, help="calibration LR crops")
+    p.add_argument("--crop-size", type=int, default=48, help="side of each LR crop")
+    p.add_argument("--seed", type=int, default=0, help=seed_help)
+
+
+def cmd_compensate(args: argparse.Namespace) -> None:
+    from .pruning.compensate import CompensationSettings, compensate_checkpoint
+
+    settings = CompensationSettings(ridge=args.ridge, target=args.target,
+                                    batch_size=args.batch_size)
+    summary = compensate_checkpoint(args.teacher, args.model, args.out, _calibration(args),
+                                    settings, _model_config(args.model_config), args.device,
+                                    progress=not args.quiet)
+    fit = summary["fit"].values()
+    print(f"compensated {len(fit)} layers in {summary['seconds']:.1f} s; mean relative error "
+          f"{_mean(f['before'] for f in fit):.4f} -> {_mean(f['after'] for f in fit):.4f}; "
+          f"wrote {args.out}")
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else 0.0
 
 
 def _part(text: str | None) -> tuple[int, int] | None:
@@ -207,6 +244,9 @@ def _teacher_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``srprune`` parser with one subcommand per stage."""
+    from .pruning.compensate import TARGETS, CompensationSettings
+
     parser = argparse.ArgumentParser(prog="srprune", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -235,17 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
     _teacher_args(p)
     p.add_argument("--method", default="optin", choices=("optin", "magnitude", "random"))
     p.add_argument("--out", required=True, help="unit-scores artifact (.pth)")
-    p.add_argument("--calib-hr", default="embedded:train",
-                   help="training images for calibration crops (folder or embedded:train)")
-    p.add_argument("--calib-lr", help="their LR folder (default: bicubic-downscale the HR)")
-    p.add_argument("--filename-tmpl", default="{}", help="LR name template, e.g. '{}x2'")
-    p.add_argument("--num-crops", type=int, default=32, help="calibration LR crops")
-    p.add_argument("--crop-size", type=int, default=48, help="side of each LR crop")
+    _calibration_args(p, "calibration crops, token positions, random scores")
     p.add_argument("--tokens", type=int, default=64, help="token positions K per Gram matrix")
     p.add_argument("--lam", type=float, default=1.0, help="weight of the output term")
     p.add_argument("--max-batch", type=int, default=16,
                    help="images per masked forward (variants x crops); bounds memory")
-    p.add_argument("--seed", type=int, default=0, help="calibration crops, token positions, random")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     p.add_argument("--part", help="k/n: score only the blocks i with i %% n == k (job k of n); "
                                   "join the n parts with gather-scores")
@@ -271,6 +305,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--masks", required=True, help="masks artifact from search-masks")
     p.add_argument("--out", required=True, help="zeroed checkpoint (catanet_pruned.pth)")
     p.set_defaults(func=cmd_export_zeroed)
+
+    p = sub.add_parser("compensate", help="refit what the kept units feed (least squares), "
+                                          "no training")
+    _teacher_args(p)
+    p.add_argument("--model", required=True, help="zeroed model from export-zeroed")
+    p.add_argument("--out", required=True, help="catanet_compensated.pth")
+    _calibration_args(p, "calibration crops")
+    p.add_argument("--ridge", type=float, default=CompensationSettings().ridge,
+                   help="ridge, relative to the mean diagonal of X^T X")
+    p.add_argument("--target", default=CompensationSettings().target, choices=TARGETS,
+                   help="fit the teacher's layer output, or also its residual-stream drift")
+    p.add_argument("--batch-size", type=int, default=CompensationSettings().batch_size,
+                   help="calibration crops per forward (bounds memory)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_compensate)
 
     p = sub.add_parser("finetune", help="recover a zeroed model by feature KD, masks held fixed")
     _teacher_args(p)

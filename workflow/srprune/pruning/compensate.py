@@ -115,8 +115,7 @@ class NormalEquations:
 
     def add(self, x: Tensor, y: Tensor) -> None:
         """Add the samples ``x`` (... x columns) with targets ``y`` (... x outputs)."""
-        z = x.reshape(-1, x.shape[-1]).double()
-        y = y.reshape(-1, y.shape[-1]).double()
+        z, y = x.flatten(0, -2).double(), y.flatten(0, -2).double()
         if self.bias:
             z = torch.cat([z, z.new_ones(z.shape[0], 1)], dim=1)
         self.zz += z.T @ z
