@@ -1,20 +1,33 @@
 # Mask search: unit scores once per method (split over `prune.score_jobs` jobs, block i going to
-# job i % score_jobs, then gathered: the same scores as one job), masks and the zeroed teacher
-# per budget.
+# job i % score_jobs, then gathered: the same scores as one job), masks, the zeroed teacher and
+# its least-squares compensation per budget.
 
 
 def calibration_args():
-    """Calibration and OPTIN options of `srprune score-units` from the config."""
+    """Calibration-crop options shared by `srprune score-units` and `srprune compensate`."""
     args = ["--calib-hr", CALIB.get("hr", "embedded:train"),
             "--filename-tmpl", CALIB.get("filename_tmpl", "{}"),
             "--num-crops", str(CALIB.get("num_crops", 32)),
             "--crop-size", str(CALIB.get("crop_size", 48)),
-            "--seed", str(CALIB.get("seed", 0)),
-            "--tokens", str(OPTIN.get("tokens", 64)),
-            "--lam", str(OPTIN.get("lam", 1.0)),
-            "--max-batch", str(OPTIN.get("max_batch", 16))]
+            "--seed", str(CALIB.get("seed", 0))]
     if "lr" in CALIB:
         args += ["--calib-lr", CALIB["lr"]]
+    return shlex.join(args)
+
+
+def optin_args():
+    """OPTIN options of `srprune score-units` from the config."""
+    return shlex.join(["--tokens", str(OPTIN.get("tokens", 64)),
+                       "--lam", str(OPTIN.get("lam", 1.0)),
+                       "--max-batch", str(OPTIN.get("max_batch", 16))])
+
+
+def compensation_args():
+    """Options of `srprune compensate` from `prune.compensation` (CLI defaults otherwise)."""
+    args = []
+    for key in ("ridge", "target", "batch_size"):
+        if key in COMPENSATION:
+            args += [f"--{key.replace('_', '-')}", str(COMPENSATION[key])]
     return shlex.join(args)
 
 
@@ -24,7 +37,7 @@ rule score_units:
     output:
         f"{RESULTS}/{{method}}/unit_scores.part{{part}}of{SCORE_JOBS}.pth",
     params:
-        options=calibration_args(),
+        options=f"{calibration_args()} {optin_args()}",
         model_config=teacher_config_arg(),
         device=PRUNE.get("device", "cpu"),
     log:
@@ -82,3 +95,25 @@ rule export_zeroed:
         "srprune export-zeroed --teacher {input.teacher} --masks {input.masks} "
         "{params.model_config} --out {output} > {log} 2>&1"
 
+
+
+rule compensate:
+    input:
+        teacher=config["teacher"]["weights_path"],
+        model=f"{RESULTS}/{{method}}/{{budget}}/catanet_pruned.pth",
+    output:
+        f"{RESULTS}/{{method}}/{{budget}}/catanet_compensated.pth",
+    params:
+        calibration=calibration_args(),
+        options=compensation_args(),
+        model_config=teacher_config_arg(),
+        device=PRUNE.get("device", "cpu"),
+    log:
+        f"{RESULTS}/logs/compensate_{{method}}_{{budget}}.log",
+    threads: 1
+    resources:
+        gpu=1 if str(PRUNE.get("device", "cpu")).startswith("cuda") else 0,
+    shell:
+        "OMP_NUM_THREADS={threads} srprune compensate --teacher {input.teacher} "
+        "--model {input.model} {params.calibration} {params.options} {params.model_config} "
+        "--device {params.device} --out {output} --quiet > {log} 2>&1"
