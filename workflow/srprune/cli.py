@@ -6,13 +6,16 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import yaml
 
 from .checkpoint import CheckpointError
 from .data import DataError
 from .evaluate import add_evaluate_options
+
+if TYPE_CHECKING:
+    from .pruning.search import Calibration
 
 log = logging.getLogger("srprune")
 
@@ -129,7 +132,7 @@ def cmd_score_units(args: argparse.Namespace) -> None:
           f"{args.method}{f' (part {args.part})' if args.part else ''}; wrote {args.out}")
 
 
-def _calibration(args: argparse.Namespace):
+def _calibration(args: argparse.Namespace) -> Calibration:
     """The calibration crops that :func:`_calibration_args` describes."""
     from .pruning.search import Calibration
 
@@ -162,7 +165,7 @@ def cmd_compensate(args: argparse.Namespace) -> None:
           f"wrote {args.out}")
 
 
-def _mean(values) -> float:
+def _mean(values: Iterable[float]) -> float:
     values = list(values)
     return sum(values) / len(values) if values else 0.0
 
