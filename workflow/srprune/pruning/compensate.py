@@ -28,8 +28,10 @@ Targets (``CompensationSettings.target``):
   modules left behind, as Kwon et al. fit the layer output after its residual connection. A
   consumer for which the adapter names no residual stream falls back to ``output``.
 
-Which target and ridge are the defaults, and why, is measured on the validation split and
-written in the README ("Compensation").
+Defaults (``stream``, ridge 1e-3) were chosen on validation splits (the demo's, and 20 held-out
+BSD200 images for the x4 model): ``stream`` was better than or equal to ``output`` everywhere
+(up to 0.25 dB); the ridge is flat from 0 to 1e-3 and hurts from 1e-2. Numbers: README,
+"Compensation (no training)".
 """
 from __future__ import annotations
 
