@@ -8,12 +8,13 @@ from snakemake.exceptions import WorkflowError
 RUN = config["run"]
 SCALE = config["scale"]
 RESULTS = f"results/{RUN}"
-STAGES = ["pruned", "finetuned_feature_kd", "rebuilt"]  # catanet_<stage>.pth per method/budget
+STAGES = ["pruned", "compensated", "finetuned_feature_kd", "rebuilt"]  # catanet_<stage>.pth
 DATASETS = config["datasets"]
 EVAL = config.get("evaluate", {})
 PRUNE = config.get("prune", {})
 CALIB = PRUNE.get("calibration", {})
 OPTIN = PRUNE.get("optin", {})
+COMPENSATION = PRUNE.get("compensation", {})
 SCORE_JOBS = PRUNE.get("score_jobs", 1)
 FINETUNE = config.get("finetune", {})
 FINETUNE_ON_GPU = str(FINETUNE.get("device", "auto")) != "cpu"

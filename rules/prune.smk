@@ -1,10 +1,10 @@
 # Mask search: unit scores once per method (split over `prune.score_jobs` jobs, block i going to
-# job i % score_jobs, then gathered: the same scores as one job), masks and the zeroed teacher
-# per budget.
+# job i % score_jobs, then gathered: the same scores as one job), masks, the zeroed teacher and
+# its least-squares compensation per budget.
 
 
 def calibration_args():
-    """Calibration-crop options (`score-units`, `search-masks`) from the config."""
+    """Calibration-crop options of `srprune score-units`, `search-masks` and `compensate`."""
     args = ["--calib-hr", CALIB.get("hr", "embedded:train"),
             "--filename-tmpl", CALIB.get("filename_tmpl", "{}"),
             "--num-crops", str(CALIB.get("num_crops", 32)),
@@ -21,6 +21,15 @@ def optin_args():
                        "--lam", str(OPTIN.get("lam", 1.0)),
                        "--max-batch", str(OPTIN.get("max_batch", 16)),
                        "--units", ",".join(PRUNE.get("units", ["head", "neuron"]))])
+
+
+def compensation_args():
+    """Options of `srprune compensate` from `prune.compensation` (CLI defaults otherwise)."""
+    args = []
+    for key in ("ridge", "target", "batch_size"):
+        if key in COMPENSATION:
+            args += [f"--{key.replace('_', '-')}", str(COMPENSATION[key])]
+    return shlex.join(args)
 
 
 rule score_units:
@@ -93,3 +102,25 @@ rule export_zeroed:
         "srprune export-zeroed --teacher {input.teacher:q} --masks {input.masks:q} "
         "{params.model_config} --out {output:q} > {log:q} 2>&1"
 
+
+
+rule compensate:
+    input:
+        teacher=config["teacher"]["weights_path"],
+        model=f"{RESULTS}/{{method}}/{{budget}}/catanet_pruned.pth",
+    output:
+        f"{RESULTS}/{{method}}/{{budget}}/catanet_compensated.pth",
+    params:
+        calibration=calibration_args(),
+        options=compensation_args(),
+        model_config=teacher_config_arg(),
+        device=PRUNE.get("device", "cpu"),
+    log:
+        f"{RESULTS}/logs/compensate_{{method}}_{{budget}}.log",
+    threads: 1
+    resources:
+        gpu=1 if str(PRUNE.get("device", "cpu")).startswith("cuda") else 0,
+    shell:
+        "OMP_NUM_THREADS={threads} srprune compensate --teacher {input.teacher:q} "
+        "--model {input.model:q} {params.calibration} {params.options} {params.model_config} "
+        "--device {params.device} --out {output:q} --quiet > {log:q} 2>&1"

@@ -1,10 +1,12 @@
-# Recovery and compaction: feature-KD fine-tuning (masks fixed), then the physical rebuild.
+# Recovery and compaction: feature-KD fine-tuning (masks fixed) from the compensated model
+# (`prune.compensate: true`) or the zeroed one, then the physical rebuild.
+FINETUNE_START = "compensated" if PRUNE.get("compensate", True) else "pruned"
 
 
 rule finetune:
     input:
         teacher=config["teacher"]["weights_path"],
-        student=f"{RESULTS}/{{method}}/{{budget}}/catanet_pruned.pth",
+        student=f"{RESULTS}/{{method}}/{{budget}}/catanet_{FINETUNE_START}.pth",
     output:
         f"{RESULTS}/{{method}}/{{budget}}/catanet_finetuned_feature_kd.pth",
     params:

@@ -16,7 +16,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 METHODS = ["optin", "magnitude", "random"]
 BUDGETS = ["0.7", "0.5"]
 DATASETS = ["set5", "val"]
-STAGES = ["pruned", "finetuned_feature_kd", "rebuilt"]
+STAGES = ["pruned", "compensated", "finetuned_feature_kd", "rebuilt"]
 GROUPS = {"blocks.0.0.iasa_attn": 2, "blocks.0.0.mlp.fn": 6,
           "blocks.0.1.layer.0.fn": 2, "blocks.0.1.layer.1.fn": 6}
 TEACHER_MACS = 40_006_209_536
@@ -97,7 +97,8 @@ def build_results(root: Path) -> dict:
     # srprune inspect's report for one budget (keyed by the path as given on its command line)
     write(root / "optin" / "0.5" / "sparsity.json",
           {f"results/run/optin/0.5/catanet_{s}.pth": {"masks_consistent": c, "totals": {}}
-           for s, c in [("pruned", True), ("finetuned_feature_kd", False), ("rebuilt", None)]})
+           for s, c in [("pruned", True), ("compensated", True), ("finetuned_feature_kd", False),
+                        ("rebuilt", None)]})
     (root / "logs").mkdir()
     (root / "logs" / "x.log").write_text("log\n")
     (root / "optin" / "0.5" / "finetune_work").mkdir()  # not a budget: ignored
@@ -194,7 +195,7 @@ def test_numbers_come_from_the_files(compared):
                 exp["masks"][(method, budget)]["prunable_mac_ratio"]
         assert int(row["macs_thop"]) == data["macs_thop"]
         assert row["macs_lr_size"] == "360x640"
-        if stage in ("pruned", "finetuned_feature_kd"):
+        if stage in ("pruned", "compensated", "finetuned_feature_kd"):
             masks = exp["masks"][(method, budget)]
             assert int(row["macs_full"]) == TEACHER_MACS  # dense arithmetic
             assert int(row["effective_macs_full"]) == masks["macs_pruned"]
@@ -226,6 +227,7 @@ def test_masks_consistency_from_sparsity_json(compared):
     _, _, _, rows = compared
     found = {key(r): r["masks_consistent"] for r in rows if r["masks_consistent"]}
     assert found == {("pruned", "optin", "0.5", d): "True" for d in DATASETS} | \
+        {("compensated", "optin", "0.5", d): "True" for d in DATASETS} | \
         {("finetuned_feature_kd", "optin", "0.5", d): "False" for d in DATASETS}
 
 
@@ -269,7 +271,7 @@ def test_missing_teacher_bicubic_or_masks_is_named(results):
     (root / "eval" / "bicubic_val.json").unlink()
     with pytest.raises(MissingResultError, match="bicubic_val.json"):
         collect(root)
-    assert len(collect(root, baselines=())) == 2 * (1 + 18)
+    assert len(collect(root, baselines=())) == 2 * (1 + len(STAGES) * len(METHODS) * len(BUDGETS))
     (root / "random" / "0.7" / "catanet_pruning_masks.pth").unlink()
     with pytest.raises(MissingResultError, match="random/0.7/catanet_pruning_masks.pth"):
         collect(root, baselines=())

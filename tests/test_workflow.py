@@ -53,7 +53,8 @@ def test_dry_run_of_the_default_config():
     result = snakemake("-n", "--forceall", "--cores", "2", cwd=ROOT)
     assert result.returncode == 0, result.stderr
     for rule in ("evaluate_teacher", "evaluate_baseline", "score_units", "gather_scores",
-                 "search_masks", "export_zeroed", "finetune", "rebuild", "evaluate_stage",
+                 "search_masks", "export_zeroed", "compensate", "finetune", "rebuild",
+                 "evaluate_stage",
                  "inspect", "compare"):
         assert f"rule {rule}:" in result.stdout + result.stderr, rule
 
@@ -69,7 +70,8 @@ def test_slurm_profile_routes_gpu_rules():
         jobs.setdefault(name, set()).add(resources)
     for rule in ("score_units", "finetune"):
         assert all("gres=gpu:1" in r and "slurm_partition=gpu" in r for r in jobs[rule]), rule
-    for rule in ("search_masks", "export_zeroed", "rebuild", "evaluate_stage", "inspect"):
+    for rule in ("search_masks", "export_zeroed", "compensate", "rebuild", "evaluate_stage",
+                 "inspect"):
         assert all("gres=" not in r and "slurm_partition=cpu" in r for r in jobs[rule]), rule
 
 
@@ -113,7 +115,7 @@ def test_tiny_run_writes_evaluation_json(workflow_copy, make_images):
     teacher_row = next(r for r in rows if r["stage"] == "teacher")
     for budget in ("0.9", "0.8"):
         by_stage = {r["stage"]: r for r in rows if r["method"] == "optin" and r["budget"] == budget}
-        assert set(by_stage) == {"pruned", "finetuned_feature_kd", "rebuilt"}
+        assert set(by_stage) == {"pruned", "compensated", "finetuned_feature_kd", "rebuilt"}
         assert int(by_stage["rebuilt"]["params_total"]) < int(teacher_row["params_total"])
         assert abs(float(by_stage["rebuilt"]["psnr"])
                    - float(by_stage["finetuned_feature_kd"]["psnr"])) <= 0.001
@@ -133,7 +135,11 @@ def test_tiny_run_writes_evaluation_json(workflow_copy, make_images):
             assert rebuilt["params"] < teacher_json["params"]
             assert rebuilt["macs_full"] == masks["macs_pruned"]
             sparsity = json.loads((folder / "sparsity.json").read_text())
-            assert len(sparsity) == 3
+            assert len(sparsity) == 4
+            compensated = torch.load(folder / "catanet_compensated.pth", weights_only=True)
+            assert compensated["meta"]["stage"] == "compensated"
+            assert next(v for k, v in sparsity.items() if k.endswith("catanet_compensated.pth"))[
+                "masks_consistent"]
     again = snakemake("-n", "--cores", "1", cwd=workflow_copy)   # nothing stale: nothing to do
     assert "Nothing to be done" in again.stdout + again.stderr
 
@@ -156,7 +162,7 @@ def test_tiny_run_writes_evaluation_json(workflow_copy, make_images):
     assert plan.returncode == 0 and "Params have changed since last execution" in text
     for rule in ("finetune", "rebuild", "evaluate_stage", "inspect", "compare"):
         assert f"rule {rule}:" in text, rule
-    for rule in ("score_units", "gather_scores", "search_masks", "export_zeroed",
+    for rule in ("score_units", "gather_scores", "search_masks", "export_zeroed", "compensate",
                  "evaluate_teacher"):
         assert f"rule {rule}:" not in text, rule
 
@@ -189,3 +195,18 @@ def test_paths_with_spaces(tmp_path, make_images):
     result = snakemake("--cores", "2", target, cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((root / target).read_text())["psnr"] > 0
+
+
+@pytest.mark.parametrize("compensate", [True, False])
+def test_finetuning_starts_from_the_model_prune_compensate_names(workflow_copy, compensate):
+    config = yaml.safe_load((workflow_copy / "config/config.yaml").read_text())
+    config["teacher"]["weights_path"] = str(ROOT / "weights/demo_catanet_x2.pth")
+    config["prune"]["compensate"] = compensate
+    (workflow_copy / "config/config.yaml").write_text(yaml.safe_dump(config))
+    target = "results/demo/optin/0.5/catanet_finetuned_feature_kd.pth"
+    result = snakemake("-n", "-p", "--cores", "1", target, cwd=workflow_copy)
+    text = result.stdout + result.stderr
+    assert result.returncode == 0, text[-2000:]
+    assert ("rule compensate:" in text) == compensate
+    start = "catanet_compensated.pth" if compensate else "catanet_pruned.pth"
+    assert f"--student results/demo/optin/0.5/{start}" in text

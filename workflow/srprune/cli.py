@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import yaml
 
@@ -16,6 +16,9 @@ from .checkpoint import CheckpointError
 from .data import DataError
 from .evaluate import add_evaluate_options
 from .pruning.selection import SELECTIONS
+
+if TYPE_CHECKING:
+    from .pruning.search import Calibration
 
 log = logging.getLogger("srprune")
 
@@ -140,6 +143,33 @@ def cmd_score_units(args: argparse.Namespace) -> None:
           f"{args.method}{f' (part {args.part})' if args.part else ''}; wrote {args.out}")
 
 
+def _calibration(args: argparse.Namespace) -> Calibration:
+    """The calibration crops that :func:`_calibration_args` describes."""
+    from .pruning.search import Calibration
+
+    return Calibration(hr=args.calib_hr, lr=args.calib_lr, filename_tmpl=args.filename_tmpl,
+                       num_crops=args.num_crops, crop_size=args.crop_size, seed=args.seed)
+
+
+def cmd_compensate(args: argparse.Namespace) -> None:
+    from .pruning.compensate import CompensationSettings, compensate_checkpoint
+
+    settings = CompensationSettings(ridge=args.ridge, target=args.target,
+                                    batch_size=args.batch_size)
+    summary = compensate_checkpoint(args.teacher, args.model, args.out, _calibration(args),
+                                    settings, _model_config(args.model_config), args.device,
+                                    progress=not args.quiet)
+    fit = summary["fit"].values()
+    print(f"compensated {len(fit)} layers in {summary['seconds']:.1f} s; mean relative error "
+          f"{_mean(f['before'] for f in fit):.4f} -> {_mean(f['after'] for f in fit):.4f}; "
+          f"wrote {args.out}")
+
+
+def _mean(values: Iterable[float]) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else 0.0
+
+
 def _part(text: str | None) -> tuple[int, int] | None:
     if not text:
         return None
@@ -213,7 +243,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
           f"{', '.join(str(p) for p in paths['psnr_vs_macs'].values())}")
 
 
-def _calibration_args(p: argparse.ArgumentParser) -> None:
+def _calibration_args(p: argparse.ArgumentParser, seed_help: str) -> None:
+    """Options of the calibration crops (training images, never a test set)."""
     p.add_argument("--calib-hr", default="embedded:train",
                    help="training images for calibration crops (folder or embedded:train)")
     p.add_argument("--calib-lr", help="their LR folder (default: bicubic-downscale the HR)")
@@ -221,14 +252,7 @@ def _calibration_args(p: argparse.ArgumentParser) -> None:
                    help="LR name template, e.g. '{}x2'")
     p.add_argument("--num-crops", type=positive_int, default=32, help="calibration LR crops")
     p.add_argument("--crop-size", type=positive_int, default=48, help="side of each LR crop")
-    p.add_argument("--seed", type=int, default=0, help="calibration crops, token positions, random")
-
-
-def _calibration(args: argparse.Namespace):
-    from .pruning.search import Calibration
-
-    return Calibration(hr=args.calib_hr, lr=args.calib_lr, filename_tmpl=args.filename_tmpl,
-                       num_crops=args.num_crops, crop_size=args.crop_size, seed=args.seed)
+    p.add_argument("--seed", type=int, default=0, help=seed_help)
 
 
 def _teacher_args(p: argparse.ArgumentParser) -> None:
@@ -238,6 +262,9 @@ def _teacher_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``srprune`` parser with one subcommand per stage."""
+    from .pruning.compensate import TARGETS, CompensationSettings
+
     parser = Parser(prog="srprune", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -267,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     _teacher_args(p)
     p.add_argument("--method", default="optin", choices=("optin", "magnitude", "random"))
     p.add_argument("--out", required=True, help="unit-scores artifact (.pth)")
-    _calibration_args(p)
+    _calibration_args(p, "calibration crops, token positions, random scores")
     p.add_argument("--tokens", type=positive_int, default=64,
                    help="token positions K per Gram matrix")
     p.add_argument("--lam", type=nonnegative_float, default=1.0, help="weight of the output term")
@@ -296,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "kept; knapsack: the alpha = 1 candidate, unmeasured")
     p.add_argument("--min-keep", type=int_at_least(0), default=0,
                    help="units always kept per group")
-    _calibration_args(p)
+    _calibration_args(p, "calibration crops (candidates are measured on them)")
     p.add_argument("--device", default="cpu", type=device, help="cpu, cuda, cuda:N")
     p.add_argument("--out", required=True, help="masks artifact (catanet_pruning_masks.pth)")
     p.set_defaults(func=cmd_search_masks)
@@ -306,6 +333,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--masks", required=True, help="masks artifact from search-masks")
     p.add_argument("--out", required=True, help="zeroed checkpoint (catanet_pruned.pth)")
     p.set_defaults(func=cmd_export_zeroed)
+
+    p = sub.add_parser("compensate", help="refit what the kept units feed (least squares), "
+                                          "no training")
+    _teacher_args(p)
+    p.add_argument("--model", required=True, help="zeroed model from export-zeroed")
+    p.add_argument("--out", required=True, help="catanet_compensated.pth")
+    _calibration_args(p, "calibration crops")
+    p.add_argument("--ridge", type=nonnegative_float, default=CompensationSettings().ridge,
+                   help="ridge, relative to the mean diagonal of X^T X")
+    p.add_argument("--target", default=CompensationSettings().target, choices=TARGETS,
+                   help="fit the teacher's layer output, or also its residual-stream drift")
+    p.add_argument("--batch-size", type=positive_int, default=CompensationSettings().batch_size,
+                   help="calibration crops per forward (bounds memory)")
+    p.add_argument("--device", default="cpu", type=device, help="cpu, cuda, cuda:N")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_compensate)
 
     p = sub.add_parser("finetune", help="recover a zeroed model by feature KD, masks held fixed")
     _teacher_args(p)

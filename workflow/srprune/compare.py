@@ -6,14 +6,15 @@ number differently from the file it comes from:
 * ``eval/teacher_<dataset>.json`` and ``eval/bicubic_<dataset>.json`` (``srprune evaluate``);
 * per method and budget ``<method>/<budget>/catanet_pruning_masks.pth`` (``srprune
   search-masks``), ``<method>/<budget>/eval_<stage>_<dataset>.json`` for the stages ``pruned``
-  (the zeroed teacher), ``finetuned_feature_kd`` and ``rebuilt``, and, when present,
+  (the zeroed teacher), ``compensated`` (its least-squares refit, ``srprune compensate``),
+  ``finetuned_feature_kd`` and ``rebuilt``, and, when present,
   ``<method>/<budget>/sparsity.json`` (``srprune inspect``).
 
 Rows: one per (stage, method, budget, dataset); the ``teacher`` and ``bicubic`` rows have no
 method or budget. Columns (:data:`COLUMNS`), empty where a number does not exist:
 
 ``run``                 name of the results folder (``results/<run>``)
-``stage``               teacher, bicubic, pruned, finetuned_feature_kd or rebuilt
+``stage``               teacher, bicubic, pruned, compensated, finetuned_feature_kd or rebuilt
 ``method``, ``budget``  unit scores (optin, magnitude, random) and MAC budget (the folder name)
 ``dataset``             evaluation data set
 ``params_total``        parameters of the evaluated file (eval JSON ``params``)
@@ -33,7 +34,8 @@ method or budget. Columns (:data:`COLUMNS`), empty where a number does not exist
 ``delta_psnr``          ``psnr`` - teacher ``psnr`` (same data set)
 ``delta_ssim``          ``ssim`` - teacher ``ssim``
 ``masks_consistent``    from sparsity.json: the fully-zero units are exactly the masked ones
-                        (zeroed and fine-tuned files only; empty without sparsity.json)
+                        (zeroed, compensated and fine-tuned files only; empty without
+                        sparsity.json)
 
 Which MAC number each stage reports
 -----------------------------------
@@ -43,8 +45,8 @@ All counts are for one image at the reference LR size (output 1280x720) and foll
 * ``teacher``: ``macs_full`` is the dense teacher's count; ``effective_macs_full`` is the same
   number and ``mac_ratio`` is 1.
 * ``bicubic``: no model, no MACs counted (``macs_*`` empty, ``mac_ratio`` empty).
-* ``pruned`` and ``finetuned_feature_kd``: these files are the teacher's architecture with the
-  removed heads and neurons set to zero, so they still compute dense arithmetic and their eval
+* ``pruned``, ``compensated`` and ``finetuned_feature_kd``: these files are the teacher's
+  architecture with the removed heads and neurons set to zero, so they still compute dense arithmetic and their eval
   JSON ``macs_full`` is the teacher's count; that is what ``macs_full`` reports (what running the
   file costs). What the *pruned structure* costs is the masks artifact's ``macs_pruned`` (the
   adapter's closed-form count of the architecture with only the kept units, at the masks'
@@ -76,8 +78,8 @@ import torch
 
 from .fileio import atomic_path, save_text
 
-MODEL_STAGES = ("pruned", "finetuned_feature_kd", "rebuilt")  # catanet_<stage>.pth per budget
-ZEROED_STAGES = ("pruned", "finetuned_feature_kd")  # dense arithmetic, masked units set to 0
+MODEL_STAGES = ("pruned", "compensated", "finetuned_feature_kd", "rebuilt")  # catanet_<stage>.pth
+ZEROED_STAGES = ("pruned", "compensated", "finetuned_feature_kd")  # dense, masked units set to 0
 STAGES = ("teacher", "bicubic", *MODEL_STAGES)
 METHOD_ORDER = ("optin", "magnitude", "random")
 NOT_METHODS = {"eval", "logs"}
@@ -278,7 +280,7 @@ def collect(results_dir: str | os.PathLike, datasets: Sequence[str] | None = Non
     Every named file must exist: a missing one raises :class:`MissingResultError` (a
     FileNotFoundError) naming it; a malformed one :class:`ResultFormatError` (a ValueError).
     Rows come per data set: teacher, baselines, then per method and budget (largest first) the
-    stages pruned, finetuned_feature_kd, rebuilt.
+    stages pruned, compensated, finetuned_feature_kd, rebuilt.
     """
     root = Path(results_dir)
     if not root.is_dir():
@@ -380,13 +382,13 @@ _LATENCY_HEADERS = {"latency (ms)", "speedup"}
 _MD_NOTES = """\
 MACs are per image at the reference LR size (output 1280x720), 1 MAC = one multiply-add,
 attention included (`macs_full`). *MACs run*: what the evaluated file computes as it is; the
-zeroed (`pruned`) and fine-tuned (`finetuned_feature_kd`) files keep the teacher's dense shapes,
-so theirs is the teacher's count. *MACs effective*: what the pruned structure costs: for zeroed
-and fine-tuned rows the masks artifact's `macs_pruned` (analytic count with only the kept heads
+zeroed (`pruned`), compensated and fine-tuned (`finetuned_feature_kd`) files keep the teacher's
+dense shapes, so theirs is the teacher's count. *MACs effective*: what the pruned structure
+costs: for zeroed, compensated and fine-tuned rows the masks artifact's `macs_pruned` (analytic count with only the kept heads
 and neurons), for the rebuilt model its own measured count. *MAC ratio*: effective MACs over the
-teacher's (the masks' `achieved_mac_ratio` for zeroed and fine-tuned rows). *prunable MAC
-ratio*: the same over the part pruning can remove (the floor, every unit removed, subtracted
-from both). *params ratio*:
+teacher's (the masks' `achieved_mac_ratio` for zeroed, compensated and fine-tuned rows).
+*prunable MAC ratio*: the same over the part pruning can remove (the floor, every unit removed,
+subtracted from both). *params ratio*:
 nonzero parameters over the teacher's parameters. Δ: difference to the teacher on the same data
 set. Bicubic has no MACs counted.
 """
@@ -424,6 +426,7 @@ def write_markdown(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -
 # --------------------------------------------------------------------------- figures
 STAGE_STYLE = {  # marker, filled, line style joining the budgets, legend label
     "pruned": ("v", True, ":", "pruned (zeroed, no fine-tuning)"),
+    "compensated": ("D", True, "--", "compensated (least squares, no training)"),
     "finetuned_feature_kd": ("o", True, "-", "finetuned_feature_kd (zeroed)"),
     "rebuilt": ("s", False, "", "rebuilt (physically smaller)"),
 }

@@ -22,7 +22,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -68,6 +68,20 @@ def groups_of_kinds(groups: list[UnitGroup], kinds: list[str] | tuple[str, ...] 
     """The groups whose kind is one of ``kinds`` (validated), in their order."""
     kinds = check_unit_kinds(kinds)
     return [g for g in groups if g.kind in kinds]
+
+
+@dataclass(frozen=True)
+class ResidualTap:
+    """Where a consumer layer's output joins the residual stream (for compensation).
+
+    ``module``'s first input is the stream the output is added to; ``tokens`` turns that input
+    into the consumer's token layout (None: already ``... x C`` in the same order); ``mix`` names
+    a weight M between the two (stream += output @ M^T; None: added as it is).
+    """
+
+    module: str
+    tokens: Callable[[Tensor], Tensor] | None = None
+    mix: str | None = None
 
 
 class Adapter(ABC):
@@ -118,6 +132,19 @@ class Adapter(ABC):
     @abstractmethod
     def rebuild(self, model: nn.Module, masks: dict[str, Tensor]) -> nn.Module:
         """A physically smaller model of the same class without the masked units."""
+
+    # ---------------------------------------------------------------- compensation
+    def consumer_layer(self, model: nn.Module, weight: str) -> nn.Linear:
+        """The Linear layer owning ``weight``, a slice with axis 1 (it consumes units)."""
+        layer = model.get_submodule(weight.rsplit(".", 1)[0])
+        if not isinstance(layer, nn.Linear):
+            raise TypeError(f"{weight} consumes units but is not an nn.Linear weight; override "
+                            f"{type(self).__name__}.consumer_layer")
+        return layer
+
+    def residual(self, model: nn.Module, weight: str) -> ResidualTap | None:
+        """The residual stream the consumer of ``weight`` writes to (None: not known)."""
+        return None
 
     # ---------------------------------------------------------------- built on the slices
     def unit_magnitude(self, model: nn.Module, group: UnitGroup) -> Tensor:

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ..complexity import analytic_macs, reference_lr_size
 from ..models.catanet import CATANet, CATANetConfig, map_to_tokens
-from .adapter import Adapter, UnitGroup, kept_counts
+from .adapter import Adapter, ResidualTap, UnitGroup, kept_counts
 
 # group suffix -> (config field of its width, kind)
 GROUP_FIELDS = {
@@ -193,6 +193,14 @@ class CATANetAdapter(Adapter):
         names = [f"{head_group}.to_v"] + ([f"{irca}.to_v"] if irca else [])
         return ([(f"{name}.weight", 0, width[1]) for name in names]
                 + [(f"{head_group}.proj.weight", 1, width[1])])
+
+    def residual(self, model: CATANet, weight: str) -> ResidualTap:
+        """ConvFFN and LRSA outputs add to their PreNorm's input; IASA's, through the TAB's 1x1
+        conv, to the TAB's input (a map, turned into tokens in raster order like ``proj``'s)."""
+        i, suffix = _split(weight)
+        if suffix.startswith("0.iasa_attn."):
+            return ResidualTap(f"blocks.{i}.0", map_to_tokens, f"blocks.{i}.0.conv1x1.weight")
+        return ResidualTap(weight.split(".fn.")[0])
 
     def narrowed_config(self, model: CATANet, kept: dict[str, int]) -> CATANetConfig:
         return CATANetConfig.from_dict({**model.cfg.to_dict(), **self.widths(model, kept)})
