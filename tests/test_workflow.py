@@ -187,10 +187,10 @@ def test_paths_with_spaces(tmp_path, make_images):
     prefix = "Shell command: "
     commands = [shlex.split(line[len(prefix):]) for line in (plan.stdout + plan.stderr).splitlines()
                 if line.startswith(prefix)]
-    assert len(commands) == 14, commands   # every job of the run
+    assert len(commands) == 16, commands   # every job of the run
     for words in commands:    # every path one word: no 'the', 'teacher/teacher', 'x2.pth' words
         assert not {"the", "teacher/teacher", "x2.pth", "images"} & set(words), words
-    assert sum("the teacher/teacher x2.pth" in words for words in commands) == 5
+    assert sum("the teacher/teacher x2.pth" in words for words in commands) == 6
     target = "results/tiny/magnitude/0.8/eval_rebuilt_mine.json"   # a real run through it
     result = snakemake("--cores", "2", target, cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]

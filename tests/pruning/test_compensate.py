@@ -12,7 +12,7 @@ from srprune.pruning.catanet import CATANetAdapter
 from srprune.pruning.compensate import (CompensationSettings, compensate_checkpoint,
                                         compensate_model, consumers)
 from srprune.pruning.search import Calibration, file_sha256
-from tiny_catanet import owned_slices, tiny_catanet, unit_index
+from tiny_catanet import owned_slices, random_masks, tiny_catanet, unit_index
 from vit_adapter import TinyViT, TinyViTAdapter, ViTConfig
 
 ADAPTER = CATANetAdapter()
@@ -68,16 +68,15 @@ def test_a_removed_duplicate_unit_is_recovered_exactly(group, target):
     assert error <= 1e-5
 
 
-def random_masks(model, seed, empty=()):
-    gen = torch.Generator().manual_seed(seed)
-    return {g.name: torch.zeros(g.count) if g.name in empty
-            else (torch.rand(g.count, generator=gen) < 0.6).float() for g in ADAPTER.groups(model)}
+def model_masks(model, seed, empty=()):
+    """Valid random masks of every group (heads, channels inside them, neurons)."""
+    return random_masks(ADAPTER.groups(model), seed, empty)
 
 
 @pytest.mark.parametrize("empty", [(), ("blocks.0.0.iasa_attn", "blocks.1.1.layer.1.fn")])
 def test_zeros_hold_and_the_rebuilt_model_equals_the_compensated_one(empty):
     teacher = tiny_catanet()
-    masks = random_masks(teacher, seed=3, empty=empty)
+    masks = model_masks(teacher, seed=3, empty=empty)
     student = zeroed_student(teacher, masks)
     with torch.no_grad():
         before = masked_output(ADAPTER, student, masks, inputs(2)) - teacher(inputs(2))
@@ -119,7 +118,7 @@ def layer_data(student, teacher, masks, x, weight):
 def test_each_layer_is_fitted_on_what_the_compensated_student_feeds_it():
     """Every refit is the ridge solution for the inputs of the *final* (compensated) student."""
     teacher = tiny_catanet()
-    masks = random_masks(teacher, seed=4)
+    masks = model_masks(teacher, seed=4)
     student = zeroed_student(teacher, masks)
     x, ridge = inputs(6), 1e-2
     compensate_model(ADAPTER, student, teacher, masks, x,
@@ -147,7 +146,7 @@ def test_each_layer_is_fitted_on_what_the_compensated_student_feeds_it():
 @pytest.mark.parametrize("target", ["stream", "output"])
 def test_few_samples_and_removed_modules_give_finite_answers(target):
     teacher = tiny_catanet()
-    masks = random_masks(teacher, seed=1, empty=("blocks.0.1.layer.0.fn", "blocks.0.0.mlp.fn"))
+    masks = model_masks(teacher, seed=1, empty=("blocks.0.1.layer.0.fn", "blocks.0.0.mlp.fn"))
     masks["blocks.1.0.mlp.fn"] = torch.zeros(12)
     student = zeroed_student(teacher, masks)
     few = inputs(1, size=2)  # 4 tokens for up to 12 columns
@@ -232,7 +231,7 @@ def test_settings_are_checked():
 def files(tmp_path):
     teacher = tiny_catanet()
     srprune.save_model(teacher, tmp_path / "teacher.pth")
-    masks = random_masks(teacher, seed=2)
+    masks = model_masks(teacher, seed=2)
     student = zeroed_student(teacher, masks)
     meta = {"stage": "zeroed", "masks": masks, "method": "magnitude", "mac_constraint": 0.7,
             "teacher_sha256": file_sha256(tmp_path / "teacher.pth")}
@@ -268,6 +267,8 @@ def test_mismatches_are_refused(files):
     with pytest.raises(CheckpointError, match="records no masks"):
         compensate_checkpoint(tmp / "teacher.pth", tmp / "teacher.pth", tmp / "o.pth",
                               calibration, CompensationSettings(), progress=False)
-    assert main(["compensate", "--teacher", str(tmp / "teacher.pth"), "--model",
-                 str(tmp / "zeroed.pth"), "--out", str(tmp / "o.pth"), "--ridge", "-1"]) == 2
+    with pytest.raises(SystemExit) as exit_:  # refused by the parser, before any work
+        main(["compensate", "--teacher", str(tmp / "teacher.pth"), "--model",
+              str(tmp / "zeroed.pth"), "--out", str(tmp / "o.pth"), "--ridge", "-1"])
+    assert exit_.value.code == 2
     assert not (tmp / "o.pth").exists()
