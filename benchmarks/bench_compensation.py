@@ -10,8 +10,7 @@ Prints one line per model and appends it as JSON to ``--jsonl``.
         [--targets stream output] [--ridges 1e-3] [--num-crops 32] [--crop-size 48]
         [--workdir DIR] [--jsonl FILE]
 
-T91's smallest images are 19x19 at x4, below a 48-pixel LR crop, so the calibration crops come
-from the training split's BSD200 part (``--calib`` overrides).
+Calibration crops come from the training split (images smaller than a crop are skipped).
 """
 from __future__ import annotations
 
@@ -30,30 +29,20 @@ from srprune.pruning.importance import OptinSettings
 SCALE = 4
 
 
-def bsd_train(split: dict[str, Path]) -> Path:
-    """The BSD200 images of the training split (crops of 48 fit every one at x4)."""
-    folder = split["train"].parent / "train_bsd"
-    folder.mkdir(exist_ok=True)
-    for path in split["train"].glob("BSD200_*"):
-        link = folder / path.name
-        if not link.exists():
-            link.symlink_to(path.resolve())
-    return folder
-
-
 def psnr(path: Path, datasets: dict[str, list]) -> dict[str, float]:
     model = load_model(path)
     return {name: score_model(model, pairs, SCALE, ssim=False)["psnr"]
             for name, pairs in datasets.items()}
 
 
-def zeroed_model(teacher: Path, budget: float, workdir: Path) -> Path:
+def zeroed_model(teacher: Path, budget: float, workdir: Path, calibration: Calibration) -> Path:
     scores = workdir / "magnitude_scores.pth"
     if not scores.exists():
         save_artifact(score_units(teacher, "magnitude", Calibration(), OptinSettings()), scores)
     out = workdir / f"zeroed_{budget}.pth"
     if not out.exists():
-        save_artifact(search_masks(teacher, scores, budget), workdir / f"masks_{budget}.pth")
+        save_artifact(search_masks(teacher, scores, budget, calibration=calibration),
+                      workdir / f"masks_{budget}.pth")
         export_zeroed(teacher, workdir / f"masks_{budget}.pth", out)
     return out
 
@@ -65,7 +54,7 @@ def main() -> None:
     parser.add_argument("--ridges", type=float, nargs="+", default=[1e-3])
     parser.add_argument("--num-crops", type=int, default=32)
     parser.add_argument("--crop-size", type=int, default=48)
-    parser.add_argument("--calib", help="calibration HR folder (default: BSD200 part of train)")
+    parser.add_argument("--calib", help="calibration HR folder (default: the training split)")
     parser.add_argument("--workdir", default="/tmp/srprune_bench_compensation")
     parser.add_argument("--jsonl", help="append every result as one JSON line")
     parser.add_argument("--threads", type=int, default=1)
@@ -79,12 +68,12 @@ def main() -> None:
     datasets = {"val": list(load_pairs(split["val"], SCALE)),
                 "set5": list(load_pairs(shared / "data/Set5/HR", SCALE,
                                         shared / "data/Set5/LR_bicubic/X4", "{}x4"))}
-    calibration = Calibration(hr=args.calib or str(bsd_train(split)), num_crops=args.num_crops,
+    calibration = Calibration(hr=args.calib or str(split["train"]), num_crops=args.num_crops,
                               crop_size=args.crop_size)
     reference = psnr(teacher, datasets)
     report(args.jsonl, {"model": "teacher", **reference})
     for budget in args.budgets:
-        zeroed = zeroed_model(teacher, budget, workdir)
+        zeroed = zeroed_model(teacher, budget, workdir, calibration)
         report(args.jsonl, {"model": "zeroed", "budget": budget,
                             **delta(psnr(zeroed, datasets), reference)})
         for target in args.targets:

@@ -137,7 +137,11 @@ def test_each_layer_is_fitted_on_what_the_compensated_student_feeds_it():
         k = int(consumer.keep.sum())
         penalty = torch.zeros(len(gram), dtype=torch.float64)
         penalty[:k] = ridge * gram.diagonal()[:k].mean()
-        theta = torch.linalg.solve(gram + torch.diag(penalty), z.T @ out.double())
+        before = teacher.get_submodule(consumer.weight.rsplit(".", 1)[0])  # the zeroed weights
+        prior = torch.zeros(len(gram), out.shape[1], dtype=torch.float64)
+        prior[:k] = before.weight[:, consumer.keep].T.double()
+        theta = torch.linalg.solve(gram + torch.diag(penalty),
+                                   z.T @ out.double() + penalty[:, None] * prior)
         assert torch.allclose(layer.weight[:, consumer.keep].double(), theta[:k].T, atol=1e-4)
         if bias:
             assert torch.allclose(layer.bias.double(), theta[k], atol=1e-4)
@@ -272,3 +276,18 @@ def test_mismatches_are_refused(files):
               str(tmp / "zeroed.pth"), "--out", str(tmp / "o.pth"), "--ridge", "-1"])
     assert exit_.value.code == 2
     assert not (tmp / "o.pth").exists()
+
+
+def test_a_large_ridge_gives_back_the_zeroed_weights():
+    """The ridge shrinks towards the zeroed model's weights, not towards zero."""
+    teacher = tiny_catanet()
+    masks = model_masks(teacher, seed=4)
+    student = zeroed_student(teacher, masks)
+    compensate_model(ADAPTER, student, teacher, masks, inputs(4),
+                     CompensationSettings(ridge=1e9, target="output", batch_size=4),
+                     progress=False)
+    for consumer in consumers(ADAPTER, student, masks):
+        name = consumer.weight
+        got, zeroed = student.get_parameter(name), teacher.get_parameter(name)
+        assert torch.allclose(got[:, consumer.keep], zeroed[:, consumer.keep], atol=1e-5), name
+        assert not got[:, ~consumer.keep].any()

@@ -11,10 +11,12 @@ inputs that the already-compensated student produces, so errors do not compound.
 For a consumer W (out x in) with kept input columns K and bias b (where the layer has one), over
 every calibration token: X = the student's (masked) input columns K, Y = the target; solve
 
-    min ||X W_K^T + 1 b^T - Y||^2 + ridge * mean(diag(X^T X)) * ||W_K||^2
+    min ||X W_K^T + 1 b^T - Y||^2 + ridge * mean(diag(X^T X)) * ||W_K - W0_K||^2
 
 from normal equations summed batch by batch (float64, so memory does not grow with the number of
-crops; the bias is not regularised). The solve is a pseudo-inverse: with ``ridge = 0`` and fewer
+crops; the bias is not regularised). The ridge pulls towards the zeroed model's own weights W0,
+not towards zero, so a large ridge gives back the zeroed model and a small budget cut (r = 0.9)
+is not overfitted to the crops. The solve is a pseudo-inverse: with ``ridge = 0`` and fewer
 samples than columns it gives the minimum-norm answer, never NaN. A consumer with every column
 removed keeps only its bias, the mean target. Removed columns stay exactly 0, so the compensated
 model has the zeroed model's structure and ``srprune rebuild`` still applies.
@@ -124,13 +126,18 @@ class NormalEquations:
         self.zy += z.T @ y
         self.yy += float((y * y).sum())
 
-    def solve(self, ridge: float) -> Tensor:
-        """The ridge solution (columns + bias) x outputs, minimum-norm where singular."""
-        a = self.zz.clone()
-        diag = a.diagonal()[:self.columns]
+    def solve(self, ridge: float, prior: Tensor) -> Tensor:
+        """The ridge solution (columns + bias) x outputs, shrunk towards ``prior``.
+
+        Minimises ||Z theta - Y||^2 + ridge * mean(diag) * ||W - W_prior||^2 (the bias is free);
+        minimum-norm where singular.
+        """
+        a, b = self.zz.clone(), self.zy.clone()
         if self.columns:
-            diag += ridge * diag.mean()
-        return torch.linalg.pinv(a, hermitian=True) @ self.zy
+            penalty = ridge * float(a.diagonal()[:self.columns].mean())
+            a.diagonal()[:self.columns] += penalty
+            b[:self.columns] += penalty * prior[:self.columns].double()
+        return torch.linalg.pinv(a, hermitian=True) @ b
 
     def error(self, theta: Tensor) -> float:
         """||Z theta - Y||^2 / ||Y||^2 over the samples added (0 when Y is 0)."""
@@ -229,8 +236,9 @@ def fit_consumer(adapter: Adapter, student: nn.Module, teacher: nn.Module,
         want = record(teacher, x, teacher_taps)
         target = want["y"] if tap is None else want["y"] + drift(student, tap, want["r"], got["r"])
         equations.add(got["x"][..., keep], target)
-    before = equations.error(_theta(layer, keep))
-    theta = equations.solve(settings.ridge)
+    current = _theta(layer, keep)
+    before = equations.error(current)
+    theta = equations.solve(settings.ridge, current)
     _write(layer, keep, theta)
     return {"before": before, "after": equations.error(theta)}
 
