@@ -79,7 +79,7 @@ def run_budget(teacher: Path, scores: Path, budget: float, calibration: Calibrat
     zeroed = workdir / f"zeroed_{stem}.pth"
     if not zeroed.exists():
         export_zeroed(teacher, masks_path, zeroed)
-    comp_path = workdir / f"compensated_{stem}.pth"
+    comp_path = workdir / f"compensated_{stem}_{digest(vars(compensation))}.pth"
     _, comp_s = cached(comp_path, lambda: compensate_checkpoint(
         teacher, zeroed, comp_path, calibration, compensation, progress=False), lambda *_: None)
     masks = read_checkpoint(masks_path)
