@@ -64,6 +64,7 @@ def test_groups_follow_the_config(model):
     assert [g.name for g in groups] == [T0, F0, L0, G0, T1, F1, L1, G1]
     assert [(g.kind, g.block, g.count) for g in groups] == \
         [("head", 0, 2), ("neuron", 0, 12)] * 2 + [("head", 1, 2), ("neuron", 1, 12)] * 2
+    assert [g.layer for g in groups] == [0, 0, 1, 1, 2, 2, 3, 3]  # TAB output, block output
     narrow = tiny_catanet(tab_heads=[1, 2], lrsa_mlp=[12, 5])
     assert [g.count for g in ADAPTER.groups(narrow)] == [1, 12, 2, 12, 2, 12, 2, 5]
 

@@ -123,8 +123,8 @@ def test_invalid_arguments(setup, kwargs, message):
 
 # ----------------------------------------------------------------------- synthetic examples
 def synthetic(head_scores, neuron_scores, head_cost, neuron_cost, base):
-    groups = [UnitGroup("attn", "head", 0, len(head_scores)),
-              UnitGroup("ffn", "neuron", 0, len(neuron_scores))]
+    groups = [UnitGroup("attn", "head", 0, len(head_scores), 0),
+              UnitGroup("ffn", "neuron", 0, len(neuron_scores), 0)]
     scores = {"attn": torch.tensor(head_scores), "ffn": torch.tensor(neuron_scores)}
     costs = {"attn": head_cost, "ffn": neuron_cost}
     total = base + head_cost * len(head_scores) + neuron_cost * len(neuron_scores)

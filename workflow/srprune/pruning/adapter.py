@@ -9,7 +9,12 @@ by writing one adapter, not by editing the core.
 
 Masks are ``{group name: tensor of shape (units,)}`` with 1 (keep) or 0 (remove); during scoring a
 group's mask may carry one row per sample, ``(batch, units)``, so that many masked variants run in
-one batched forward. Applying a mask must be exactly equivalent to removing the masked units.
+one batched forward. Applying a mask must be exactly equivalent to removing the masked units, and
+a mask is a multiplier that autograd differentiates through (the sketch scorer needs it).
+
+The *trajectory* is the output of every layer in forward order (for CATANet two per block: the
+TAB output and the block output). Each group names the ``layer`` its units write into; importance
+scores a unit on the layers after it.
 """
 from __future__ import annotations
 
@@ -26,12 +31,17 @@ KINDS = ("head", "neuron")
 
 @dataclass(frozen=True)
 class UnitGroup:
-    """One prunable module: ``count`` units of one ``kind``, inside trajectory block ``block``."""
+    """One prunable module: ``count`` units of one ``kind`` in ``block``, writing into ``layer``.
+
+    ``layer`` indexes :meth:`Adapter.trajectory`'s outputs: the first layer whose output the
+    units change.
+    """
 
     name: str
     kind: str
     block: int
     count: int
+    layer: int
 
 
 class Adapter(ABC):
@@ -55,7 +65,7 @@ class Adapter(ABC):
 
     @abstractmethod
     def trajectory(self, model: nn.Module, x: Tensor) -> tuple[list[Tensor], Tensor]:
-        """Output of every block as tokens (B x N x C), in order, and the model output."""
+        """Output of every layer as tokens (B x N x C), in order, and the model output."""
 
     @abstractmethod
     def cache(self, model: nn.Module, x: Tensor) -> Any:
@@ -67,8 +77,16 @@ class Adapter(ABC):
         """Forward from ``group`` on with V masked variants of it at once.
 
         ``masks`` is (V, units) for ``group``; the cached batch of B inputs is repeated V times
-        (variant-major: sample ``v * B + b``). Returns the token outputs of blocks
-        ``group.block`` to the last, each (V*B) x N x C, and the model output, (V*B) x ...
+        (variant-major: sample ``v * B + b``). Returns the token outputs of layers
+        ``group.layer`` to the last, each (V*B) x N x C, and the model output, (V*B) x ...
+        """
+
+    @abstractmethod
+    def local_layers(self, model: nn.Module, cache: Any) -> list[Tensor]:
+        """Every layer's token output, each run alone from the teacher's cached input to it.
+
+        Uses the masks that :meth:`set_masks` applied (one row per cached sample allowed), so
+        that layer L's output depends on layer L's masks only.
         """
 
     @abstractmethod

@@ -77,9 +77,9 @@ def gram(tokens: Tensor, positions: Tensor) -> Tensor:
     return picked @ picked.transpose(1, 2)
 
 
-def later_blocks(group: UnitGroup, n_blocks: int) -> list[int]:
-    """Blocks whose features a unit of ``group`` is scored on."""
-    return [group.block] if group.block == n_blocks - 1 else list(range(group.block + 1, n_blocks))
+def later_layers(group: UnitGroup, n_layers: int) -> list[int]:
+    """Trajectory layers a unit of ``group`` is scored on: those after its own (last: its own)."""
+    return [group.layer] if group.layer == n_layers - 1 else list(range(group.layer + 1, n_layers))
 
 
 @dataclass
@@ -100,10 +100,10 @@ def teacher_reference(adapter: Adapter, model: nn.Module, x: Tensor,
 
 def distortion(ref: Reference, group: UnitGroup, feats: list[Tensor], output: Tensor,
                variants: int) -> tuple[Tensor, Tensor]:
-    """(MD summed over the scored blocks, output MSE) per variant; ``feats`` start at the group."""
+    """(MD summed over the scored layers, output MSE) per variant; ``feats`` start at the group."""
     md = torch.zeros(variants)
-    for j in later_blocks(group, len(ref.grams)):
-        g = gram(feats[j - group.block], ref.positions[j])
+    for j in later_layers(group, len(ref.grams)):
+        g = gram(feats[j - group.layer], ref.positions[j])
         diff = (g.unflatten(0, (variants, -1)) - ref.grams[j].unsqueeze(0)).pow(2)
         md += diff.sum(dim=(2, 3)).mean(dim=1).cpu()
     out = (output.unflatten(0, (variants, -1)) - ref.output.unsqueeze(0)).pow(2)
@@ -157,7 +157,7 @@ def naive_optin_terms(adapter: Adapter, model: nn.Module, x: Tensor,
         for unit in range(group.count):
             with masked(adapter, model, {group.name: one_off_masks(group.count, [unit])[0]}):
                 feats, output = adapter.trajectory(model, x)
-            md[unit:unit + 1], out[unit:unit + 1] = distortion(ref, group, feats[group.block:],
+            md[unit:unit + 1], out[unit:unit + 1] = distortion(ref, group, feats[group.layer:],
                                                                output, 1)
         terms[group.name] = {"md": md, "out": out}
     return terms
