@@ -12,7 +12,9 @@ def calibration_args():
             "--seed", str(CALIB.get("seed", 0)),
             "--tokens", str(OPTIN.get("tokens", 64)),
             "--lam", str(OPTIN.get("lam", 1.0)),
-            "--max-batch", str(OPTIN.get("max_batch", 16))]
+            "--max-batch", str(OPTIN.get("max_batch", 16)),
+            "--scorer", OPTIN.get("scorer", "exact"),
+            "--probes", str(OPTIN.get("probes", 8))]
     if "lr" in CALIB:
         args += ["--calib-lr", CALIB["lr"]]
     return shlex.join(args)

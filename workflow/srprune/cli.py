@@ -121,7 +121,7 @@ def cmd_score_units(args: argparse.Namespace) -> None:
     calibration = Calibration(hr=args.calib_hr, lr=args.calib_lr, filename_tmpl=args.filename_tmpl,
                               num_crops=args.num_crops, crop_size=args.crop_size, seed=args.seed)
     settings = OptinSettings(tokens=args.tokens, lam=args.lam, seed=args.seed,
-                             max_batch=args.max_batch)
+                             max_batch=args.max_batch, scorer=args.scorer, probes=args.probes)
     artifact = score_units(args.teacher, args.method, calibration, settings,
                            _model_config(args.model_config), args.device, part=_part(args.part))
     save_artifact(artifact, args.out)
@@ -242,9 +242,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-crops", type=int, default=32, help="calibration LR crops")
     p.add_argument("--crop-size", type=int, default=48, help="side of each LR crop")
     p.add_argument("--tokens", type=int, default=64, help="token positions K per Gram matrix")
-    p.add_argument("--lam", type=float, default=1.0, help="weight of the output term")
+    p.add_argument("--lam", type=float, default=1.0,
+                   help="weight of the output term against the trajectory term")
     p.add_argument("--max-batch", type=int, default=16,
                    help="images per masked forward (variants x crops); bounds memory")
+    p.add_argument("--scorer", default="exact", choices=("exact", "sketch"),
+                   help="OPTIN terms: exact (one masked forward per unit) or sketch (random-probe "
+                        "estimate of their second-order values, far fewer passes)")
+    p.add_argument("--probes", type=int, default=8,
+                   help="random probes of the sketch scorer")
     p.add_argument("--seed", type=int, default=0, help="calibration crops, token positions, random")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     p.add_argument("--part", help="k/n: score only the blocks i with i %% n == k (job k of n); "

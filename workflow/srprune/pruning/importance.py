@@ -50,6 +50,8 @@ class OptinSettings:
     lam: float = 1.0          # weight of the output term relative to the trajectory term
     seed: int = 0             # token positions
     max_batch: int = 16       # images (variants x crops) per masked forward; see the docstring
+    scorer: str = "exact"     # exact (one masked forward per unit) or sketch (see .sketch)
+    probes: int = 8           # random probes of the sketch scorer
 
     def to_dict(self) -> dict:
         return asdict(self)
