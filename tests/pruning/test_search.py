@@ -84,6 +84,27 @@ def test_budget_below_floor_and_wrong_teacher(setup, capsys):
     assert "another teacher" in capsys.readouterr().err
 
 
+def test_sketch_scorer_through_the_cli(setup, capsys):
+    """--scorer and --probes are recorded; parts of a sketch gather into the whole."""
+    root, _ = setup
+    whole = torch.load(score(setup, "optin", "sk.pth", "--scorer", "sketch", "--probes", "3",
+                             "--lam", "0.5"), weights_only=True)
+    assert whole["settings"]["scorer"] == "sketch" and whole["settings"]["probes"] == 3
+    assert whole["settings"]["lam"] == 0.5
+    exact = torch.load(score(setup, "optin", "ex.pth"), weights_only=True)
+    assert exact["settings"]["scorer"] == "exact"
+    parts = [score(setup, "optin", f"sk{k}.pth", "--scorer", "sketch", "--probes", "3", "--lam",
+                   "0.5", "--part", f"{k}/2") for k in range(2)]
+    assert main(["gather-scores", *map(str, parts), "--out", str(root / "skj.pth")]) == 0
+    joined = torch.load(root / "skj.pth", weights_only=True)
+    for name, values in whole["scores"].items():
+        assert torch.allclose(joined["scores"][name], values, rtol=1e-5), name
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        score(setup, "optin", "bad.pth", "--scorer", "fast")
+    assert "invalid choice" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("method", ["optin", "magnitude", "random"])
 def test_scoring_split_into_jobs_equals_one_job(setup, method):
     root, _ = setup
