@@ -10,10 +10,10 @@ downscaling), never on Set5. Make the artifact with the calibration on the train
     srprune score-units --teacher ../shared/weights/catanet_x4_third_party.pth --method optin \\
         --calib-hr <split>/train_bsd --num-crops 8 --crop-size 32 --scorer exact --out S.pth
     OMP_NUM_THREADS=1 python benchmarks/bench_optin_lambda.py S.pth [S2.pth ...]
-        [--lams 0 0.03 0.1 0.3 1 3] [--budgets 0.7 0.5] [--split-root DIR]
+        [--lams 0 0.03 0.1 0.3 1] [--budgets 0.7 0.5] [--split-root DIR]
 
 (T91's images are too small for LR crops of 32 at x4, hence the BSD200 part of the training split,
-``<split>/train_bsd``, which this script writes beside ``train`` and ``val``.)
+``<split>/train_bsd``, as ``_common.bsd_training_folder`` writes it.)
 """
 from __future__ import annotations
 
@@ -21,8 +21,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from _common import (bsd_training_folder, require_shared, set_threads, training_split,
-                     zeroed_psnr)
+from _common import require_shared, set_threads, training_split, zeroed_psnr
 from srprune import load_model
 from srprune.checkpoint import read_checkpoint
 from srprune.evaluate import load_pairs, score_model
@@ -38,7 +37,7 @@ SCALE = 4
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scores", nargs="+", type=Path, help="OPTIN unit-scores artifacts")
-    parser.add_argument("--lams", type=float, nargs="+", default=[0, 0.03, 0.1, 0.3, 1, 3])
+    parser.add_argument("--lams", type=float, nargs="+", default=[0, 0.03, 0.1, 0.3, 1])
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.7, 0.5])
     parser.add_argument("--selection", default="optin", choices=SELECTIONS)
     parser.add_argument("--split-root", type=Path,
@@ -49,7 +48,6 @@ def main() -> None:
     teacher = require_shared(WEIGHTS) / WEIGHTS
     print(set_threads(args.threads))
     split = training_split(args.split_root)
-    bsd_training_folder(split["train"])
     pairs = load_pairs(split["val"], SCALE)
     model = load_model(teacher)
     adapter = adapter_for(model)

@@ -1,30 +1,39 @@
 """Unit importance: OPTIN's trajectory score adapted to super-resolution, and two baselines.
 
 OPTIN (Khaki & Plataniotis, ICLR 2024) scores a unit by how much masking it alone disturbs the
-teacher's later-layer features, with no retraining. For a unit in block i:
+teacher's later-layer features, with no retraining. The trajectory is the output of every layer
+(the adapter's; for CATANet two per block: the TAB output and the block output), and a unit
+writes into layer ``group.layer`` (for CATANet, TAB units into the TAB output, LRSA units into
+the block output). For a unit writing into layer i:
 
-    score = sum over blocks j > i of MD_j  +  lambda * c * D          (j = i for the last block)
+    score = sum over layers j > i of MD_j  +  lambda * c * D          (j = i for the last layer)
 
-* **MD_j** (manifold distillation): each token of block j's output is L2-normalised over
+so a TAB unit is scored on its own block's LRSA output and on everything after it.
+
+* **MD_j** (manifold distillation): each token of layer j's output is L2-normalised over
   channels; the same K token positions (sampled once per image, seeded) are taken from the
   teacher and the masked run; MD_j is the squared Frobenius norm of the difference of the two
   K x K Gram matrices, averaged over the calibration images.
 * **D** (output distortion, replacing OPTIN's classification KL): the mean squared error
   between the masked and the teacher SR outputs, over all pixels and calibration images.
-* **Balance.** OPTIN rescales its KL term per unit to about 1/lambda of the MD's order of
-  magnitude. We use one factor for the whole model instead, ``c = sum MD / sum D`` over all
-  units, so that the output term as a whole weighs ``lambda`` times the trajectory term and the
-  ranking of units within the output term is kept. ``lambda = 0`` scores by the trajectory only.
+* **Balance.** OPTIN's reference code rescales its KL term per unit, by a power of ten, to
+  about MD / 10 (its lambda = 10). We use one factor for the whole model instead,
+  ``c = sum MD / sum D`` over all units, so that the output term as a whole weighs ``lam``
+  times the trajectory term and the ranking of units within the output term is kept: the
+  paper's lambda = 10 is ``lam = 0.1`` here; ``lam = 0`` scores by the trajectory only.
+  The default was measured on the validation split (``benchmarks/bench_optin_lambda.py``):
+  LAMBDA_RESULT
 
 The raw terms (``md``, ``out``) are kept beside the combined score so that another lambda can be
-applied without rescoring.
+applied without rescoring. Two scorers compute them (``OptinSettings.scorer``): ``exact`` (below)
+and ``sketch`` (:mod:`.sketch`: random-probe estimates of their second-order values from a few
+backward passes, whatever the number of units).
 
-Speed: the teacher runs once and its activations are cached; each unit's masked forward
+Speed of the exact scorer: the teacher runs once and its activations are cached; each unit's masked forward
 restarts at its own module, and masked variants of one module run as one batch of at most
 ``max_batch`` images (variants x calibration crops). Restarting skips on average the part of the
 forward before the unit's module (38% of it for the released x4 model, whose reconstruction
-every restart redoes), which bounds the gain over one full forward per unit (1.6x there,
-``benchmarks/bench_mask_search.py``). On a CPU, batching several variants was measured to cost
+every restart redoes), which bounds the gain over one full forward per unit (1.6x there). On a CPU, batching several variants was measured to cost
 about 1.2x per image against one variant per forward, hence the default of 16 images (one
 variant per forward at 16 or more crops); on a GPU, larger batches pay off.
 """
