@@ -9,7 +9,7 @@ from srprune.pruning.adapter import masked
 from srprune.pruning.catanet import CATANetAdapter
 from srprune.pruning.importance import (OptinSettings, distortion, optin_terms,
                                         teacher_reference)
-from srprune.pruning.sketch import sketch_terms
+from srprune.pruning.sketch import hybrid_terms, sketch_terms
 from test_importance import tiny_vit
 from tiny_catanet import tiny_catanet
 from vit_adapter import TinyViTAdapter
@@ -95,3 +95,17 @@ def test_chunks_seeds_and_group_subsets(x):
             if name in subset:
                 assert torch.allclose(subset[name][key], terms[key], rtol=1e-5)
     assert all(p.requires_grad for p in model.parameters())  # left as found
+
+
+def test_hybrid_is_exact_for_heads_and_sketched_for_neurons(x):
+    adapter, model = models()["catanet"]
+    settings = OptinSettings(tokens=16, probes=4, max_batch=6)
+    hybrid = hybrid_terms(adapter, model, x, settings, progress=False)
+    exact = optin_terms(adapter, model, x, settings, progress=False)
+    sketch = sketch_terms(adapter, model, x, settings, progress=False)
+    groups = adapter.groups(model)
+    assert list(hybrid) == [g.name for g in groups]
+    for g in groups:
+        expected = exact if g.kind == "head" else sketch
+        for key in ("md", "out"):
+            assert torch.allclose(hybrid[g.name][key], expected[g.name][key], rtol=1e-5), g.name

@@ -246,9 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of the output term against the trajectory term")
     p.add_argument("--max-batch", type=int, default=16,
                    help="images per masked forward (variants x crops); bounds memory")
-    p.add_argument("--scorer", default="exact", choices=("exact", "sketch"),
-                   help="OPTIN terms: exact (one masked forward per unit) or sketch (random-probe "
-                        "estimate of their second-order values, far fewer passes)")
+    p.add_argument("--scorer", default="exact", choices=("exact", "sketch", "hybrid"),
+                   help="OPTIN terms: exact (one masked forward per unit), sketch (random-probe "
+                        "estimate of their second-order values, far fewer passes) or hybrid "
+                        "(exact for heads, sketch for the other units)")
     p.add_argument("--probes", type=int, default=8,
                    help="random probes of the sketch scorer")
     p.add_argument("--seed", type=int, default=0, help="calibration crops, token positions, random")

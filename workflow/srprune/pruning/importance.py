@@ -59,7 +59,7 @@ class OptinSettings:
     lam: float = 1.0          # weight of the output term relative to the trajectory term
     seed: int = 0             # token positions
     max_batch: int = 16       # images (variants x crops) per masked forward; see the docstring
-    scorer: str = "exact"     # exact (one masked forward per unit) or sketch (see .sketch)
+    scorer: str = "exact"     # exact (one masked forward per unit), sketch or hybrid (.sketch)
     probes: int = 8           # random probes of the sketch scorer
 
     def to_dict(self) -> dict:

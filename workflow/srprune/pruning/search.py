@@ -29,12 +29,12 @@ from .adapter import Adapter, UnitGroup, full_kept, kept_counts, unit_costs
 from .catanet import CATANetAdapter
 from .importance import METHODS, OptinSettings, combine, optin_terms, random_scores
 from .selection import linear_macs, select
-from .sketch import sketch_terms
+from .sketch import hybrid_terms, sketch_terms
 
 log = logging.getLogger(__name__)
 
 ADAPTERS: dict[str, type[Adapter]] = {"catanet": CATANetAdapter}
-SCORERS = {"exact": optin_terms, "sketch": sketch_terms}
+SCORERS = {"exact": optin_terms, "sketch": sketch_terms, "hybrid": hybrid_terms}
 
 
 def adapter_for(model: nn.Module) -> Adapter:
