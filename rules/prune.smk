@@ -11,7 +11,7 @@ def calibration_args():
             "--crop-size", str(CALIB.get("crop_size", 48)),
             "--seed", str(CALIB.get("seed", 0)),
             "--tokens", str(OPTIN.get("tokens", 64)),
-            "--lam", str(OPTIN.get("lam", 1.0)),
+            "--lam", str(OPTIN.get("lam", 0.3)),
             "--max-batch", str(OPTIN.get("max_batch", 16)),
             "--scorer", OPTIN.get("scorer", "exact"),
             "--probes", str(OPTIN.get("probes", 8))]

@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-crops", type=int, default=32, help="calibration LR crops")
     p.add_argument("--crop-size", type=int, default=48, help="side of each LR crop")
     p.add_argument("--tokens", type=int, default=64, help="token positions K per Gram matrix")
-    p.add_argument("--lam", type=float, default=1.0,
+    p.add_argument("--lam", type=float, default=0.3,
                    help="weight of the output term against the trajectory term")
     p.add_argument("--max-batch", type=int, default=16,
                    help="images per masked forward (variants x crops); bounds memory")
