@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from srprune.complexity import macs_full
-from srprune.pruning.adapter import full_kept, kept_counts, masked
+from srprune.pruning.adapter import block_output_layers, full_kept, kept_counts, masked
 from srprune.pruning.catanet import CATANetAdapter
 from tiny_catanet import kept_units, narrowed, owned_slices, tiny_catanet, unit_index
 
@@ -65,6 +65,7 @@ def test_groups_follow_the_config(model):
     assert [(g.kind, g.block, g.count) for g in groups] == \
         [("head", 0, 2), ("neuron", 0, 12)] * 2 + [("head", 1, 2), ("neuron", 1, 12)] * 2
     assert [g.layer for g in groups] == [0, 0, 1, 1, 2, 2, 3, 3]  # TAB output, block output
+    assert block_output_layers(groups) == [1, 3]
     narrow = tiny_catanet(tab_heads=[1, 2], lrsa_mlp=[12, 5])
     assert [g.count for g in ADAPTER.groups(narrow)] == [1, 12, 2, 12, 2, 12, 2, 5]
 

@@ -165,6 +165,14 @@ def full_kept(groups: list[UnitGroup]) -> dict[str, int]:
     return {g.name: g.count for g in groups}
 
 
+def block_output_layers(groups: list[UnitGroup]) -> list[int]:
+    """Trajectory index of each block's output (its last layer with units), in block order."""
+    last: dict[int, int] = {}
+    for g in groups:
+        last[g.block] = max(last.get(g.block, g.layer), g.layer)
+    return [last[b] for b in sorted(last)]
+
+
 def kept_counts(masks: dict[str, Tensor]) -> dict[str, int]:
     return {name: int(mask.bool().sum()) for name, mask in masks.items()}
 
