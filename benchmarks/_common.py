@@ -186,3 +186,28 @@ def training_split(root: Path | None = None) -> dict[str, Path]:
             (folder / f"{path.parent.parent.name}_{path.name}").symlink_to(path)
         folders[name] = folder
     return folders
+
+
+def bsd_training_folder(train: Path) -> Path:
+    """Symlinks to the BSD200 images of the training split, beside it (``train_bsd``).
+
+    T91's images are too small for LR calibration crops of 32 or more at x4.
+    """
+    folder = train.parent / "train_bsd"
+    folder.mkdir(exist_ok=True)
+    for stale in folder.iterdir():
+        stale.unlink()
+    for path in sorted(train.glob("BSD200_*")):
+        (folder / path.name).symlink_to(path.resolve())
+    return folder
+
+
+def zeroed_psnr(teacher: Path, masks: dict[str, Tensor], pairs: Any, scale: int) -> float:
+    """PSNR (Y, uint8 output) on ``pairs`` of the teacher with the masked units zeroed."""
+    from srprune import load_model
+    from srprune.evaluate import score_model
+    from srprune.pruning.search import adapter_for
+
+    model = load_model(teacher)
+    adapter_for(model).zero_units(model, masks)
+    return score_model(model, pairs, scale, ssim=False)["psnr"]

@@ -1,207 +1,144 @@
-"""OPTIN unit scoring: our batched, restarted scorer against the naive one-forward-per-unit scorer.
+"""OPTIN unit scoring: the sketch and hybrid scorers against the exact scorer, in the same run.
 
-Released-size CATANet x4 (1600 units: 8 blocks x (4 TAB heads, 96 TAB FFN neurons, 4 LRSA heads,
-96 LRSA FFN neurons)), random weights (seeded) with every TAB's centres initialised to random
-``means``, so that the eval forward of an image does not depend on the rest of its batch. The
-calibration batch is ``--num-crops`` LR crops of ``--crop-size`` from the embedded training
-images (srprune's ``Calibration``); ``OptinSettings()`` defaults unless overridden.
+Teacher: ../shared/weights/catanet_x4_third_party.pth (a trained x4 CATANet, 1600 units). Both
+scorers run on the same calibration crops (``--num-crops`` LR crops of ``--crop-size`` from the
+BSD200 part of the training split, ``_common.training_split``; T91 is too small at x4) with the
+same ``OptinSettings``; only ``scorer`` differs. The hybrid scorer's terms are the exact terms of
+the heads and the sketched terms of the other units (what ``hybrid_terms`` returns, tested), so
+they are composed from the two runs; its time is the sketch's plus the exact scorer's time on
+the head groups, which is measured on its own. Printed:
 
-How the two are compared. Scoring all 1600 units naively takes about an hour on one CPU thread, so
-both scorers run on the SAME sample of units: the groups of ``--blocks`` (default an early, a
-middle and the last block), all heads of a head group and the first ``--units`` neurons of an FFN
-group (default ``max_batch // crops``, 8 at the defaults: one of the batched forwards that a full
-search makes). The library functions themselves run, unmodified (``naive_optin_terms`` and
-``optin_terms``), through an adapter wrapper that lists only the sampled groups, with their
-``count`` cut to the sample, and pads every mask with ones up to the group's real width before it
-reaches the model: so the sampled units are scored exactly as in a full search (ours batches the
-same variants per forward as it would on a full group), and the other units of a group stay in
-the model. Each masked run is timestamped, which gives the time of every group from one call of
-each scorer; the one-off setup (teacher reference, cache) is reported apart. The full search is
-extrapolated from the per-unit times (per kind of module, linear in the block index between the
-sampled blocks, which must include the first and the last); ``--full`` also runs ``optin_terms``
-on all 1600 units and reports the measured time (about 40 min on one thread).
+* wall time of each scorer (and ratios) and of one teacher forward of the calibration batch;
+  on a loaded machine only the ratios mean something;
+* Spearman rank correlation against exact, per kind of unit and overall, for the trajectory
+  term ``md``, the output term ``out`` and the combined score at ``--lam``;
+* for each budget r: the masks each scorer's scores give (library selection), the share of units
+  on which they agree with exact, and the Set5 x4 PSNR of the zeroed teacher with each (Set5
+  only reports).
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_mask_search.py [--blocks 0 4 7] [--units N]
-        [--num-crops 8] [--crop-size 48] [--max-batch 64] [--threads 1] [--full]
+    OMP_NUM_THREADS=1 python benchmarks/bench_mask_search.py [--num-crops 32] [--crop-size 48]
+        [--probes 8] [--lam L] [--budgets 0.7 0.5] [--selection optin] [--threads 1]
 """
 from __future__ import annotations
 
 import argparse
-import sys
+import tempfile
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import torch
+from scipy.stats import spearmanr
 
-from _common import (UnitSubset, extrapolate, fmt_seconds, peak_rss_mib, sample_counts,
-                     random_released_x4, set_threads, suffix)
-from srprune.pruning.adapter import UNIT_KINDS_DEFAULT, groups_of_kinds
-from srprune.pruning.catanet import CATANetAdapter
-from srprune.pruning.importance import OptinSettings, naive_optin_terms, optin_terms
-from srprune.pruning.search import Calibration
+from _common import (bsd_training_folder, fmt_seconds, peak_rss_mib, require_shared, set_threads,
+                     training_split, zeroed_psnr)
+from srprune import load_model
+from srprune.evaluate import load_pairs, score_model
+from srprune.pruning.adapter import full_kept, unit_costs
+from srprune.pruning.importance import OptinSettings, combine, optin_terms
+from srprune.pruning.search import Calibration, adapter_for
+from srprune.pruning.selection import SELECTIONS, select
+from srprune.pruning.sketch import sketch_terms
 
-MODULES = {"0.iasa_attn": "TAB heads", "0.mlp.fn": "TAB FFN", "1.layer.0.fn": "LRSA heads",
-           "1.layer.1.fn": "LRSA FFN"}
-TOLERANCE = 1e-4
-
-
-@torch.no_grad()
-def stage_times(model, x: torch.Tensor) -> dict[str, float]:
-    """Seconds of each stage of one teacher forward: embed, tab<i>, lrsa<i> (+ mid conv), recon."""
-    out = {}
-    for _ in range(2):  # the second run is kept (warm)
-        t = time.perf_counter()
-        f = model.embed(x)
-        out["embed"] = time.perf_counter() - t
-        y = f
-        for i, (tab, lrsa) in enumerate(model.blocks):
-            t = time.perf_counter()
-            z = tab(y)
-            out[f"tab{i}"] = time.perf_counter() - t
-            t = time.perf_counter()
-            y = y + model.mid_convs[i](lrsa(z, model.cfg.patch_size[i]))
-            out[f"lrsa{i}"] = time.perf_counter() - t
-        t = time.perf_counter()
-        model.reconstruct(y + f, x)
-        out["recon"] = time.perf_counter() - t
-    return out
+WEIGHTS = "weights/catanet_x4_third_party.pth"
+SET5_HR, SET5_LR = "data/Set5/HR", "data/Set5/LR_bicubic/X4"
+SCALE = 4
 
 
-def skipped(stages: dict[str, float], block: int, module: str) -> float:
-    """Seconds of the teacher forward that a restart at ``module`` of ``block`` does not redo."""
-    before = stages["embed"] + sum(stages[f"tab{j}"] + stages[f"lrsa{j}"] for j in range(block))
-    return before + (stages[f"tab{block}"] if module.startswith("1.") else 0.0)
-
-
-def max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Largest |a - b| / |b| (b the naive value)."""
-    return float(((a - b).abs() / b.abs().clamp_min(1e-30)).max())
-
-
-def timed(scorer, adapter: UnitSubset, *args, **kwargs):
-    adapter.marks.clear()
+def timed(fn, *args, **kwargs):
     start = time.perf_counter()
-    terms = scorer(adapter, *args, **kwargs)
-    end = time.perf_counter()
-    setup, per_group = adapter.group_times(start, end)
-    return terms, end - start, setup, per_group
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+def flat(values: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:
+    return torch.cat([values[name] for name in names])
+
+
+def spearman_table(groups, exact, sketch, lam: float) -> None:
+    """Spearman of ``sketch`` against exact: md, out and the combined score, per kind and all."""
+    columns = {key: ({n: t[key] for n, t in exact.items()}, {n: t[key] for n, t in sketch.items()})
+               for key in ("md", "out")}
+    columns[f"score (lam {lam:g})"] = (combine(exact, lam)[0], combine(sketch, lam)[0])
+    kinds = {"head": [g.name for g in groups if g.kind == "head"],
+             "neuron": [g.name for g in groups if g.kind == "neuron"],
+             "all": [g.name for g in groups]}
+    print(f"{'Spearman':<10}" + "".join(f"{key:>18}" for key in columns))
+    for kind, names in kinds.items():
+        cells = [spearmanr(flat(a, names), flat(b, names))[0] for a, b in columns.values()]
+        print(f"{kind + ' (' + str(sum(len(exact[n]['md']) for n in names)) + ')':<10}"
+              + "".join(f"{c:>18.3f}" for c in cells))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--blocks", type=int, nargs="+", default=[0, 4, 7],
-                        help="blocks whose four groups are sampled")
-    parser.add_argument("--units", type=int,
-                        help="neurons sampled per FFN group, the first N (default: one batched "
-                             "forward's worth, max_batch // crops); heads: all")
-    parser.add_argument("--num-crops", type=int, default=8, help="calibration LR crops")
+    parser.add_argument("--num-crops", type=int, default=32, help="calibration LR crops")
     parser.add_argument("--crop-size", type=int, default=48, help="side of each LR crop")
-    parser.add_argument("--max-batch", type=int, default=OptinSettings().max_batch,
-                        help="OptinSettings.max_batch (images per batched forward)")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--probes", type=int, default=OptinSettings.probes)
+    parser.add_argument("--tokens", type=int, default=OptinSettings.tokens)
+    parser.add_argument("--lam", type=float, default=OptinSettings.lam)
+    parser.add_argument("--max-batch", type=int, default=OptinSettings.max_batch)
+    parser.add_argument("--budgets", type=float, nargs="+", default=[0.7, 0.5])
+    parser.add_argument("--selection", default="optin", choices=SELECTIONS)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--full", action="store_true",
-                        help="also run optin_terms on all units and time it (long)")
+    parser.add_argument("--split-root", type=Path,
+                        default=Path(tempfile.gettempdir()) / "srprune_bench_split")
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
 
-    threads_line = set_threads(args.threads)
-    model = random_released_x4(args.seed)
-    adapter = CATANetAdapter()
-    groups = groups_of_kinds(adapter.groups(model), UNIT_KINDS_DEFAULT)
-    if not set(args.blocks) <= {g.block for g in groups}:
-        sys.exit(f"--blocks must lie in 0..{model.cfg.block_num - 1}")
-    calibration = Calibration(num_crops=args.num_crops, crop_size=args.crop_size, seed=args.seed)
-    x = calibration.crops(model.cfg.upscale)
-    settings = replace(OptinSettings(), max_batch=args.max_batch)
-    per_forward = max(1, settings.max_batch // x.shape[0])
-    if args.units is None:
-        args.units = per_forward
-    subset = UnitSubset(adapter, model, sample_counts(groups, args.blocks, args.units))
-    sample = subset.groups(model)
-    n_sample, n_all = sum(g.count for g in sample), sum(g.count for g in groups)
+    shared = require_shared(WEIGHTS, SET5_HR, SET5_LR)
+    teacher = shared / WEIGHTS
+    print(set_threads(args.threads))
+    calib_hr = bsd_training_folder(training_split(args.split_root)["train"])
+    calibration = Calibration(hr=str(calib_hr), num_crops=args.num_crops,
+                              crop_size=args.crop_size, seed=args.seed)
+    settings = OptinSettings(tokens=args.tokens, lam=args.lam, seed=args.seed,
+                             max_batch=args.max_batch, probes=args.probes)
+    model = load_model(teacher)
+    adapter = adapter_for(model)
+    groups = adapter.groups(model)
+    x = calibration.crops(SCALE)
+    print(f"teacher {teacher.name}, {sum(g.count for g in groups)} units; calibration "
+          f"{x.shape[0]} LR crops {args.crop_size}x{args.crop_size} of {calib_hr}; {settings}")
 
-    print(f"OPTIN unit scoring, released-size CATANet x4 ({n_all} units in {len(groups)} groups), "
-          f"random weights (seed {args.seed}), TAB centres initialised")
-    print(f"calibration: {x.shape[0]} LR crops {args.crop_size}x{args.crop_size} from "
-          f"{calibration.hr}; {settings}: ours runs {per_forward} masked variant(s) x "
-          f"{x.shape[0]} crops per forward, naive one unit x {x.shape[0]} crops per full forward")
-    print(threads_line)
-    print(f"sample: blocks {' '.join(map(str, args.blocks))}, all heads and the first "
-          f"{args.units} neurons of each FFN: {n_sample} of {n_all} units, the same units for both "
-          f"(library scorers run unmodified through a sample-restricting adapter wrapper)")
-    if args.units % per_forward and args.units < max(g.count for g in groups):
-        print(f"note: {args.units} sampled neurons per FFN is not a multiple of the {per_forward} "
-              f"variants a full search batches per forward: ours batches differently here, so its "
-              f"per-unit time (and the extrapolation) is off")
+    with torch.no_grad():
+        _, forward = timed(model, x)
+    sketch, sketch_s = timed(sketch_terms, adapter, model, x, replace(settings, scorer="sketch"),
+                             progress=False)
+    print(f"sketch scorer: {fmt_seconds(sketch_s)} ({sketch_s / forward:.0f} teacher forwards "
+          f"of the batch, one took {forward:.2f} s)", flush=True)
+    exact, exact_s = timed(optin_terms, adapter, model, x, settings, progress=False)
+    print(f"exact scorer: {fmt_seconds(exact_s)} ({exact_s / forward:.0f} forwards); "
+          f"sketch/exact time {sketch_s / exact_s:.3f}", flush=True)
+    heads = [g for g in groups if g.kind == "head"]
+    _, heads_s = timed(optin_terms, adapter, model, x, settings, progress=False, groups=heads)
+    hybrid = {g.name: (exact if g.kind == "head" else sketch)[g.name] for g in groups}
+    print(f"hybrid scorer: {fmt_seconds(sketch_s + heads_s)} (exact on the heads "
+          f"{heads_s:.0f} s); hybrid/exact time {(sketch_s + heads_s) / exact_s:.3f}")
+    for name, terms in (("sketch", sketch), ("hybrid", hybrid)):
+        print(f"\n{name} against exact")
+        spearman_table(groups, exact, terms, args.lam)
 
-    stages = stage_times(model, x)
-    forward = sum(stages.values())
-
-    naive, naive_total, naive_setup, naive_groups = timed(naive_optin_terms, subset, model, x,
-                                                          settings)
-    rss_naive = peak_rss_mib()
-    ours, ours_total, ours_setup, ours_groups = timed(optin_terms, subset, model, x, settings,
-                                                      progress=False)
-    rss_ours = peak_rss_mib()
-
-    print()
-    print(f"{'group':<24} {'module':<11} {'units':>5} {'naive s/unit':>13} {'ours s/unit':>12} "
-          f"{'speed-up':>9} {'max rel md':>11} {'max rel out':>12}")
-    worst_md = worst_out = 0.0
-    for g in sample:
-        rel_md = max_rel(ours[g.name]["md"], naive[g.name]["md"])
-        rel_out = max_rel(ours[g.name]["out"], naive[g.name]["out"])
-        worst_md, worst_out = max(worst_md, rel_md), max(worst_out, rel_out)
-        a, b = naive_groups[g.name] / g.count, ours_groups[g.name] / g.count
-        print(f"{g.name:<24} {MODULES[suffix(g.name)]:<11} {g.count:>5} {a:>13.3f} {b:>12.3f} "
-              f"{a / b:>8.2f}x {rel_md:>11.2e} {rel_out:>12.2e}")
-    naive_units, ours_units = sum(naive_groups.values()), sum(ours_groups.values())
-    print(f"{'sampled units':<36} {n_sample:>5} {naive_units / n_sample:>13.3f} "
-          f"{ours_units / n_sample:>12.3f} {naive_units / ours_units:>8.2f}x "
-          f"{worst_md:>11.2e} {worst_out:>12.2e}")
-    ok = worst_md <= TOLERANCE and worst_out <= TOLERANCE
-    print(f"agreement on the {n_sample} common units: max relative difference md {worst_md:.2e}, "
-          f"out {worst_out:.2e} (limit {TOLERANCE:g}: {'OK' if ok else 'FAILED'})")
-    print(f"one-off setup: naive {naive_setup:.2f} s (teacher reference), ours {ours_setup:.2f} s "
-          f"(teacher reference + cache); whole calls on the sample: naive {naive_total:.1f} s, "
-          f"ours {ours_total:.1f} s")
-
-    naive_per_unit = {g.name: naive_groups[g.name] / g.count for g in sample}
-    ours_per_unit = {g.name: ours_groups[g.name] / g.count for g in sample}
-    ours_full = None
-    if {0, model.cfg.block_num - 1} <= set(args.blocks):
-        naive_full = extrapolate(groups, naive_per_unit, naive_setup)
-        ours_full = extrapolate(groups, ours_per_unit, ours_setup)
-        print(f"full search ({n_all} units), extrapolated: naive {fmt_seconds(naive_full)}, ours "
-              f"{fmt_seconds(ours_full)}, speed-up {naive_full / ours_full:.2f}x")
-    else:  # a restart's cost falls with the block index: no extrapolation past the sample
-        print(f"full search ({n_all} units), extrapolated: not done, --blocks must include the "
-              f"first (0) and the last ({model.cfg.block_num - 1}) block")
-    if args.full:
-        start = time.perf_counter()
-        optin_terms(adapter, model, x, settings, progress=False, groups=groups)
-        measured = time.perf_counter() - start
-        versus = "" if ours_full is None else \
-            f" (extrapolation was {ours_full / measured:.2f}x of it)"
-        print(f"full search ({n_all} units), measured with ours: {fmt_seconds(measured)}{versus}")
-    else:
-        print("full search measured with ours: not run (pass --full; the estimate above says how "
-              "long it takes)")
-
-    skip = sum(g.count * skipped(stages, g.block, suffix(g.name)) for g in groups)
-    ideal = n_all * forward / (n_all * forward - skip)
-    batching = sum(ours_groups[g.name] / (naive_per_unit[g.name] * g.count *
-                                          (1 - skipped(stages, g.block, suffix(g.name)) / forward))
-                   for g in sample) / len(sample)
-    print(f"where the time goes: a unit's restart skips on average {skip / n_all / forward:.0%} "
-          f"of a full forward ({forward:.2f} s for {x.shape[0]} crops; the x4 reconstruction, "
-          f"{stages['recon'] / forward:.0%} of it, is redone by every restart), so restarting can "
-          f"give at most {ideal:.2f}x over the full search; batching {per_forward} variant(s) per "
-          f"forward costs {batching:.2f}x per image here against that ideal (1.00 = free)")
-    print(f"peak RSS: {rss_naive:.0f} MiB after the naive scorer, {rss_ours:.0f} MiB after ours "
-          f"(process-wide peak; naive ran first)")
-    if not ok:
-        sys.exit(1)
+    lr_size = adapter.reference_lr_size(model)
+    costs = unit_costs(adapter, model, lr_size)
+    total = adapter.macs(model, full_kept(groups), lr_size)
+    pairs = load_pairs(shared / SET5_HR, SCALE, shared / SET5_LR, "{}x4")
+    base = score_model(model, pairs, SCALE, ssim=False)["psnr"]
+    print(f"\nSet5 x{SCALE}, zeroed teacher (no compensation, no fine-tuning); teacher "
+          f"{base:.3f} dB; selection {args.selection}")
+    scorers = {"exact": exact, "sketch": sketch, "hybrid": hybrid}
+    names = [g.name for g in groups]
+    print(f"{'r':>4} " + " ".join(f"{name + ' dPSNR':>13}" for name in scorers)
+          + f" {'same as exact: sketch':>22} {'hybrid':>7}")
+    for budget in args.budgets:
+        masks = {name: select(groups, combine(terms, args.lam)[0], costs, total, budget,
+                              args.selection, 0) for name, terms in scorers.items()}
+        same = [float((flat(masks[name], names) == flat(masks["exact"], names)).float().mean())
+                for name in ("sketch", "hybrid")]
+        psnr = [zeroed_psnr(teacher, m, pairs, SCALE) - base for m in masks.values()]
+        print(f"{budget:>4g} " + " ".join(f"{p:>+13.3f}" for p in psnr)
+              + f" {same[0]:>22.3f} {same[1]:>7.3f}", flush=True)
+    print(f"peak RSS {peak_rss_mib():.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -16,11 +16,12 @@ def calibration_args():
 
 
 def optin_args():
-    """Unit kinds and OPTIN options of `srprune score-units` from the config."""
-    return shlex.join(["--tokens", str(OPTIN.get("tokens", 64)),
-                       "--lam", str(OPTIN.get("lam", 1.0)),
-                       "--max-batch", str(OPTIN.get("max_batch", 16)),
-                       "--units", ",".join(PRUNE.get("units", ["head", "neuron"]))])
+    """Unit kinds and OPTIN options of `srprune score-units` (CLI defaults where unset)."""
+    args = ["--units", ",".join(PRUNE.get("units", ["head", "neuron"]))]
+    for key in ("tokens", "lam", "max_batch", "scorer", "probes"):
+        if key in OPTIN:
+            args += [f"--{key.replace('_', '-')}", str(OPTIN[key])]
+    return shlex.join(args)
 
 
 def compensation_args():

@@ -145,3 +145,24 @@ def test_masks_of_another_model_are_refused(setup):
     with pytest.raises(CheckpointError, match="made for another model"):
         finetune(root / "teacher.pth", root / "wrong.pth", config, root / "x.pth", root / "w",
                  progress=False)
+
+
+def test_feature_term_compares_block_outputs_only():
+    """The trajectory has two layers per block; the feature term uses each block's output."""
+    def tiny(seed):
+        torch.manual_seed(seed)
+        return srprune.create_model("catanet", dim=8, block_num=2, qk_dim=8, mlp_dim=8, heads=2,
+                                    patch_size=[8, 6], num_tokens=[4, 8], group_size=[16, 8],
+                                    n_iters=[2, 2]).eval()
+
+    teacher, student = tiny(1), tiny(2)
+    x = torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    loss = srprune.finetune.feature_kd_loss(CATANetAdapter(), teacher,
+                                            srprune.finetune.KDWeights(pix=0.0, out=0.0, feat=1.0))
+    total, _ = loss(student, x, torch.zeros(2, 3, 24, 24))
+    expected, t, s = 0.0, teacher.first_conv(x), student.first_conv(x)
+    with torch.no_grad():
+        for i in range(teacher.cfg.block_num):
+            t, s = teacher.block(i, t), student.block(i, s)
+            expected += (s - t).abs().mean() / t.abs().mean()
+    assert torch.allclose(total.detach(), torch.as_tensor(expected), rtol=1e-5)

@@ -85,6 +85,22 @@ def test_real_use_config_names_what_is_missing(workflow_copy):
     assert "prune.calibration.hr: data/DIV2K/DIV2K_train_HR" in text
 
 
+def test_optin_settings_reach_score_units(tmp_path):
+    """prune.optin's scorer, probes and lam appear on the score-units command line."""
+    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    config["prune"]["optin"].update(scorer="sketch", probes=3, lam=0.25)
+    (tmp_path / "optin.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "-p", "--forceall", "--cores", "1", "--configfile",
+                       str(tmp_path / "optin.yaml"), cwd=ROOT)
+    text = result.stdout + result.stderr
+    assert result.returncode == 0, text[-2000:]
+    assert "--lam 0.25" in text and "--scorer sketch --probes 3" in text
+    config["prune"]["optin"]["scorer"] = "fast"
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    bad = snakemake("-n", "--cores", "1", "--configfile", str(tmp_path / "bad.yaml"), cwd=ROOT)
+    assert bad.returncode != 0 and "Error validating config" in bad.stdout + bad.stderr
+
+
 def test_invalid_config_is_rejected(workflow_copy):
     result = snakemake("-n", "--cores", "1", "--config", "scale=5", cwd=workflow_copy)
     assert result.returncode != 0

@@ -8,8 +8,8 @@ import torch
 
 from srprune.complexity import macs_full
 from srprune.models.catanet import ConvFFN, HeadProjections
-from srprune.pruning.adapter import (UNIT_KINDS_DEFAULT, check_unit_kinds, full_kept,
-                                     groups_of_kinds, kept_counts, masked)
+from srprune.pruning.adapter import (UNIT_KINDS_DEFAULT, block_output_layers, check_unit_kinds,
+                                     full_kept, groups_of_kinds, kept_counts, masked)
 from srprune.pruning.catanet import CATANetAdapter
 from srprune.pruning.selection import Costs, families
 from tiny_catanet import kept_units, narrowed, owned_slices, tiny_catanet, unit_index
@@ -102,6 +102,11 @@ def test_groups_follow_the_config(model):
     assert [g.name for g in groups] == [T0, F0, L0, G0, T1, F1, L1, G1]
     assert [(g.kind, g.block, g.count) for g in groups] == \
         [("head", 0, 2), ("neuron", 0, 12)] * 2 + [("head", 1, 2), ("neuron", 1, 12)] * 2
+    assert [g.layer for g in groups] == [0, 0, 1, 1, 2, 2, 3, 3]  # TAB output, block output
+    assert block_output_layers(groups) == [1, 3]
+    # channel groups write where their head group writes
+    assert all(g.layer == groups[[h.name for h in groups].index(g.parent)].layer
+               for g in ADAPTER.groups(model) if g.parent)
     narrow = tiny_catanet(tab_heads=[1, 2], lrsa_mlp=[12, 5], lrsa_qk=[1, 2], tab_v=[4, 3])
     narrow_groups = ADAPTER.groups(narrow)
     assert [g.count for g in groups_of_kinds(narrow_groups, ["head", "neuron"])] == \

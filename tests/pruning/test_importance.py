@@ -94,35 +94,73 @@ def gram_md(teacher: torch.Tensor, student: torch.Tensor, positions: torch.Tenso
     return total / teacher.shape[0]
 
 
-def terms_of(request, arch, adapter, model, x):
-    if arch == "catanet":
-        return request.getfixturevalue("catanet_terms")
-    return optin_terms(adapter, model, x, SETTINGS, progress=False)
+def one_off(group, unit):
+    mask = torch.ones(group.count)
+    mask[unit] = 0
+    return mask
 
 
-@pytest.mark.parametrize("arch", ["catanet", "vit"])
-def test_terms_by_hand(request, arch, x):
-    """A block-0 unit is scored on block 1 only; a last-block unit on its own block's output."""
-    adapter, model = request.getfixturevalue(arch)
-    terms = terms_of(request, arch, adapter, model, x)
+def test_terms_by_hand_vit(vit, x):
+    """ViT (one layer per block): a block-0 unit is scored on block 1, a block-1 unit on itself."""
+    adapter, model = vit
+    terms = optin_terms(adapter, model, x, SETTINGS, progress=False)
     ref = teacher_reference(adapter, model, x, SETTINGS)
     assert all(p.shape == (2, 16) for p in ref.positions)
     with torch.no_grad():
         teacher_feats, teacher_out = adapter.trajectory(model, x)
         for group in adapter.groups(model):
             unit = group.count - 1
-            mask = torch.ones(group.count)
-            mask[unit] = 0
-            with masked(adapter, model, {group.name: mask}):
+            with masked(adapter, model, {group.name: one_off(group, unit)}):
                 feats, out = adapter.trajectory(model, x)
             per_block = [gram_md(t, s, p) for t, s, p in zip(teacher_feats, feats, ref.positions)]
-            # block 0 (of two) is scored on block 1; block 1, the last, on block 1 itself
             assert torch.allclose(terms[group.name]["md"][unit], per_block[1], rtol=1e-4), group
             if group.block == 0:
                 assert per_block[0] > 0  # block 0's own distortion exists but is not counted
-            assert terms[group.name]["md"][unit] > 0
             mse = ((out - teacher_out) ** 2).mean()
             assert torch.allclose(terms[group.name]["out"][unit], mse, rtol=1e-4), group
+
+
+def catanet_layers_by_hand(model, x):
+    """TAB output and block output of every block (tokens), and the SR output, step by step."""
+    layers, f = [], model.first_conv(x)
+    y = f
+    for i, (tab, lrsa) in enumerate(model.blocks):
+        t = tab(y)
+        y = y + model.mid_convs[i](lrsa(t, model.cfg.patch_size[i]))
+        layers += [t.flatten(2).transpose(1, 2), y.flatten(2).transpose(1, 2)]
+    return layers, model(x)
+
+
+def scored_layers(name, blocks):
+    """Layers a unit is scored on, read off its module: a TAB unit from its own block's LRSA
+    output on, an LRSA unit from the next block's TAB output on, the last block's LRSA: itself."""
+    _, block, module = name.split(".")[:3]
+    first = 2 * int(block) + (1 if module == "0" else 2)
+    return list(range(first, 2 * blocks)) or [2 * blocks - 1]
+
+
+def test_catanet_sums_every_later_layer_of_three_blocks(x):
+    """Three blocks: every unit's md is the sum over all later layers (TAB and block outputs)."""
+    adapter = CATANetAdapter()
+    model = tiny_catanet(seed=5, block_num=3, patch_size=[8, 6, 8], num_tokens=[4, 8, 4],
+                         group_size=[16, 8, 16], n_iters=[2, 2, 2])
+    settings = OptinSettings(tokens=16, max_batch=8)
+    terms = optin_terms(adapter, model, x, settings, progress=False)
+    positions = teacher_reference(adapter, model, x, settings).positions
+    assert len(positions) == 6
+    with torch.no_grad():
+        teacher_layers, teacher_out = catanet_layers_by_hand(model, x)
+        for group in adapter.groups(model):
+            for unit in (0, group.count - 1):
+                with masked(adapter, model, {group.name: one_off(group, unit)}):
+                    layers, out = catanet_layers_by_hand(model, x)
+                per_layer = [gram_md(t, s, p) for t, s, p in zip(teacher_layers, layers, positions)]
+                expected = sum(per_layer[j] for j in scored_layers(group.name, 3))
+                assert torch.allclose(terms[group.name]["md"][unit], expected, rtol=1e-4), group
+                mse = ((out - teacher_out) ** 2).mean()
+                assert torch.allclose(terms[group.name]["out"][unit], mse, rtol=1e-4), group
+                if group.name.endswith("0.iasa_attn"):  # its own block's LRSA output counts
+                    assert per_layer[group.layer + 1] > 0 and per_layer[group.layer] > 0
 
 
 def test_combine():

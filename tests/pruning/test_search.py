@@ -1,14 +1,20 @@
 """The mask-search stages through the CLI: artifacts, budgets, zeroed export, clear errors."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 
 import srprune
-from srprune.cli import main
+from srprune.cli import build_parser, main
+from srprune.pruning.importance import OptinSettings
 from srprune.pruning.adapter import masked
 from srprune.pruning.catanet import CATANetAdapter
 from tiny_catanet import tiny_catanet
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +42,23 @@ def test_scores_artifact_is_plain_and_reproducible(setup):
     assert first["kind"] == "unit_scores" and first["method"] == "optin"
     assert first["calibration_crops"].shape == (3, 3, 12, 12)
     assert first["settings"]["tokens"] == 16 and first["calibration"]["num_crops"] == 3
+    assert first["settings"]["lam"] == OptinSettings().lam and first["settings"]["scorer"] == "exact"
+    lam = first["settings"]["lam"]
     for name, values in first["scores"].items():
         assert torch.equal(values, second["scores"][name])
-        expected = first["terms"][name]["md"] + first["balance_factor"] * first["terms"][name]["out"]
-        assert torch.allclose(values, expected)
+        terms = first["terms"][name]
+        assert torch.allclose(values, terms["md"] + lam * first["balance_factor"] * terms["out"])
+
+
+def test_optin_defaults_agree_everywhere():
+    """The measured defaults are the same in OptinSettings, the CLI and the config schema."""
+    schema = yaml.safe_load((ROOT / "config/schema.yaml").read_text())
+    optin = schema["properties"]["prune"]["properties"]["optin"]["properties"]
+    args = build_parser().parse_args(["score-units", "--teacher", "t", "--out", "o"])
+    defaults = OptinSettings()
+    for key in ("lam", "scorer", "probes", "tokens", "max_batch"):
+        assert getattr(args, key) == getattr(defaults, key) == optin[key]["default"], key
+    assert defaults.lam == 0.3  # measured on the validation split, see the importance docstring
 
 
 @pytest.mark.parametrize("method", ["optin", "magnitude", "random"])
@@ -82,6 +101,30 @@ def test_budget_below_floor_and_wrong_teacher(setup, capsys):
     assert main(["search-masks", "--teacher", str(other), "--scores", str(scores),
                  "--mac-constraint", "0.9", "--out", str(root / "y.pth")]) == 2
     assert "another teacher" in capsys.readouterr().err
+
+
+def test_sketch_scorer_through_the_cli(setup, capsys):
+    """--scorer and --probes are recorded; parts of a sketch gather into the whole."""
+    root, _ = setup
+    whole = torch.load(score(setup, "optin", "sk.pth", "--scorer", "sketch", "--probes", "3",
+                             "--lam", "0.5"), weights_only=True)
+    assert whole["settings"]["scorer"] == "sketch" and whole["settings"]["probes"] == 3
+    assert whole["settings"]["lam"] == 0.5
+    exact = torch.load(score(setup, "optin", "ex.pth"), weights_only=True)
+    assert exact["settings"]["scorer"] == "exact"
+    parts = [score(setup, "optin", f"sk{k}.pth", "--scorer", "sketch", "--probes", "3", "--lam",
+                   "0.5", "--part", f"{k}/2") for k in range(2)]
+    assert main(["gather-scores", *map(str, parts), "--out", str(root / "skj.pth")]) == 0
+    joined = torch.load(root / "skj.pth", weights_only=True)
+    for name, values in whole["scores"].items():
+        assert torch.allclose(joined["scores"][name], values, rtol=1e-5), name
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        score(setup, "optin", "bad.pth", "--scorer", "fast")
+    assert "invalid choice" in capsys.readouterr().err
+    with pytest.raises(AssertionError):  # exit code 2, not 0
+        score(setup, "optin", "bad.pth", "--scorer", "sketch", "--probes", "0")
+    assert "probes must be at least 1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("method", ["optin", "magnitude", "random"])

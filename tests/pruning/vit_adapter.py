@@ -99,8 +99,8 @@ class TinyViTAdapter(Adapter):
 
     def groups(self, model: TinyViT) -> list[UnitGroup]:
         return [g for i, (h, m) in enumerate(zip(model.cfg.heads, model.cfg.hidden))
-                for g in (UnitGroup(f"blocks.{i}.attn", "head", i, h),
-                          UnitGroup(f"blocks.{i}.mlp", "neuron", i, m))]
+                for g in (UnitGroup(f"blocks.{i}.attn", "head", i, h, i),
+                          UnitGroup(f"blocks.{i}.mlp", "neuron", i, m, i))]
 
     def reference_lr_size(self, model: TinyViT) -> tuple[int, int]:
         return (12, 12)
@@ -146,13 +146,16 @@ class TinyViTAdapter(Adapter):
         batch = cache.block_in[0].shape[0]
         self.set_masks(model, {group.name: masks.repeat_interleave(batch, dim=0)})
         try:
-            t, feats = cache.block_in[group.block].repeat(masks.shape[0], 1, 1), []
+            t, feats = cache.block_in[group.layer].repeat(masks.shape[0], 1, 1), []
             for block in model.blocks[group.block:]:
                 t = block(t)
                 feats.append(t)
             return feats, model.to_image(t, cache.hw)
         finally:
             self.set_masks(model, None)
+
+    def local_layers(self, model: TinyViT, cache: ViTCache) -> list[Tensor]:
+        return [block(t) for block, t in zip(model.blocks, cache.block_in)]
 
     def slices(self, model: TinyViT, group: UnitGroup) -> list[tuple[str, int, int]]:
         """(parameter name, axis, width per unit) of every slice the group's units own."""

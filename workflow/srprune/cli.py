@@ -133,7 +133,7 @@ def cmd_score_units(args: argparse.Namespace) -> None:
 
     calibration = _calibration(args)
     settings = OptinSettings(tokens=args.tokens, lam=args.lam, seed=args.seed,
-                             max_batch=args.max_batch)
+                             max_batch=args.max_batch, scorer=args.scorer, probes=args.probes)
     artifact = score_units(args.teacher, args.method, calibration, settings,
                            _model_config(args.model_config), args.device, part=_part(args.part),
                            units=args.units)
@@ -264,6 +264,8 @@ def _teacher_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The ``srprune`` parser with one subcommand per stage."""
     from .pruning.compensate import TARGETS, CompensationSettings
+    from .pruning.importance import OptinSettings
+    from .pruning.search import SCORERS
 
     parser = Parser(prog="srprune", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -295,11 +297,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="optin", choices=("optin", "magnitude", "random"))
     p.add_argument("--out", required=True, help="unit-scores artifact (.pth)")
     _calibration_args(p, "calibration crops, token positions, random scores")
-    p.add_argument("--tokens", type=positive_int, default=64,
+    p.add_argument("--tokens", type=positive_int, default=OptinSettings.tokens,
                    help="token positions K per Gram matrix")
-    p.add_argument("--lam", type=nonnegative_float, default=1.0, help="weight of the output term")
-    p.add_argument("--max-batch", type=positive_int, default=16,
+    p.add_argument("--lam", type=nonnegative_float, default=OptinSettings.lam,
+                   help="weight of the output term against the trajectory term")
+    p.add_argument("--max-batch", type=positive_int, default=OptinSettings.max_batch,
                    help="images per masked forward (variants x crops); bounds memory")
+    p.add_argument("--scorer", default=OptinSettings.scorer, choices=SCORERS,
+                   help="OPTIN terms: exact (one masked forward per unit), sketch (random-probe "
+                        "estimate of their second-order values, far fewer passes) or hybrid "
+                        "(exact for heads, sketch for the other units)")
+    p.add_argument("--probes", type=positive_int, default=OptinSettings.probes,
+                   help="random probes of the sketch scorer")
     p.add_argument("--device", default="cpu", type=device, help="cpu, cuda, cuda:N")
     p.add_argument("--part", help="k/n: score only the blocks i with i %% n == k (job k of n); "
                                   "join the n parts with gather-scores")

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from .checkpoint import CheckpointError, load_finite, load_model, save_model
 from .data import PatchSampler, folder_digest
 from .evaluate import load_pairs
-from .pruning.adapter import Adapter
+from .pruning.adapter import Adapter, block_output_layers
 from .pruning.search import adapter_for, check_artifact, file_sha256
 from .settings import check_sections, check_weights, from_mapping
 from .train import LossFn, Trainer, TrainSettings, check_data_section, pick_device
@@ -61,13 +61,16 @@ class KDWeights:
 
 def feature_kd_loss(adapter: Adapter, teacher: nn.Module, weights: KDWeights) -> LossFn:
     """The fine-tuning loss as a ``Trainer`` loss function."""
+    blocks = block_output_layers(adapter.groups(teacher))
+
     def loss(student: nn.Module, lr_img: Tensor, hr_img: Tensor) -> tuple[Tensor, dict[str, float]]:
         feats, out = adapter.trajectory(student, lr_img)
         with torch.no_grad():
             t_feats, t_out = adapter.trajectory(teacher, lr_img)
         pix = F.l1_loss(out, hr_img)
         kd_out = F.l1_loss(out, t_out)
-        feat = sum(F.l1_loss(s, t) / t.abs().mean().clamp(min=1e-8) for s, t in zip(feats, t_feats))
+        feat = sum(F.l1_loss(feats[j], t_feats[j]) / t_feats[j].abs().mean().clamp(min=1e-8)
+                   for j in blocks)
         total = weights.pix * pix + weights.out * kd_out + weights.feat * feat
         return total, {"pix": pix.item(), "kd_out": kd_out.item(), "feat": float(feat.detach())}
     return loss

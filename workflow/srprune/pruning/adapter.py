@@ -9,7 +9,12 @@ by writing one adapter, not by editing the core.
 
 Masks are ``{group name: tensor of shape (units,)}`` with 1 (keep) or 0 (remove); during scoring a
 group's mask may carry one row per sample, ``(batch, units)``, so that many masked variants run in
-one batched forward. Applying a mask must be exactly equivalent to removing the masked units.
+one batched forward. Applying a mask must be exactly equivalent to removing the masked units, and
+a mask is a multiplier that autograd differentiates through (the sketch scorer needs it).
+
+The *trajectory* is the output of every layer in forward order (for CATANet two per block: the
+TAB output and the block output). Each group names the ``layer`` its units write into; importance
+scores a unit on the layers after it.
 
 Channel groups refine a head group: their ``parent`` is the head group and unit
 ``head * per_parent + channel`` is one channel of one head. A masks dict may omit any group (it
@@ -36,15 +41,18 @@ UNIT_KINDS_DEFAULT = ("head", "neuron")
 
 @dataclass(frozen=True)
 class UnitGroup:
-    """One prunable module: ``count`` units of one ``kind``, inside trajectory block ``block``.
+    """One prunable module: ``count`` units of one ``kind`` in ``block``, writing into ``layer``.
 
-    A channel group names its head group as ``parent`` and has ``per_parent`` channels per head.
+    ``layer`` indexes :meth:`Adapter.trajectory`'s outputs: the first layer whose output the
+    units change. A channel group names its head group as ``parent`` and has ``per_parent``
+    channels per head.
     """
 
     name: str
     kind: str
     block: int
     count: int
+    layer: int = 0
     parent: str | None = None
     per_parent: int = 0
 
@@ -105,7 +113,7 @@ class Adapter(ABC):
 
     @abstractmethod
     def trajectory(self, model: nn.Module, x: Tensor) -> tuple[list[Tensor], Tensor]:
-        """Output of every block as tokens (B x N x C), in order, and the model output."""
+        """Output of every layer as tokens (B x N x C), in order, and the model output."""
 
     @abstractmethod
     def cache(self, model: nn.Module, x: Tensor) -> Any:
@@ -117,8 +125,16 @@ class Adapter(ABC):
         """Forward from ``group`` on with V masked variants of it at once.
 
         ``masks`` is (V, units) for ``group``; the cached batch of B inputs is repeated V times
-        (variant-major: sample ``v * B + b``). Returns the token outputs of blocks
-        ``group.block`` to the last, each (V*B) x N x C, and the model output, (V*B) x ...
+        (variant-major: sample ``v * B + b``). Returns the token outputs of layers
+        ``group.layer`` to the last, each (V*B) x N x C, and the model output, (V*B) x ...
+        """
+
+    @abstractmethod
+    def local_layers(self, model: nn.Module, cache: Any) -> list[Tensor]:
+        """Every layer's token output, each run alone from the teacher's cached input to it.
+
+        Uses the masks that :meth:`set_masks` applied (one row per cached sample allowed), so
+        that layer L's output depends on layer L's masks only.
         """
 
     @abstractmethod
@@ -250,6 +266,14 @@ def _check_channels(group: UnitGroup, mask: Tensor, parent: Tensor | None) -> No
 
 def full_kept(groups: list[UnitGroup]) -> dict[str, int]:
     return {g.name: g.count for g in groups}
+
+
+def block_output_layers(groups: list[UnitGroup]) -> list[int]:
+    """Trajectory index of each block's output (its last layer with units), in block order."""
+    last: dict[int, int] = {}
+    for g in groups:
+        last[g.block] = max(last.get(g.block, g.layer), g.layer)
+    return [last[b] for b in sorted(last)]
 
 
 def kept_counts(masks: dict[str, Tensor]) -> dict[str, int]:

@@ -19,6 +19,9 @@ normalised tokens, not from q/k, so a channel can go on its own):
   from every dot product (the softmax scale stays the full head's).
 * ``<head group>.v`` (v channels): row of ``to_v`` (and IRCA ``to_v``), column of ``proj``. The
   mask multiplies the attention output's channel before ``proj``.
+
+Trajectory layers: ``2i`` is block i's TAB output (TAB heads and TAB FFN write into it), ``2i + 1``
+its block output (LRSA heads and LRSA FFN).
 """
 from __future__ import annotations
 
@@ -81,11 +84,12 @@ class CATANetAdapter(Adapter):
         for i in range(cfg.block_num):
             for suffix, (field, kind) in GROUP_FIELDS.items():
                 name, count = f"blocks.{i}.{suffix}", getattr(cfg, field)[i]
-                groups.append(UnitGroup(name, kind, i, count))
+                layer = 2 * i + int(suffix.startswith("1."))
+                groups.append(UnitGroup(name, kind, i, count, layer))
                 if kind == "head":
                     groups += [UnitGroup(name + end, channel_kind, i,
-                                         count * getattr(cfg, fields[suffix])[i], name,
-                                         getattr(cfg, fields[suffix])[i])
+                                         count * getattr(cfg, fields[suffix])[i], layer,
+                                         parent=name, per_parent=getattr(cfg, fields[suffix])[i])
                                for end, (fields, channel_kind, _) in CHANNEL_FIELDS.items()]
         return groups
 
@@ -132,9 +136,18 @@ class CATANetAdapter(Adapter):
         f = model.embed(x)
         feats, y = [], f
         for i in range(model.cfg.block_num):
-            y = model.block(i, y)
-            feats.append(map_to_tokens(y))
+            y = self._block_layers(model, i, y, feats)
         return feats, model.reconstruct(y + f, x)
+
+    @staticmethod
+    def _block_layers(model: CATANet, i: int, y: Tensor, feats: list[Tensor]) -> Tensor:
+        """Run block i on map ``y``; append its TAB output and block output to ``feats``."""
+        tab, lrsa = model.blocks[i]
+        z = tab(y)
+        feats.append(map_to_tokens(z))
+        y = y + model.mid_convs[i](lrsa(z, model.cfg.patch_size[i]))
+        feats.append(map_to_tokens(y))
+        return y
 
     def cache(self, model: CATANet, x: Tensor) -> CATANetCache:
         f = model.embed(x)
@@ -156,15 +169,27 @@ class CATANetAdapter(Adapter):
         try:
             tab, lrsa = model.blocks[i]
             x_in = repeat(cache.block_in[i])
-            y = tab(x_in) if suffix.startswith("0.") else repeat(cache.tab_out[i])
-            y = x_in + model.mid_convs[i](lrsa(y, model.cfg.patch_size[i]))
-            feats = [map_to_tokens(y)]
-            for j in range(i + 1, model.cfg.block_num):
-                y = model.block(j, y)
+            feats = []
+            if suffix.startswith("0."):
+                y = tab(x_in)
                 feats.append(map_to_tokens(y))
+            else:
+                y = repeat(cache.tab_out[i])
+            y = x_in + model.mid_convs[i](lrsa(y, model.cfg.patch_size[i]))
+            feats.append(map_to_tokens(y))
+            for j in range(i + 1, model.cfg.block_num):
+                y = self._block_layers(model, j, y, feats)
             return feats, model.reconstruct(y + repeat(cache.f), repeat(cache.x))
         finally:
             setattr(module, attribute, None)
+
+    def local_layers(self, model: CATANet, cache: CATANetCache) -> list[Tensor]:
+        feats = []
+        for i, (tab, lrsa) in enumerate(model.blocks):
+            feats.append(map_to_tokens(tab(cache.block_in[i])))
+            block_out = lrsa(cache.tab_out[i], model.cfg.patch_size[i])
+            feats.append(map_to_tokens(cache.block_in[i] + model.mid_convs[i](block_out)))
+        return feats
 
     def slices(self, model: CATANet, group: UnitGroup) -> list[tuple[str, int, int]]:
         """(parameter name, axis, width per unit) of every weight slice the group's units own."""

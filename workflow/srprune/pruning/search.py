@@ -33,10 +33,12 @@ from .adapter import (UNIT_KINDS_DEFAULT, Adapter, UnitGroup, check_groups,
 from .catanet import CATANetAdapter
 from .importance import METHODS, OptinSettings, combine, optin_terms, random_scores
 from .selection import Selector
+from .sketch import hybrid_terms, sketch_terms
 
 log = logging.getLogger(__name__)
 
 ADAPTERS: dict[str, type[Adapter]] = {"catanet": CATANetAdapter}
+SCORERS = {"exact": optin_terms, "sketch": sketch_terms, "hybrid": hybrid_terms}
 
 
 def adapter_for(model: nn.Module) -> Adapter:
@@ -95,6 +97,10 @@ def score_units(teacher_path: str | Path, method: str, calibration: Calibration,
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     units = check_unit_kinds(units)
+    if settings.scorer not in SCORERS:
+        raise ValueError(f"scorer must be one of {sorted(SCORERS)}, got {settings.scorer!r}")
+    if settings.probes < 1:
+        raise ValueError(f"probes must be at least 1, got {settings.probes}")
     model = load_finite(teacher_path, **(model_config or {}))
     adapter = adapter_for(model)
     all_groups = groups_of_kinds(adapter.groups(model), units)
@@ -109,7 +115,8 @@ def score_units(teacher_path: str | Path, method: str, calibration: Calibration,
     if method == "optin":
         x = calibration.crops(model.cfg.upscale)
         model.to(device)
-        terms = optin_terms(adapter, model, x.to(device), settings, progress=progress, groups=groups)
+        terms = SCORERS[settings.scorer](adapter, model, x.to(device), settings, progress=progress,
+                                         groups=groups)
         artifact.update(calibration=asdict(calibration), calibration_crops=x,
                         settings=settings.to_dict(), terms=terms)
     elif method == "magnitude":
