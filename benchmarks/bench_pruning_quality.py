@@ -15,6 +15,12 @@ is fine-tuned for ``--finetune-iters`` iterations on the CPU (batch 8 of 32x32 L
 KD from the teacher, the workflow's default loss), once on the embedded training images and once
 on the training split, validation on the validation split; Set5 x4 of both is reported.
 
+OPTIN scoring of the released-size x4 model is slow on a CPU (the exact scorer runs one masked
+forward per unit), so its calibration is set apart (``--optin-crops``, ``--optin-crop-size``,
+default 4 of 32x32 from the training split) from the crops that measure candidates and fit the
+compensation, and ``--optin-scores`` takes an OPTIN scores artifact made earlier (for the
+``heads`` unit set; its own calibration is printed, and ``lam`` is recombined to ``--lam``).
+
 Everything is cached in ``--workdir`` (scores, masks, models), so a rerun only redoes what is
 missing; cached stages report the time they took when they were made.
 
@@ -29,6 +35,7 @@ import hashlib
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,8 +48,8 @@ from srprune.fileio import save_json
 from srprune.pruning.adapter import KINDS, UNIT_KINDS_DEFAULT
 from srprune.pruning.compensate import CompensationSettings, compensate_checkpoint
 from srprune.pruning.importance import METHODS, OptinSettings
-from srprune.pruning.search import (Calibration, export_zeroed, file_sha256, save_artifact,
-                                    score_units, search_masks)
+from srprune.pruning.search import (Calibration, export_zeroed, file_sha256, finish_scores,
+                                    save_artifact, score_units, search_masks)
 
 WEIGHTS = "weights/catanet_x4_third_party.pth"
 SET5_HR, SET5_LR = "data/Set5/HR", "data/Set5/LR_bicubic/X4"
@@ -67,6 +74,14 @@ def cached(path: Path, make: Callable[[], Any], write: Callable[[Any, Path], Non
 
 def psnr_of(path: Path, pairs: Any) -> float:
     return score_model(load_model(path), pairs, SCALE)["psnr"]
+
+
+def given_scores(path: Path, lam: float) -> dict[str, Any]:
+    """An OPTIN scores artifact made earlier, its raw terms recombined with ``lam``."""
+    artifact = read_checkpoint(path)
+    artifact["settings"] = {**artifact["settings"], "lam": lam}
+    artifact.setdefault("units", list(UNIT_KINDS_DEFAULT))
+    return finish_scores(artifact)
 
 
 def run_budget(teacher: Path, scores: Path, budget: float, calibration: Calibration,
@@ -118,6 +133,12 @@ def main() -> None:
     parser.add_argument("--num-crops", type=int, default=32, help="calibration LR crops")
     parser.add_argument("--crop-size", type=int, default=48, help="side of each LR crop")
     parser.add_argument("--scorer", default=OptinSettings.scorer, help="OPTIN scorer")
+    parser.add_argument("--channels-scorer", default="hybrid",
+                        help="OPTIN scorer of the channels unit set (exact is about 1.8x heads')")
+    parser.add_argument("--optin-crops", type=int, default=4, help="OPTIN calibration crops")
+    parser.add_argument("--optin-crop-size", type=int, default=32)
+    parser.add_argument("--optin-scores", type=Path,
+                        help="OPTIN scores artifact of the heads unit set, made earlier")
     parser.add_argument("--lam", type=float, default=OptinSettings.lam)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -134,10 +155,12 @@ def main() -> None:
     calibration = Calibration(hr=str(split["train"]), num_crops=args.num_crops,
                               crop_size=args.crop_size, seed=args.seed)
     settings = OptinSettings(lam=args.lam, seed=args.seed, scorer=args.scorer)
+    optin_calibration = Calibration(hr=str(split["train"]), num_crops=args.optin_crops,
+                                    crop_size=args.optin_crop_size, seed=args.seed)
     compensation = CompensationSettings()
-    print(f"teacher {teacher.name} (x{SCALE}); calibration {args.num_crops} LR crops "
-          f"{args.crop_size}x{args.crop_size} of {split['train']} (seed {args.seed}); OPTIN "
-          f"{settings}; selection measured; compensation {compensation}")
+    print(f"teacher {teacher.name} (x{SCALE}); calibration (selection, compensation) "
+          f"{args.num_crops} LR crops {args.crop_size}x{args.crop_size} of {split['train']} "
+          f"(seed {args.seed}); selection measured; compensation {compensation}")
 
     pairs = load_pairs(shared / SET5_HR, SCALE, shared / SET5_LR, "{}x4")
     val = load_pairs(split["val"], SCALE)
@@ -147,12 +170,21 @@ def main() -> None:
     for unit_set in args.units:
         units = UNIT_SETS[unit_set]
         for method in args.methods:
-            key = digest([method, units, vars(calibration), settings.to_dict()
+            scoring = replace(settings, scorer=args.channels_scorer) \
+                if unit_set == "channels" else settings
+            key = digest([method, units, vars(calibration),
+                          [scoring.to_dict(), vars(optin_calibration), str(args.optin_scores)]
                           if method == "optin" else args.seed, file_sha256(teacher)])
             scores, score_s = cached(
                 args.workdir / f"scores_{method}_{unit_set}_{key}.pth",
-                lambda: score_units(teacher, method, calibration, settings, progress=False,
-                                    units=units), save_artifact)
+                lambda: given_scores(args.optin_scores, args.lam)
+                if method == "optin" and unit_set == "heads" and args.optin_scores
+                else score_units(teacher, method, optin_calibration, scoring, progress=False,
+                                 units=units), save_artifact)
+            if method == "optin":
+                made = read_checkpoint(scores)
+                print(f"OPTIN scores ({unit_set}): {made['settings']}, calibration "
+                      f"{made['calibration']}")
             print(f"scores {method} {unit_set}: {fmt_seconds(score_s)}", flush=True)
             for budget in args.budgets:
                 stem = f"{method}_{unit_set}_r{budget:g}_{key}"
