@@ -188,18 +188,14 @@ def training_split(root: Path | None = None) -> dict[str, Path]:
     return folders
 
 
-def bsd_training_folder(train: Path) -> Path:
-    """Symlinks to the BSD200 images of the training split, beside it (``train_bsd``).
+def knapsack_masks(adapter: Adapter, model: nn.Module, groups: list[UnitGroup],
+                   scores: dict[str, Tensor], budget: float) -> dict[str, Tensor]:
+    """The library's knapsack masks (unmeasured, so scorers are compared on their scores only)."""
+    from srprune.pruning.selection import Selector
 
-    T91's images are too small for LR calibration crops of 32 or more at x4.
-    """
-    folder = train.parent / "train_bsd"
-    folder.mkdir(exist_ok=True)
-    for stale in folder.iterdir():
-        stale.unlink()
-    for path in sorted(train.glob("BSD200_*")):
-        (folder / path.name).symlink_to(path.resolve())
-    return folder
+    lr_size = adapter.reference_lr_size(model)
+    selector = Selector(groups, scores, lambda kept: adapter.macs(model, kept, lr_size))
+    return selector.select(budget, "knapsack")[0].masks
 
 
 def zeroed_psnr(teacher: Path, masks: dict[str, Tensor], pairs: Any, scale: int) -> float:

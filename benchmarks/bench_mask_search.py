@@ -2,7 +2,7 @@
 
 Teacher: ../shared/weights/catanet_x4_third_party.pth (a trained x4 CATANet, 1600 units). Both
 scorers run on the same calibration crops (``--num-crops`` LR crops of ``--crop-size`` from the
-BSD200 part of the training split, ``_common.training_split``; T91 is too small at x4) with the
+training split, ``_common.training_split``; images smaller than a crop are skipped) with the
 same ``OptinSettings``; only ``scorer`` differs. The hybrid scorer's terms are the exact terms of
 the heads and the sketched terms of the other units (what ``hybrid_terms`` returns, tested), so
 they are composed from the two runs; its time is the sketch's plus the exact scorer's time on
@@ -12,12 +12,12 @@ the head groups, which is measured on its own. Printed:
   on a loaded machine only the ratios mean something;
 * Spearman rank correlation against exact, per kind of unit and overall, for the trajectory
   term ``md``, the output term ``out`` and the combined score at ``--lam``;
-* for each budget r: the masks each scorer's scores give (library selection), the share of units
-  on which they agree with exact, and the Set5 x4 PSNR of the zeroed teacher with each (Set5
+* for each budget r: the masks each scorer's scores give (the library's knapsack, unmeasured),
+  the share of units on which they agree with exact, and the Set5 x4 PSNR of the zeroed teacher with each (Set5
   only reports).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_mask_search.py [--num-crops 32] [--crop-size 48]
-        [--probes 8] [--lam L] [--budgets 0.7 0.5] [--selection optin] [--threads 1]
+        [--probes 8] [--lam L] [--budgets 0.7 0.5] [--threads 1]
 """
 from __future__ import annotations
 
@@ -30,14 +30,13 @@ from pathlib import Path
 import torch
 from scipy.stats import spearmanr
 
-from _common import (bsd_training_folder, fmt_seconds, peak_rss_mib, require_shared, set_threads,
+from _common import (fmt_seconds, knapsack_masks, peak_rss_mib, require_shared, set_threads,
                      training_split, zeroed_psnr)
 from srprune import load_model
 from srprune.evaluate import load_pairs, score_model
-from srprune.pruning.adapter import full_kept, unit_costs
+from srprune.pruning.adapter import UNIT_KINDS_DEFAULT, groups_of_kinds
 from srprune.pruning.importance import OptinSettings, combine, optin_terms
 from srprune.pruning.search import Calibration, adapter_for
-from srprune.pruning.selection import SELECTIONS, select
 from srprune.pruning.sketch import sketch_terms
 
 WEIGHTS = "weights/catanet_x4_third_party.pth"
@@ -79,7 +78,6 @@ def main() -> None:
     parser.add_argument("--lam", type=float, default=OptinSettings.lam)
     parser.add_argument("--max-batch", type=int, default=OptinSettings.max_batch)
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.7, 0.5])
-    parser.add_argument("--selection", default="optin", choices=SELECTIONS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split-root", type=Path,
                         default=Path(tempfile.gettempdir()) / "srprune_bench_split")
@@ -89,14 +87,14 @@ def main() -> None:
     shared = require_shared(WEIGHTS, SET5_HR, SET5_LR)
     teacher = shared / WEIGHTS
     print(set_threads(args.threads))
-    calib_hr = bsd_training_folder(training_split(args.split_root)["train"])
+    calib_hr = training_split(args.split_root)["train"]
     calibration = Calibration(hr=str(calib_hr), num_crops=args.num_crops,
                               crop_size=args.crop_size, seed=args.seed)
     settings = OptinSettings(tokens=args.tokens, lam=args.lam, seed=args.seed,
                              max_batch=args.max_batch, probes=args.probes)
     model = load_model(teacher)
     adapter = adapter_for(model)
-    groups = adapter.groups(model)
+    groups = groups_of_kinds(adapter.groups(model), UNIT_KINDS_DEFAULT)
     x = calibration.crops(SCALE)
     print(f"teacher {teacher.name}, {sum(g.count for g in groups)} units; calibration "
           f"{x.shape[0]} LR crops {args.crop_size}x{args.crop_size} of {calib_hr}; {settings}")
@@ -119,20 +117,17 @@ def main() -> None:
         print(f"\n{name} against exact")
         spearman_table(groups, exact, terms, args.lam)
 
-    lr_size = adapter.reference_lr_size(model)
-    costs = unit_costs(adapter, model, lr_size)
-    total = adapter.macs(model, full_kept(groups), lr_size)
     pairs = load_pairs(shared / SET5_HR, SCALE, shared / SET5_LR, "{}x4")
     base = score_model(model, pairs, SCALE, ssim=False)["psnr"]
     print(f"\nSet5 x{SCALE}, zeroed teacher (no compensation, no fine-tuning); teacher "
-          f"{base:.3f} dB; selection {args.selection}")
+          f"{base:.3f} dB; knapsack selection (unmeasured)")
     scorers = {"exact": exact, "sketch": sketch, "hybrid": hybrid}
     names = [g.name for g in groups]
     print(f"{'r':>4} " + " ".join(f"{name + ' dPSNR':>13}" for name in scorers)
           + f" {'same as exact: sketch':>22} {'hybrid':>7}")
     for budget in args.budgets:
-        masks = {name: select(groups, combine(terms, args.lam)[0], costs, total, budget,
-                              args.selection, 0) for name, terms in scorers.items()}
+        masks = {name: knapsack_masks(adapter, model, groups, combine(terms, args.lam)[0], budget)
+                 for name, terms in scorers.items()}
         same = [float((flat(masks[name], names) == flat(masks["exact"], names)).float().mean())
                 for name in ("sketch", "hybrid")]
         psnr = [zeroed_psnr(teacher, m, pairs, SCALE) - base for m in masks.values()]
