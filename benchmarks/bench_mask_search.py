@@ -13,8 +13,8 @@ the head groups, which is measured on its own. Printed:
 * Spearman rank correlation against exact, per kind of unit and overall, for the trajectory
   term ``md``, the output term ``out`` and the combined score at ``--lam``;
 * for each budget r: the masks each scorer's scores give (the library's knapsack, unmeasured),
-  the share of units on which they agree with exact, and the Set5 x4 PSNR of the zeroed teacher with each (Set5
-  only reports).
+  the share of units on which they agree with exact, and the Set5 x4 PSNR of the zeroed teacher
+  with each (Set5 only reports).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_mask_search.py [--num-crops 32] [--crop-size 48]
         [--probes 8] [--lam L] [--budgets 0.7 0.5] [--threads 1]
