@@ -262,8 +262,9 @@ def export_zeroed(teacher_path: str | Path, masks_path: str | Path, out: str | P
     adapter.check_masks(model, artifact["masks"])
     adapter.zero_units(model, artifact["masks"])
     meta = {"stage": "zeroed", "masks": artifact["masks"], "method": artifact["method"],
-            "groups": artifact.get("groups") or [asdict(g) for g in adapter.groups(model)],
-            "units": artifact.get("units", list(UNIT_KINDS_DEFAULT)),
+            "groups": artifact.get("groups") or [asdict(g) for g in groups_of_kinds(
+                adapter.groups(model), artifact.get("units") or UNIT_KINDS_DEFAULT)],
+            "units": artifact.get("units") or list(UNIT_KINDS_DEFAULT),
             "mac_constraint": artifact["mac_constraint"],
             "achieved_mac_ratio": artifact["achieved_mac_ratio"],
             "teacher_sha256": artifact["teacher_sha256"]}
