@@ -72,8 +72,12 @@ def cached(path: Path, make: Callable[[], Any], write: Callable[[Any, Path], Non
     return path, float(timing.read_text()) if timing.exists() else float("nan")
 
 
-def psnr_of(path: Path, pairs: Any) -> float:
-    return score_model(load_model(path), pairs, SCALE)["psnr"]
+def psnr_of(path: Path, pairs: Any, dataset: str) -> float:
+    """PSNR of the model file on ``pairs``, cached beside it (``<file>.<dataset>.psnr``)."""
+    cache = path.with_name(f"{path.name}.{dataset}.psnr")
+    if not cache.exists():
+        cache.write_text(repr(score_model(load_model(path), pairs, SCALE)["psnr"]))
+    return float(cache.read_text())
 
 
 def given_scores(path: Path, lam: float) -> dict[str, Any]:
@@ -164,7 +168,8 @@ def main() -> None:
 
     pairs = load_pairs(shared / SET5_HR, SCALE, shared / SET5_LR, "{}x4")
     val = load_pairs(split["val"], SCALE)
-    base, base_val = psnr_of(teacher, pairs), psnr_of(teacher, val)
+    base = score_model(load_model(teacher), pairs, SCALE)["psnr"]
+    base_val = score_model(load_model(teacher), val, SCALE)["psnr"]
     print(f"teacher: Set5 x{SCALE} {base:.3f} dB, validation split {base_val:.3f} dB", flush=True)
     rows, compensated = [], {}
     for unit_set in args.units:
@@ -195,9 +200,9 @@ def main() -> None:
                        "ratio": done["masks"]["achieved_mac_ratio"],
                        "prunable": done["masks"]["prunable_mac_ratio"],
                        "kept": kept_line(done["masks"]),
-                       "zeroed": psnr_of(done["zeroed"], pairs),
-                       "compensated": psnr_of(done["compensated"], pairs),
-                       "val": psnr_of(done["compensated"], val) - base_val,
+                       "zeroed": psnr_of(done["zeroed"], pairs, "set5"),
+                       "compensated": psnr_of(done["compensated"], pairs, "set5"),
+                       "val": psnr_of(done["compensated"], val, "val") - base_val,
                        "score_s": score_s, "search_s": done["search_s"],
                        "compensate_s": done["compensate_s"]}
                 rows.append(row)
@@ -226,7 +231,7 @@ def main() -> None:
         for tag, train in (("embedded", "embedded:train"), ("t91_bsd200", str(split["train"]))):
             path, seconds = fine_tune(teacher, compensated[start_key], train, str(split["val"]),
                                       args.finetune_iters, args.workdir, tag)
-            print(f"  on {train}: Set5 x{SCALE} {psnr_of(path, pairs):.3f} dB "
+            print(f"  on {train}: Set5 x{SCALE} {psnr_of(path, pairs, 'set5'):.3f} dB "
                   f"({fmt_seconds(seconds)})", flush=True)
     print(f"\npeak RSS {peak_rss_mib():.0f} MiB; work files in {args.workdir}")
 
