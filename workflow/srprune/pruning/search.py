@@ -17,7 +17,7 @@ import hashlib
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -182,12 +182,15 @@ def calibration_crops(scores: dict[str, Any], calibration: Calibration | None,
 def output_distortion(adapter: Adapter, model: nn.Module, x: Tensor, reference: Tensor,
                       masks: dict[str, Tensor], batch: int = 16) -> float:
     """Mean squared error of the masked model's output against ``reference`` (the teacher's)."""
-    total = 0.0
     with masked(adapter, model, masks):
-        for start in range(0, x.shape[0], batch):
-            out = model(x[start:start + batch])
-            total += float((out - reference[start:start + batch]).pow(2).sum())
+        total = sum(float((out - ref).pow(2).sum())
+                    for out, ref in zip(batched(model, x, batch), reference.split(batch)))
     return total / reference.numel()
+
+
+def batched(model: nn.Module, x: Tensor, batch: int = 16) -> Iterator[Tensor]:
+    """The model's outputs on ``x``, ``batch`` inputs at a time (bounds memory)."""
+    return (model(chunk) for chunk in x.split(batch))
 
 
 @torch.no_grad()
@@ -212,7 +215,7 @@ def search_masks(teacher_path: str | Path, scores_path: str | Path, budget: floa
     measure = None
     if selection == "measured":
         x = calibration_crops(scores, calibration, model.cfg.upscale).to(device)
-        reference = torch.cat([model(x[i:i + 16]) for i in range(0, x.shape[0], 16)])
+        reference = torch.cat(list(batched(model, x)))
         check_finite({"output": reference}, f"{teacher_path} on the calibration crops")
         measure = lambda masks: output_distortion(adapter, model, x, reference, masks)  # noqa: E731
     chosen, candidates = selector.select(budget, selection, measure)
