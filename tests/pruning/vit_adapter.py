@@ -157,6 +157,18 @@ class TinyViTAdapter(Adapter):
     def local_layers(self, model: TinyViT, cache: ViTCache) -> list[Tensor]:
         return [block(t) for block, t in zip(model.blocks, cache.block_in)]
 
+    def block_count(self, model: TinyViT) -> int:
+        return len(model.blocks)
+
+    def enter(self, model: TinyViT, x: Tensor) -> Tensor:
+        return model.tokens(x)
+
+    def run_block(self, model: TinyViT, i: int, stream: Tensor) -> Tensor:
+        return model.blocks[i](stream)
+
+    def block_of(self, weight: str) -> int:
+        return self._block(weight)
+
     def slices(self, model: TinyViT, group: UnitGroup) -> list[tuple[str, int, int]]:
         """(parameter name, axis, width per unit) of every slice the group's units own."""
         b = f"blocks.{group.block}"

@@ -150,6 +150,22 @@ class Adapter(ABC):
         """A physically smaller model of the same class without the masked units."""
 
     # ---------------------------------------------------------------- compensation
+    @abstractmethod
+    def block_count(self, model: nn.Module) -> int:
+        """Number of blocks: the parts of the forward that :meth:`run_block` runs in turn."""
+
+    @abstractmethod
+    def enter(self, model: nn.Module, x: Tensor) -> Tensor:
+        """The stream that block 0 takes, for inputs ``x``."""
+
+    @abstractmethod
+    def run_block(self, model: nn.Module, i: int, stream: Tensor) -> Tensor:
+        """Block i on ``stream`` (with the masks :meth:`set_masks` applied); the next stream."""
+
+    @abstractmethod
+    def block_of(self, weight: str) -> int:
+        """The block whose forward uses parameter ``weight``."""
+
     def consumer_layer(self, model: nn.Module, weight: str) -> nn.Linear:
         """The Linear layer owning ``weight``, a slice with axis 1 (it consumes units)."""
         layer = model.get_submodule(weight.rsplit(".", 1)[0])

@@ -219,6 +219,18 @@ class CATANetAdapter(Adapter):
         return ([(f"{name}.weight", 0, width[1]) for name in names]
                 + [(f"{head_group}.proj.weight", 1, width[1])])
 
+    def block_count(self, model: CATANet) -> int:
+        return model.cfg.block_num
+
+    def enter(self, model: CATANet, x: Tensor) -> Tensor:
+        return model.embed(x)
+
+    def run_block(self, model: CATANet, i: int, stream: Tensor) -> Tensor:
+        return model.block(i, stream)
+
+    def block_of(self, weight: str) -> int:
+        return _split(weight)[0]
+
     def residual(self, model: CATANet, weight: str) -> ResidualTap:
         """ConvFFN and LRSA outputs add to their PreNorm's input; IASA's, through the TAB's 1x1
         conv, to the TAB's input (a map, turned into tokens in raster order like ``proj``'s)."""

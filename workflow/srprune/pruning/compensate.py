@@ -41,7 +41,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -150,9 +150,8 @@ class _Recorded(Exception):
     """Raised by the last hook of :func:`record`: the rest of the forward is not needed."""
 
 
-def record(model: nn.Module, x: Tensor, taps: dict[str, tuple[nn.Module, bool]]
-           ) -> dict[str, Tensor]:
-    """Run ``model`` on ``x`` until every tap fired: ``{key: output (True) or first input}``."""
+def record(run: Callable[[], Any], taps: dict[str, tuple[nn.Module, bool]]) -> dict[str, Tensor]:
+    """Call ``run`` until every tap fired: ``{key: the module's output (True) or first input}``."""
     seen: dict[str, Tensor] = {}
 
     def keep(key: str, value: Tensor) -> None:
@@ -169,7 +168,7 @@ def record(model: nn.Module, x: Tensor, taps: dict[str, tuple[nn.Module, bool]]
             handles.append(module.register_forward_pre_hook(
                 lambda m, args, key=key: keep(key, args[0])))
     try:
-        model(x)
+        run()
     except _Recorded:
         pass
     finally:
@@ -210,13 +209,38 @@ def _write(layer: nn.Linear, keep: Tensor, theta: Tensor) -> None:
         layer.bias.copy_(theta[columns])
 
 
+@dataclass
+class Streams:
+    """The student's and the teacher's streams into block ``block``, one pair per batch."""
+
+    block: int
+    student: list[Tensor]
+    teacher: list[Tensor]
+
+    @classmethod
+    def start(cls, adapter: Adapter, student: nn.Module, teacher: nn.Module,
+              batches: list[Tensor]) -> "Streams":
+        return cls(0, [adapter.enter(student, x) for x in batches],
+                   [adapter.enter(teacher, x) for x in batches])
+
+    def advance(self, adapter: Adapter, student: nn.Module, teacher: nn.Module,
+                masks: dict[str, Tensor], block: int) -> None:
+        """Run both models (the student masked) up to the input of ``block``."""
+        while self.block < block:
+            with masked(adapter, student, masks):
+                self.student = [adapter.run_block(student, self.block, s) for s in self.student]
+            self.teacher = [adapter.run_block(teacher, self.block, t) for t in self.teacher]
+            self.block += 1
+
+
 @torch.no_grad()
 def fit_consumer(adapter: Adapter, student: nn.Module, teacher: nn.Module,
-                 masks: dict[str, Tensor], consumer: Consumer, batches: list[Tensor],
+                 masks: dict[str, Tensor], consumer: Consumer, streams: Streams,
                  settings: CompensationSettings) -> dict[str, float] | None:
     """Refit one consumer of ``student`` in place; its relative error before and after.
 
-    None when nothing is left to fit (no kept column and no bias): the layer stays as it is.
+    ``streams`` are both models' inputs to the consumer's block (only that block is run). None
+    when nothing is left to fit (no kept column and no bias): the layer stays as it is.
     """
     layer = adapter.consumer_layer(student, consumer.weight)
     keep = consumer.keep.to(layer.weight.device)
@@ -230,10 +254,11 @@ def fit_consumer(adapter: Adapter, student: nn.Module, teacher: nn.Module,
         teacher_taps["r"] = (teacher.get_submodule(tap.module), False)
     equations = NormalEquations(int(keep.sum()), layer.out_features, layer.bias is not None,
                                 layer.weight.device)
-    for x in batches:
+    block = streams.block
+    for s, t in zip(streams.student, streams.teacher):
         with masked(adapter, student, masks):
-            got = record(student, x, student_taps)
-        want = record(teacher, x, teacher_taps)
+            got = record(lambda: adapter.run_block(student, block, s), student_taps)
+        want = record(lambda: adapter.run_block(teacher, block, t), teacher_taps)
         target = want["y"] if tap is None else want["y"] + drift(student, tap, want["r"], got["r"])
         equations.add(got["x"][..., keep], target)
     current = _theta(layer, keep)
@@ -243,24 +268,32 @@ def fit_consumer(adapter: Adapter, student: nn.Module, teacher: nn.Module,
     return {"before": before, "after": equations.error(theta)}
 
 
+@torch.no_grad()
 def compensate_model(adapter: Adapter, student: nn.Module, teacher: nn.Module,
                      masks: dict[str, Tensor], x: Tensor, settings: CompensationSettings,
                      progress: bool = True) -> dict[str, dict[str, float]]:
     """Refit every consumer of pruned units of ``student`` in place, first to last.
 
-    ``x`` are the calibration inputs (run ``settings.batch_size`` at a time); returns, per
-    consumer weight, the relative error of its target before and after the refit (consumers
-    with nothing left to fit are left out).
+    ``x`` are the calibration inputs (run ``settings.batch_size`` at a time). Both models'
+    streams are kept at the entry of the current block, so each consumer's fit runs its own
+    block only, on the inputs the already-compensated student gives it. Returns, per consumer
+    weight, the relative error of its target before and after the refit (consumers with nothing
+    left to fit are left out).
     """
     student.eval()
     teacher.eval()
     device = next(student.parameters()).device
     masks = {name: mask.to(device) for name, mask in masks.items()}
-    batches = list(x.to(device).split(settings.batch_size))
+    streams = Streams.start(adapter, student, teacher, list(x.to(device).split(settings.batch_size)))
     fit = {}
     for consumer in tqdm(consumers(adapter, student, masks), desc="compensate", unit="layer",
                          disable=not progress, dynamic_ncols=True):
-        result = fit_consumer(adapter, student, teacher, masks, consumer, batches, settings)
+        block = adapter.block_of(consumer.weight)
+        if block < streams.block:
+            raise RuntimeError(f"{type(adapter).__name__}.slices lists consumer {consumer.weight} "
+                               f"of block {block} after block {streams.block}'s (not forward order)")
+        streams.advance(adapter, student, teacher, masks, block)
+        result = fit_consumer(adapter, student, teacher, masks, consumer, streams, settings)
         if result is not None:
             fit[consumer.weight] = result
     return fit
