@@ -202,7 +202,7 @@ def zeroed_psnr(teacher: Path, masks: dict[str, Tensor], pairs: Any, scale: int)
     """PSNR (Y, uint8 output) on ``pairs`` of the teacher with the masked units zeroed."""
     from srprune import load_model
     from srprune.evaluate import score_model
-    from srprune.pruning.search import adapter_for
+    from srprune.pruning.registry import adapter_for
 
     model = load_model(teacher)
     adapter_for(model).zero_units(model, masks)

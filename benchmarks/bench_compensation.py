@@ -22,7 +22,8 @@ from _common import require_shared, set_threads, training_split
 from srprune import load_model
 from srprune.evaluate import load_pairs, score_model
 from srprune.pruning.compensate import TARGETS, CompensationSettings, compensate_checkpoint
-from srprune.pruning.search import (Calibration, export_zeroed, save_artifact, score_units,
+from srprune.pruning.calibration import Calibration
+from srprune.pruning.search import (export_zeroed, save_artifact, score_units,
                                     search_masks)
 from srprune.pruning.importance import OptinSettings
 

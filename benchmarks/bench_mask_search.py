@@ -36,7 +36,8 @@ from srprune import load_model
 from srprune.evaluate import load_pairs, score_model
 from srprune.pruning.adapter import UNIT_KINDS_DEFAULT, groups_of_kinds
 from srprune.pruning.importance import OptinSettings, combine, optin_terms
-from srprune.pruning.search import Calibration, adapter_for
+from srprune.pruning.calibration import Calibration
+from srprune.pruning.registry import adapter_for
 from srprune.pruning.sketch import sketch_terms
 
 WEIGHTS = "weights/catanet_x4_third_party.pth"

@@ -23,7 +23,8 @@ from srprune import load_model
 from srprune.checkpoint import read_checkpoint
 from srprune.evaluate import load_pairs, score_model
 from srprune.pruning.importance import combine
-from srprune.pruning.search import adapter_for, check_scores_match, scored_groups
+from srprune.pruning.registry import adapter_for
+from srprune.pruning.search import check_scores_match, scored_groups
 
 WEIGHTS = "weights/catanet_x4_third_party.pth"
 SCALE = 4

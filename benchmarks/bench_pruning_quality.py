@@ -3,7 +3,7 @@
 The teacher is ../shared/weights/catanet_x4_third_party.pth (a trained x4 CATANet, BasicSR
 format). For every unit set (``heads``: heads and neurons; ``channels``: heads, the q/k and v
 channels inside them, and neurons), method and MAC budget r the library's own stages run in
-turn, as the workflow's commands do: ``score_units``, ``search_masks`` (the measured knapsack),
+turn, as the workflow's commands do: ``score_units``, ``search_masks`` (``--selection``),
 ``export_zeroed`` and ``compensate_checkpoint``; the zeroed and the compensated models are scored
 on Set5 x4 (Y channel, ``scale`` pixels cropped, uint8 output as BasicSR), and the compensated one
 on the validation split too (defaults are chosen there, never on Set5). Calibration crops come
@@ -48,8 +48,11 @@ from srprune.fileio import save_json
 from srprune.pruning.adapter import KINDS, UNIT_KINDS_DEFAULT
 from srprune.pruning.compensate import CompensationSettings, compensate_checkpoint
 from srprune.pruning.importance import METHODS, OptinSettings
-from srprune.pruning.search import (Calibration, export_zeroed, file_sha256, finish_scores,
-                                    save_artifact, score_units, search_masks)
+from srprune.fileio import file_sha256
+from srprune.pruning.calibration import Calibration
+from srprune.pruning.search import (export_zeroed, finish_scores, save_artifact, score_units,
+                                    search_masks)
+from srprune.pruning.selection import SELECTIONS
 
 WEIGHTS = "weights/catanet_x4_third_party.pth"
 SET5_HR, SET5_LR = "data/Set5/HR", "data/Set5/LR_bicubic/X4"
@@ -88,12 +91,14 @@ def given_scores(path: Path, lam: float) -> dict[str, Any]:
     return finish_scores(artifact)
 
 
-def run_budget(teacher: Path, scores: Path, budget: float, calibration: Calibration,
-               compensation: CompensationSettings, workdir: Path, stem: str) -> dict[str, Any]:
+def run_budget(teacher: Path, scores: Path, budget: float, selection: str,
+               calibration: Calibration, compensation: CompensationSettings, workdir: Path,
+               stem: str) -> dict[str, Any]:
     """Masks, zeroed and compensated model of one budget (cached); their paths and times."""
     masks_path, search_s = cached(
         workdir / f"masks_{stem}.pth",
-        lambda: search_masks(teacher, scores, budget, "measured", calibration=calibration),
+        lambda: search_masks(teacher, scores, budget, selection, calibration=calibration,
+                             compensation=compensation),
         save_artifact)
     zeroed = workdir / f"zeroed_{stem}.pth"
     if not zeroed.exists():
@@ -144,6 +149,7 @@ def main() -> None:
     parser.add_argument("--optin-scores", type=Path,
                         help="OPTIN scores artifact of the heads unit set, made earlier")
     parser.add_argument("--lam", type=float, default=OptinSettings.lam)
+    parser.add_argument("--selection", default="measured", choices=SELECTIONS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--finetune-iters", type=int, default=300, help="0 skips fine-tuning")
@@ -164,7 +170,7 @@ def main() -> None:
     compensation = CompensationSettings()
     print(f"teacher {teacher.name} (x{SCALE}); calibration (selection, compensation) "
           f"{args.num_crops} LR crops {args.crop_size}x{args.crop_size} of {split['train']} "
-          f"(seed {args.seed}); selection measured; compensation {compensation}")
+          f"(seed {args.seed}); selection {args.selection}; compensation {compensation}")
 
     pairs = load_pairs(shared / SET5_HR, SCALE, shared / SET5_LR, "{}x4")
     val = load_pairs(split["val"], SCALE)
@@ -192,9 +198,10 @@ def main() -> None:
                       f"{made['calibration']}")
             print(f"scores {method} {unit_set}: {fmt_seconds(score_s)}", flush=True)
             for budget in args.budgets:
-                stem = f"{method}_{unit_set}_r{budget:g}_{key}"
-                done = run_budget(teacher, scores, budget, calibration, compensation,
-                                  args.workdir, stem)
+                stem = f"{method}_{unit_set}_r{budget:g}_{key}" + (
+                    "" if args.selection == "measured" else f"_{args.selection}")
+                done = run_budget(teacher, scores, budget, args.selection, calibration,
+                                  compensation, args.workdir, stem)
                 compensated[(method, unit_set, budget)] = done["compensated"]
                 row = {"units": unit_set, "method": method, "r": budget,
                        "ratio": done["masks"]["achieved_mac_ratio"],

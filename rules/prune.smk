@@ -25,7 +25,8 @@ def optin_args():
 
 
 def compensation_args():
-    """Options of `srprune compensate` from `prune.compensation` (CLI defaults otherwise)."""
+    """Options of `srprune compensate` (and of the compensated selection of `search-masks`) from
+    `prune.compensation` (CLI defaults otherwise)."""
     args = []
     for key in ("ridge", "target", "batch_size"):
         if key in COMPENSATION:
@@ -75,6 +76,7 @@ rule search_masks:
         selection=PRUNE.get("selection", "measured"),
         min_keep=PRUNE.get("min_keep", 0),
         calibration=calibration_args(),
+        compensation=compensation_args(),
         model_config=teacher_config_arg(),
         device=PRUNE.get("device", "cpu"),
     log:
@@ -86,6 +88,7 @@ rule search_masks:
         "OMP_NUM_THREADS={threads} srprune search-masks --teacher {input.teacher:q} "
         "--scores {input.scores:q} --mac-constraint {wildcards.budget} "
         "--selection {params.selection} --min-keep {params.min_keep} {params.calibration} "
+        "{params.compensation} "
         "{params.model_config} --device {params.device} --out {output:q} > {log:q} 2>&1"
 
 

@@ -9,7 +9,8 @@ import srprune.finetune
 from srprune.checkpoint import CheckpointError
 from srprune.cli import main
 from srprune.complexity import count_params
-from srprune.finetune import finetune, masks_of
+from srprune.finetune import finetune
+from srprune.pruning.artifacts import masks_of
 from srprune.pruning.adapter import UNIT_KINDS_DEFAULT, groups_of_kinds, kept_counts
 from srprune.train import WorkdirError
 from srprune.pruning.catanet import CATANetAdapter

@@ -11,7 +11,8 @@ from srprune.pruning.adapter import UnitGroup, masked
 from srprune.pruning.catanet import CATANetAdapter
 from srprune.pruning.compensate import (CompensationSettings, compensate_checkpoint,
                                         compensate_model, consumers)
-from srprune.pruning.search import Calibration, file_sha256
+from srprune.fileio import file_sha256
+from srprune.pruning.calibration import Calibration
 from tiny_catanet import owned_slices, random_masks, tiny_catanet, unit_index
 from vit_adapter import TinyViT, TinyViTAdapter, ViTConfig
 

@@ -9,9 +9,12 @@ import yaml
 
 import srprune
 from srprune.cli import build_parser, main
-from srprune.pruning.importance import OptinSettings
 from srprune.pruning.adapter import masked
+from srprune.pruning.calibration import Calibration
 from srprune.pruning.catanet import CATANetAdapter
+from srprune.pruning.compensate import CompensationSettings
+from srprune.pruning.importance import OptinSettings
+from srprune.pruning.search import compensated_distortion
 from tiny_catanet import tiny_catanet
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,6 +90,34 @@ def test_masks_meet_the_budget_and_zeroed_equals_masked(setup, method, budget, c
         expected = model(x)
     with torch.no_grad():
         assert (zeroed(x) - expected).abs().max().item() <= 1e-5
+
+
+def test_compensated_selection_keeps_the_least_distorting_compensated_candidate(setup):
+    """Every candidate is measured after compensation; the chosen one is the best so measured."""
+    root, teacher = setup
+    scores = score(setup, "magnitude", "mag_c.pth")
+    common = ["--teacher", str(teacher), "--scores", str(scores), "--mac-constraint", "0.6",
+              "--calib-hr", str(root / "train"), "--num-crops", "3", "--crop-size", "12"]
+    for selection in ("measured", "compensated"):
+        assert main(["search-masks", *common, "--selection", selection, "--ridge", "0.01",
+                     "--out", str(root / f"sel_{selection}.pth")]) == 0
+    measured, compensated = (torch.load(root / f"sel_{s}.pth", weights_only=True)
+                             for s in ("measured", "compensated"))
+    assert compensated["selection"] == "compensated"
+    assert compensated["selection_compensation"]["ridge"] == 0.01
+    model = srprune.load_model(teacher).eval()
+    crops = Calibration(hr=str(root / "train"), num_crops=3, crop_size=12).crops(1)
+    with torch.no_grad():
+        reference = model(crops)
+    adapter = CATANetAdapter()
+    settings = CompensationSettings(ridge=0.01)
+    distortions = [c["distortion"] for c in compensated["candidates"]]
+    assert len(distortions) == len(measured["candidates"]) > 1
+    assert compensated_distortion(adapter, model, crops, reference, compensated["masks"],
+                                  settings) == pytest.approx(min(distortions), rel=1e-6)
+    # compensation lowers every candidate's error below its uncompensated one
+    for before, after in zip(measured["candidates"], compensated["candidates"]):
+        assert after["alpha"] == before["alpha"] and after["distortion"] < before["distortion"]
 
 
 def test_budget_below_floor_and_wrong_teacher(setup, capsys):

@@ -18,7 +18,8 @@ from .evaluate import add_evaluate_options
 from .pruning.selection import SELECTIONS
 
 if TYPE_CHECKING:
-    from .pruning.search import Calibration
+    from .pruning.calibration import Calibration
+    from .pruning.compensate import CompensationSettings
 
 log = logging.getLogger("srprune")
 
@@ -145,24 +146,28 @@ def cmd_score_units(args: argparse.Namespace) -> None:
 
 def _calibration(args: argparse.Namespace) -> Calibration:
     """The calibration crops that :func:`_calibration_args` describes."""
-    from .pruning.search import Calibration
+    from .pruning.calibration import Calibration
 
     return Calibration(hr=args.calib_hr, lr=args.calib_lr, filename_tmpl=args.filename_tmpl,
                        num_crops=args.num_crops, crop_size=args.crop_size, seed=args.seed)
 
 
 def cmd_compensate(args: argparse.Namespace) -> None:
-    from .pruning.compensate import CompensationSettings, compensate_checkpoint
+    from .pruning.compensate import compensate_checkpoint
 
-    settings = CompensationSettings(ridge=args.ridge, target=args.target,
-                                    batch_size=args.batch_size)
     summary = compensate_checkpoint(args.teacher, args.model, args.out, _calibration(args),
-                                    settings, _model_config(args.model_config), args.device,
-                                    progress=not args.quiet)
+                                    _compensation(args), _model_config(args.model_config),
+                                    args.device, progress=not args.quiet)
     fit = summary["fit"].values()
     print(f"compensated {len(fit)} layers in {summary['seconds']:.1f} s; mean relative error "
           f"{_mean(f['before'] for f in fit):.4f} -> {_mean(f['after'] for f in fit):.4f}; "
           f"wrote {args.out}")
+
+
+def _compensation(args: argparse.Namespace) -> "CompensationSettings":
+    from .pruning.compensate import CompensationSettings
+
+    return CompensationSettings(ridge=args.ridge, target=args.target, batch_size=args.batch_size)
 
 
 def _mean(values: Iterable[float]) -> float:
@@ -192,7 +197,7 @@ def cmd_search_masks(args: argparse.Namespace) -> None:
 
     artifact = search_masks(args.teacher, args.scores, args.mac_constraint, args.selection,
                             args.min_keep, _model_config(args.model_config), _calibration(args),
-                            args.device)
+                            args.device, _compensation(args))
     save_artifact(artifact, args.out)
     kept, total = sum(artifact["kept"].values()), sum(len(m) for m in artifact["masks"].values())
     print(f"{artifact['method']}/{args.selection}: kept {kept} of {total} units; full MACs "
@@ -243,6 +248,17 @@ def cmd_compare(args: argparse.Namespace) -> None:
           f"{', '.join(str(p) for p in paths['psnr_vs_macs'].values())}")
 
 
+def _compensation_args(p: argparse.ArgumentParser) -> None:
+    from .pruning.compensate import TARGETS, CompensationSettings
+
+    p.add_argument("--ridge", type=nonnegative_float, default=CompensationSettings().ridge,
+                   help="compensation ridge, relative to the mean diagonal of X^T X")
+    p.add_argument("--target", default=CompensationSettings().target, choices=TARGETS,
+                   help="fit the teacher's layer output, or also its residual-stream drift")
+    p.add_argument("--batch-size", type=positive_int, default=CompensationSettings().batch_size,
+                   help="calibration crops per forward (bounds memory)")
+
+
 def _calibration_args(p: argparse.ArgumentParser, seed_help: str) -> None:
     """Options of the calibration crops (training images, never a test set)."""
     p.add_argument("--calib-hr", default="embedded:train",
@@ -263,7 +279,6 @@ def _teacher_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``srprune`` parser with one subcommand per stage."""
-    from .pruning.compensate import TARGETS, CompensationSettings
     from .pruning.importance import OptinSettings
     from .pruning.search import SCORERS
 
@@ -329,10 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="r in (0, 1]: pruned full MACs at most r times the teacher's")
     p.add_argument("--selection", default="measured", choices=SELECTIONS,
                    help="measured: knapsack candidates, the least distorting on calibration crops "
-                        "kept; knapsack: the alpha = 1 candidate, unmeasured")
+                        "kept; compensated: the same, each candidate compensated first (with the "
+                        "options below); knapsack: the alpha = 1 candidate, unmeasured")
     p.add_argument("--min-keep", type=int_at_least(0), default=0,
                    help="units always kept per group")
     _calibration_args(p, "calibration crops (candidates are measured on them)")
+    _compensation_args(p)
     p.add_argument("--device", default="cpu", type=device, help="cpu, cuda, cuda:N")
     p.add_argument("--out", required=True, help="masks artifact (catanet_pruning_masks.pth)")
     p.set_defaults(func=cmd_search_masks)
@@ -349,12 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="zeroed model from export-zeroed")
     p.add_argument("--out", required=True, help="catanet_compensated.pth")
     _calibration_args(p, "calibration crops")
-    p.add_argument("--ridge", type=nonnegative_float, default=CompensationSettings().ridge,
-                   help="ridge, relative to the mean diagonal of X^T X")
-    p.add_argument("--target", default=CompensationSettings().target, choices=TARGETS,
-                   help="fit the teacher's layer output, or also its residual-stream drift")
-    p.add_argument("--batch-size", type=positive_int, default=CompensationSettings().batch_size,
-                   help="calibration crops per forward (bounds memory)")
+    _compensation_args(p)
     p.add_argument("--device", default="cpu", type=device, help="cpu, cuda, cuda:N")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_compensate)

@@ -37,8 +37,10 @@ from torch import Tensor, nn
 from .checkpoint import CheckpointError, load_finite, load_model, save_model
 from .data import PatchSampler, folder_digest
 from .evaluate import load_pairs
+from .fileio import file_sha256
 from .pruning.adapter import Adapter, block_output_layers
-from .pruning.search import adapter_for, check_artifact, file_sha256
+from .pruning.artifacts import masks_of
+from .pruning.registry import adapter_for
 from .settings import check_sections, check_weights, from_mapping
 from .train import LossFn, Trainer, TrainSettings, check_data_section, pick_device
 
@@ -74,16 +76,6 @@ def feature_kd_loss(adapter: Adapter, teacher: nn.Module, weights: KDWeights) ->
         total = weights.pix * pix + weights.out * kd_out + weights.feat * feat
         return total, {"pix": pix.item(), "kd_out": kd_out.item(), "feat": float(feat.detach())}
     return loss
-
-
-def masks_of(model: nn.Module, source: str | Path) -> dict[str, Tensor]:
-    """The masks recorded in a loaded zeroed (or fine-tuned) checkpoint's meta, checked against it."""
-    meta = getattr(model, "checkpoint_meta", {})
-    if "masks" not in meta:
-        raise CheckpointError(f"{source} records no masks: give the zeroed model written by "
-                              f"`srprune export-zeroed` (catanet_pruned.pth)")
-    check_artifact(adapter_for(model).groups(model), meta, meta["masks"], source)
-    return meta["masks"]
 
 
 def finetune(teacher_path: str | Path, student_path: str | Path, config: dict[str, Any],

@@ -191,7 +191,7 @@ def _compare_masks(groups: list[dict[str, Any]], masks: dict[str, list[int]]
 def structured_view(model: nn.Module) -> dict[str, Any]:
     """Per prunable group: units, fully-zero units; per Linear/Conv weight: zero rows/columns."""
     from .models import arch_name, model_config
-    from .pruning.search import adapter_for
+    from .pruning.registry import adapter_for
 
     view: dict[str, Any] = {"arch": arch_name(model), "config": model_config(model)}
     try:
@@ -215,7 +215,7 @@ def structured_view(model: nn.Module) -> dict[str, Any]:
 # --------------------------------------------------------------------------- report
 def _masks_invalid(model: nn.Module, masks: dict[str, list[int]]) -> str | None:
     """Why ``masks`` are not valid masks of ``model`` (None: valid, or no adapter)."""
-    from .pruning.search import adapter_for
+    from .pruning.registry import adapter_for
 
     try:
         adapter = adapter_for(model)

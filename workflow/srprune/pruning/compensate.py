@@ -48,10 +48,12 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ..checkpoint import CheckpointError, load_finite, save_model
-from ..finetune import masks_of
+from ..fileio import file_sha256
 from ..settings import check_int
 from .adapter import Adapter, ResidualTap, masked
-from .search import Calibration, adapter_for, file_sha256
+from .artifacts import masks_of
+from .calibration import Calibration
+from .registry import adapter_for
 
 TARGETS = ("stream", "output")
 

@@ -13,9 +13,9 @@ Artifacts hold plain types and tensors only (``torch.load(..., weights_only=True
 """
 from __future__ import annotations
 
-import hashlib
+import copy
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -23,55 +23,21 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint import CheckpointError, check_finite, load_finite, read_checkpoint, save_model
-from ..data import PatchSampler
-from ..evaluate import load_pairs
-from ..fileio import save_torch
+from ..fileio import file_sha256, save_torch
 from ..models import arch_name
-from .adapter import (UNIT_KINDS_DEFAULT, Adapter, UnitGroup, check_groups,
-                      check_unit_kinds, groups_of_kinds, kept_counts, masked,
-                      recorded_groups, sizes)
-from .catanet import CATANetAdapter
+from .adapter import (UNIT_KINDS_DEFAULT, Adapter, UnitGroup, check_unit_kinds,
+                      groups_of_kinds, kept_counts, masked)
+from .artifacts import check_artifact
+from .calibration import Calibration
+from .compensate import CompensationSettings, compensate_model
 from .importance import METHODS, OptinSettings, combine, optin_terms, random_scores
+from .registry import adapter_for
 from .selection import Selector
 from .sketch import hybrid_terms, sketch_terms
 
 log = logging.getLogger(__name__)
 
-ADAPTERS: dict[str, type[Adapter]] = {"catanet": CATANetAdapter}
 SCORERS = {"exact": optin_terms, "sketch": sketch_terms, "hybrid": hybrid_terms}
-
-
-def adapter_for(model: nn.Module) -> Adapter:
-    name = arch_name(model)
-    if name not in ADAPTERS:
-        raise ValueError(f"no pruning adapter for architecture {name!r}; known: {sorted(ADAPTERS)}")
-    return ADAPTERS[name]()
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-@dataclass
-class Calibration:
-    """LR calibration crops taken from training images, seeded."""
-
-    hr: str = "embedded:train"
-    lr: str | None = None
-    filename_tmpl: str = "{}"
-    num_crops: int = 32
-    crop_size: int = 48
-    seed: int = 0
-
-    def crops(self, scale: int) -> Tensor:
-        pairs = load_pairs(self.hr, scale, self.lr, self.filename_tmpl)
-        sampler = PatchSampler(pairs, scale=scale, crop_size=self.crop_size,
-                               batch_size=self.num_crops, seed=self.seed)
-        return sampler.sample()[0]
 
 
 def part_groups(groups: list[UnitGroup], part: tuple[int, int] | None) -> list[UnitGroup]:
@@ -194,14 +160,27 @@ def batched(model: nn.Module, x: Tensor, batch: int = 16) -> Iterator[Tensor]:
 
 
 @torch.no_grad()
+def compensated_distortion(adapter: Adapter, teacher: nn.Module, x: Tensor, reference: Tensor,
+                           masks: dict[str, Tensor], settings: CompensationSettings) -> float:
+    """:func:`output_distortion` of the teacher zeroed by ``masks`` and compensated on ``x``."""
+    student = copy.deepcopy(teacher)
+    adapter.zero_units(student, masks)
+    compensate_model(adapter, student, teacher, masks, x, settings, progress=False)
+    return output_distortion(adapter, student, x, reference, masks)
+
+
+@torch.no_grad()
 def search_masks(teacher_path: str | Path, scores_path: str | Path, budget: float,
                  selection: str = "measured", min_keep: int = 0,
                  model_config: dict[str, Any] | None = None,
-                 calibration: Calibration | None = None, device: str = "cpu") -> dict[str, Any]:
+                 calibration: Calibration | None = None, device: str = "cpu",
+                 compensation: CompensationSettings | None = None) -> dict[str, Any]:
     """Choose masks under ``budget`` from saved unit scores; returns the masks artifact.
 
     The measured selection runs the teacher with each candidate's masks on the calibration crops
-    and keeps the candidate of smallest output error (:mod:`.selection`).
+    and keeps the candidate of smallest output error (:mod:`.selection`); the compensated
+    selection measures each candidate after compensating it (``compensation``, fitted on the
+    same crops), as the compensate stage will.
     """
     scores = read_checkpoint(scores_path)
     check_scores_match(scores, teacher_path)
@@ -213,11 +192,15 @@ def search_masks(teacher_path: str | Path, scores_path: str | Path, budget: floa
     selector = Selector(groups, scores["scores"], lambda kept: adapter.macs(model, kept, lr_size),
                         min_keep, distortion_scores=scores["method"] == "optin")
     measure = None
-    if selection == "measured":
+    if selection != "knapsack":
         x = calibration_crops(scores, calibration, model.cfg.upscale).to(device)
         reference = torch.cat(list(batched(model, x)))
         check_finite({"output": reference}, f"{teacher_path} on the calibration crops")
         measure = lambda masks: output_distortion(adapter, model, x, reference, masks)  # noqa: E731
+        if selection == "compensated":
+            settings = compensation or CompensationSettings()
+            measure = lambda masks: compensated_distortion(  # noqa: E731
+                adapter, model, x, reference, masks, settings)
     chosen, candidates = selector.select(budget, selection, measure)
     adapter.check_masks(model, chosen.masks)
     total, floor, pruned = selector.total, selector.floor, chosen.macs
@@ -230,6 +213,8 @@ def search_masks(teacher_path: str | Path, scores_path: str | Path, budget: floa
         "scores": {g.name: scores["scores"][g.name] for g in groups},
         "method": scores["method"], "units": scores.get("units", list(UNIT_KINDS_DEFAULT)),
         "selection": selection, "mac_constraint": budget,
+        "selection_compensation": asdict(compensation or CompensationSettings())
+        if selection == "compensated" else None,
         "min_keep": min_keep, "macs_teacher": total, "macs_pruned": pruned, "macs_floor": floor,
         "achieved_mac_ratio": pruned / total,
         "prunable_mac_ratio": (pruned - floor) / (total - floor) if total > floor else 1.0,
@@ -273,19 +258,6 @@ def export_zeroed(teacher_path: str | Path, masks_path: str | Path, out: str | P
             "teacher_sha256": artifact["teacher_sha256"]}
     save_model(model, out, meta)
     return model
-
-
-def check_artifact(groups: list[UnitGroup], artifact: dict[str, Any],
-                   per_group: dict[str, Tensor], source: str | Path) -> None:
-    """Refuse masks or scores (``per_group``) of an artifact made for other groups than these.
-
-    Only the groups of the unit kinds the artifact was made for must all be there.
-    """
-    if "groups" in artifact:
-        kinds = groups_of_kinds(groups, artifact.get("units") or UNIT_KINDS_DEFAULT)
-        check_groups(kinds, recorded_groups(artifact), str(source))
-    check_groups(groups, sizes(per_group), str(source), complete=False)
-    check_finite(per_group, str(source))
 
 
 def save_artifact(artifact: dict[str, Any], path: str | Path) -> None:

@@ -24,7 +24,10 @@ costs, and a smaller capacity taken if rounding let it overrun, so the budget al
 up, which it does not: removing many units interacts. The knapsack solutions for ``alpha`` in
 ``ALPHAS`` (heads from 256 times cheaper to lose than the scores say to 256 times dearer) are
 the candidates; a callback measures each one's actual distortion on calibration data and the
-least distorting one is kept. ``selection = "knapsack"`` keeps ``alpha = 1`` unmeasured.
+least distorting one is kept. ``selection = "compensated"`` does the same with a callback
+that compensates each candidate first (what the compensate stage will do to it: removed units
+differ in how well the refit restores them). ``selection = "knapsack"`` keeps ``alpha = 1``
+unmeasured.
 
 ``min_keep`` units of every head and neuron group are always kept (its best-scored ones).
 """
@@ -39,7 +42,7 @@ from torch import Tensor
 
 from .adapter import UnitGroup
 
-SELECTIONS = ("measured", "knapsack")
+SELECTIONS = ("measured", "compensated", "knapsack")
 ALPHAS = tuple(2.0 ** k for k in range(-8, 9))
 RESOLUTION = 20000
 
@@ -313,7 +316,7 @@ class Selector:
             chosen = self.candidate(budget, 1.0)
             return chosen, [chosen]
         if measure is None:
-            raise ValueError("the measured selection needs a measure(masks) callback")
+            raise ValueError(f"the {selection} selection needs a measure(masks) callback")
         distinct: list[Candidate] = []
         for alpha in ALPHAS:
             cand = self.candidate(budget, alpha)
