@@ -21,6 +21,7 @@ include: "rules/evaluate.smk"
 include: "rules/prune.smk"
 include: "rules/recover.smk"
 include: "rules/compare.smk"
+include: "rules/export.smk"
 
 
 wildcard_constraints:
@@ -29,11 +30,13 @@ wildcard_constraints:
     part="[0-9]+",
     dataset="[A-Za-z0-9_-]+",
     stage="|".join(STAGES),
+    suffix="onnx|ts",
 
 
 rule all:
     input:
         f"{RESULTS}/comparison.csv",
+        EXPORTS,
     default_target: True
 
 

@@ -63,6 +63,14 @@ def filename_template(text: str) -> str:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def height_by_width(text: str) -> tuple[int, int]:
+    """An image size written ``HxW`` (e.g. ``64x64``), both sides at least 2."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(part.isdigit() for part in parts) or min(map(int, parts)) < 2:
+        raise argparse.ArgumentTypeError(f"expected HxW with sides of at least 2, got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line (``prog: error: ...``), exit code 2."""
 

@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 import yaml
 
-from .argtypes import (Parser, device, filename_template, finite_float, int_at_least,
-                       nonnegative_float, positive_int)
+from .argtypes import (Parser, device, filename_template, finite_float, height_by_width,
+                       int_at_least, nonnegative_float, positive_int)
 from .checkpoint import CheckpointError
 from .data import DataError
 from .evaluate import add_evaluate_options
+from .export import FORMATS
 from .pruning.selection import SELECTIONS
 
 if TYPE_CHECKING:
@@ -233,6 +234,15 @@ def cmd_rebuild(args: argparse.Namespace) -> None:
     print(f"rebuilt {args.model}: {count_params(small)['total']:,} parameters; wrote {args.out}")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from .checkpoint import load_model
+    from .export import export_model
+
+    model = load_model(args.model, **_model_config(args.model_config))
+    export_model(model, args.out, args.format, args.size)
+    print(f"exported {args.model} as {args.format} to {args.out}")
+
+
 def cmd_inspect(args: argparse.Namespace) -> None:
     from .sparsity import inspect_paths
 
@@ -384,6 +394,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="fine-tuned (or zeroed) model with its masks")
     p.add_argument("--out", required=True, help="catanet_rebuilt.pth")
     p.set_defaults(func=cmd_rebuild)
+
+    p = sub.add_parser("export", help="ONNX (dynamic sizes) or TorchScript (one size) for deployment")
+    p.add_argument("model", metavar="MODEL", help="any model file srprune.load_model reads")
+    p.add_argument("out", metavar="OUT", help="file to write (.onnx, .ts)")
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--size", type=height_by_width, default=(64, 64),
+                   help="LR HxW traced (default 64x64); the only size a TorchScript file runs")
+    p.add_argument("--model-config", help="hyper-parameters a BasicSR checkpoint cannot tell")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("inspect", help="zeros per tensor, zero heads/neurons per module")
     p.add_argument("paths", nargs="+", metavar="PATH", help="checkpoints (srprune, BasicSR, plain)")

@@ -127,16 +127,32 @@ class CATANetConfig:
 
 
 # --------------------------------------------------------------------------- helpers
+def size_min(a: int, b: int) -> int:
+    """``min`` of sizes that stays symbolic under ``torch.export`` (a traced size becomes constant)."""
+    if isinstance(a, torch.SymInt) or isinstance(b, torch.SymInt):
+        return torch.sym_min(a, b)
+    return min(int(a), int(b))
+
+
+def size_max(a: int, b: int) -> int:
+    """``max`` of sizes, as :func:`size_min`."""
+    if isinstance(a, torch.SymInt) or isinstance(b, torch.SymInt):
+        return torch.sym_max(a, b)
+    return max(int(a), int(b))
+
+
 def reflect_index(length: int, target: int, device: torch.device | None = None) -> Tensor:
     """Indices extending a sequence of ``length`` to ``target`` by symmetric reflection."""
-    idx = torch.arange(target, device=device) % (2 * length)
-    return torch.where(idx < length, idx, 2 * length - 1 - idx)
+    period = torch.full((), 2 * length, device=device)  # a tensor, so ONNX export keeps it symbolic
+    idx = torch.arange(target, device=device) % period
+    return torch.where(idx < period // 2, idx, period - 1 - idx)
 
 
 def reflect_pad(x: Tensor, target: int, dim: int) -> Tensor:
     """Extend ``x`` along ``dim`` to ``target`` entries by symmetric reflection."""
     length = x.shape[dim]
-    if target == length:
+    same = target == length
+    if not isinstance(same, torch.SymBool) and same:  # an exported graph always gathers
         return x
     return x.index_select(dim, reflect_index(length, target, x.device))
 
@@ -296,8 +312,8 @@ class IASA(HeadProjections):
 
     def forward(self, t: Tensor, order: Tensor, k_g: Tensor, v_g: Tensor, group_size: int) -> Tensor:
         b, n, _ = t.shape
-        gs = min(n, group_size)
-        ng = math.ceil(n / gs)
+        gs = size_min(n, group_size)  # size_min and // keep n symbolic in export
+        ng = (n + gs - 1) // gs
         gather = order.unsqueeze(-1)
         q = self.query(t).gather(1, gather.expand(-1, -1, self.kept * self.dqk))
         k = self.to_k(t).gather(1, gather.expand(-1, -1, self.kept * self.dqk))
@@ -314,11 +330,19 @@ class IASA(HeadProjections):
         """Group j's queries attend to the 2*gs keys starting at j*gs."""
         b, h = q.shape[:2]
         qg = q.unflatten(2, (ng, gs))
-        kw = k.unfold(2, 2 * gs, gs).transpose(-1, -2)                 # b h ng 2gs d
-        vw = v.unfold(2, 2 * gs, gs).transpose(-1, -2)
+        kw, vw = (self._windows(x, ng, gs) for x in (k, v))            # b h ng 2gs d
         if self.impl == "fast":  # 4-D tensors take the fused kernel
             qg, kw, vw = (x.reshape(b * h, ng, *x.shape[-2:]) for x in (qg, kw, vw))
         return attend(qg, kw, vw, self.scale, self.impl).reshape(b, h, ng * gs, -1)
+
+    @staticmethod
+    def _windows(x: Tensor, ng: int, gs: int) -> Tensor:
+        """Windows of 2*gs tokens with stride gs over (ng+1)*gs: group j and group j + 1.
+
+        Concatenation rather than ``unfold``, whose size and step export makes constants.
+        """
+        return torch.cat([x[:, :, :ng * gs].unflatten(2, (ng, gs)),
+                          x[:, :, gs:].unflatten(2, (ng, gs))], dim=3)
 
 
 class TAB(nn.Module):
@@ -329,6 +353,9 @@ class TAB(nn.Module):
         self.num_tokens = cfg.num_tokens[index]
         self.group_size = cfg.group_size[index]
         self.n_iters = cfg.n_iters[index]
+        # torch's default (unstable) sort orders tokens of one centre as the authors' code does;
+        # ONNX TopK orders them by index: set True for what an ONNX export computes.
+        self.stable_sort = False
         self.dqk, self.dv = cfg.tab_qk[index], cfg.tab_v[index]
         heads = (cfg.tab_heads[index], self.dqk, self.dv)
         self.norm = nn.LayerNorm(cfg.dim)
@@ -392,29 +419,35 @@ class TAB(nn.Module):
     def _attention(self, t: Tensor, g: Tensor) -> Tensor:
         with torch.no_grad():
             score = F.normalize(t, dim=-1) @ F.normalize(g, dim=-1).transpose(-1, -2)
-            order = torch.argsort(score.argmax(dim=-1), dim=-1)
+            owner = score.argmax(dim=-1)  # no stable= argument unless set: ONNX export has no stable sort
+            order = owner.argsort(dim=-1, stable=True) if self.stable_sort else owner.argsort(dim=-1)
         k_g = split_heads(self.irca_attn.to_k(g), self.dqk).expand(t.shape[0], -1, -1, -1)
         v_g = split_heads(self.irca_attn.to_v(g), self.dv).expand(t.shape[0], -1, -1, -1)
         return self.iasa_attn(t, order, k_g, v_g, self.group_size)
 
 
-def patch_starts(length: int, patch: int) -> tuple[list[int], int]:
-    """Start of every patch along one side, and the patch side (the whole side if shorter)."""
-    if length <= patch:
-        return [0], length
-    stride = patch - 2
-    return [min(i, length - patch) for i in range(0, length + stride - patch, stride)], patch
+def patch_starts(length: int, patch: int) -> tuple[Tensor, int]:
+    """Start of every patch along one side, and the patch side (the whole side if shorter).
+
+    Starts are 0, s, 2s, ... (s = patch - 2) while below ``length - 2``, each clamped to end at
+    the border; a side no longer than the patch is one patch. Tensor ops and ``size_min``/
+    ``size_max`` instead of Python branches and loops, so an exported graph keeps sizes dynamic.
+    """
+    steps = torch.arange(0, size_max(length - 2, 1), patch - 2)
+    return steps.clamp(max=size_max(length - patch, 0)), size_min(length, patch)
 
 
 def overlap_weights(length: int, patch: int) -> Tensor:
-    """Per-row factor of the authors' overlap rule (halving, not exact averaging)."""
-    weight = torch.ones(length)
-    if length > patch:
-        stride = patch - 2
-        for i in range(stride, length + stride - patch, stride):
-            top = i if i + patch <= length else length - patch
-            weight[top:i + patch - stride] /= 2
-    return weight
+    """Per-row factor of the authors' overlap rule (halving, not exact averaging).
+
+    For every patch start i = s, 2s, ... the rows from its (clamped) start up to ``i + 2`` are
+    halved; a row halved k times gets 2 ** -k, counted at once instead of looping.
+    """
+    starts, _ = patch_starts(length, patch)
+    index = torch.arange(starts.shape[0])
+    rows = torch.arange(length).unsqueeze(1)
+    halved = (index > 0) & (rows >= starts) & (rows < index * (patch - 2) + 2)
+    return torch.exp2(-halved.sum(1).float())
 
 
 def fold_gain(length: int, patch: int) -> Tensor:
@@ -424,9 +457,8 @@ def fold_gain(length: int, patch: int) -> Tensor:
     is 1 except where three patches overlap. A module with every head removed still applies it.
     """
     starts, side = patch_starts(length, patch)
-    coverage = torch.zeros(length)
-    for start in starts:
-        coverage[start:start + side] += 1
+    rows = torch.arange(length).unsqueeze(1)
+    coverage = ((rows >= starts) & (rows < starts + side)).sum(1)
     return coverage * overlap_weights(length, patch)
 
 
@@ -454,8 +486,8 @@ class LRSA(nn.Module):
         b, c, h, w = x.shape
         rows, ph = patch_starts(h, patch)
         cols, pw = patch_starts(w, patch)
-        ri = (torch.tensor(rows).unsqueeze(1) + torch.arange(ph)).to(x.device)   # nh ph
-        ci = (torch.tensor(cols).unsqueeze(1) + torch.arange(pw)).to(x.device)   # nw pw
+        ri = (rows.unsqueeze(1) + torch.arange(ph)).to(x.device)                 # nh ph
+        ci = (cols.unsqueeze(1) + torch.arange(pw)).to(x.device)                 # nw pw
         flat = (ri[:, None, :, None] * w + ci[None, :, None, :]).reshape(-1)       # nh nw ph pw
         tok = x.flatten(2).index_select(2, flat)                                 # b c (np*ph*pw)
         tok = tok.view(b, c, -1, ph * pw).permute(0, 2, 3, 1).reshape(-1, ph * pw, c)
