@@ -21,7 +21,7 @@ rule finetune:
     shell:
         "OMP_NUM_THREADS={threads} srprune finetune --teacher {input.teacher:q} "
         "--student {input.student:q} --settings {params.settings} {params.model_config} "
-        "--workdir {params.workdir:q} --fresh-on-change --out {output:q} --quiet > {log:q} 2>&1"
+        "--workdir {params.workdir:q} --fresh-on-change --out {output:q} > {log:q} 2>&1"
 
 
 rule rebuild:

@@ -57,7 +57,6 @@ def _training_args(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument("--out", required=True, help=out_help)
     p.add_argument("--workdir", help="resume state, last/best checkpoints and log.csv "
                                      "(default: <out without suffix>_work)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--fresh-on-change", action="store_true",
                    help="when the work folder holds a run of other settings, inputs or data, "
                         "start afresh (default: refuse and say what differs)")
@@ -68,7 +67,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .fileio import save_json
 
     options = dict(quantize=not args.float_output, device=args.device,
-                   model_config=_model_config(args.model_config), **evaluate_options(args))
+                   model_config=_model_config(args.model_config), progress=not args.quiet,
+                   save_images=args.save_images, image_suffix=args.image_suffix,
+                   **evaluate_options(args))
     if args.dataset:
         datasets = dict(args.dataset)
         if args.hr:
@@ -136,7 +137,7 @@ def cmd_score_units(args: argparse.Namespace) -> None:
                              max_batch=args.max_batch, scorer=args.scorer, probes=args.probes)
     artifact = score_units(args.teacher, args.method, calibration, settings,
                            _model_config(args.model_config), args.device, part=_part(args.part),
-                           units=args.units)
+                           units=args.units, progress=not args.quiet)
     save_artifact(artifact, args.out)
     scored = artifact.get("scores") or artifact.get("terms")
     print(f"scored {sum(len(s) for s in scored.values())} units of {len(scored)} groups with "
@@ -268,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .pruning.search import SCORERS
 
     parser = Parser(prog="srprune", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _verbosity_args(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model from a YAML config (L1 loss, Adam, resume)")
@@ -289,6 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", type=device, help="cpu, cuda, cuda:1 or auto")
     p.add_argument("--model-config", help="hyper-parameters a BasicSR checkpoint cannot tell, "
                                           "as YAML, e.g. '{heads: 4, patch_size: [16, 20]}'")
+    p.add_argument("--save-images", metavar="DIR",
+                   help="also write every scored SR output (uint8, whole image) as "
+                        "DIR/<name>_<suffix>.png (with --dataset: DIR/<dataset>/...)")
+    p.add_argument("--image-suffix", metavar="SUFFIX",
+                   help="suffix of the saved images (default: the model file's stem, or bicubic)")
     add_evaluate_options(p, datasets=True)
     p.set_defaults(func=cmd_evaluate)
 
@@ -356,7 +362,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=CompensationSettings().batch_size,
                    help="calibration crops per forward (bounds memory)")
     p.add_argument("--device", default="cpu", type=device, help="cpu, cuda, cuda:N")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_compensate)
 
     p = sub.add_parser("finetune", help="recover a zeroed model by feature KD, masks held fixed")
@@ -391,13 +396,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", required=True, choices=("train", "val"))
     p.add_argument("--out", required=True, help="folder to write into")
     p.set_defaults(func=cmd_export_data)
+    for command in sub.choices.values():
+        _verbosity_args(command)
     return parser
+
+
+def _verbosity_args(p: argparse.ArgumentParser) -> None:
+    """``-q/--quiet`` and ``-v/--verbose``, accepted before and after the subcommand."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                       help="warnings and errors only, no progress bars (results still printed)")
+    group.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="debug messages")
+
+
+def _set_verbosity(args: argparse.Namespace) -> None:
+    """Logging for ``--quiet`` (warnings), default (info) or ``--verbose`` (srprune's debug
+    messages; other libraries stay at info); sets ``args.quiet`` for the commands."""
+    args.quiet, verbose = getattr(args, "quiet", False), getattr(args, "verbose", False)
+    if args.quiet and verbose:
+        raise SystemExit("error: --quiet and --verbose exclude each other")
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(logging.WARNING if args.quiet else logging.INFO)
+    log.setLevel(logging.DEBUG if verbose else logging.NOTSET)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    _set_verbosity(args)
+    log.debug("srprune %s with %s", args.command,
+              {k: v for k, v in vars(args).items() if k not in ("func", "command")})
     func: Callable[[argparse.Namespace], None] = args.func
     try:
         func(args)

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 
 
@@ -48,3 +49,13 @@ def save_json(obj: Any, path: str | os.PathLike) -> None:
 def save_text(text: str, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def save_png(img: np.ndarray, path: str | os.PathLike) -> None:
+    """Write a uint8 HxWx3 (or HxW) image as PNG."""
+    from PIL import Image
+
+    if img.dtype != np.uint8:
+        raise ValueError(f"{path}: PNG images are written from uint8 arrays, got {img.dtype}")
+    with atomic_path(path) as tmp:
+        Image.fromarray(img).save(tmp, format="PNG")

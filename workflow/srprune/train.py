@@ -29,11 +29,11 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from .checkpoint import read_checkpoint, save_model
 from .evaluate import Pair, score_model
 from .fileio import save_torch
+from .progress import progress_bar
 from .settings import check_sections, from_mapping
 
 log = logging.getLogger(__name__)
@@ -198,8 +198,8 @@ class Trainer:
     def _run(self, progress: bool) -> dict[str, Any]:
         torch.manual_seed(self.s.seed)
         self.resume()
-        bar = tqdm(total=self.s.iters, initial=self.iteration, desc="train", unit="it",
-                   disable=not progress, dynamic_ncols=True)
+        bar = progress_bar(total=self.s.iters, initial=self.iteration, desc="train", unit="it",
+                           disable=not progress)
         self.model.train()
         last_psnr, start = math.nan, time.time()
         postfix: dict[str, str] = {}

@@ -45,10 +45,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from ..checkpoint import CheckpointError, load_finite, save_model
 from ..finetune import masks_of
+from ..progress import progress_bar
 from ..settings import check_int
 from .adapter import Adapter, ResidualTap, masked
 from .search import Calibration, adapter_for, file_sha256
@@ -258,8 +258,8 @@ def compensate_model(adapter: Adapter, student: nn.Module, teacher: nn.Module,
     masks = {name: mask.to(device) for name, mask in masks.items()}
     batches = list(x.to(device).split(settings.batch_size))
     fit = {}
-    for consumer in tqdm(consumers(adapter, student, masks), desc="compensate", unit="layer",
-                         disable=not progress, dynamic_ncols=True):
+    for consumer in progress_bar(consumers(adapter, student, masks), desc="compensate",
+                                 unit="layer", disable=not progress):
         result = fit_consumer(adapter, student, teacher, masks, consumer, batches, settings)
         if result is not None:
             fit[consumer.weight] = result
