@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 import yaml
 
-from .argtypes import (Parser, device, filename_template, finite_float, int_at_least,
+from .argtypes import (Parser, crop_box, device, filename_template, finite_float, int_at_least,
                        nonnegative_float, positive_int)
 from .checkpoint import CheckpointError
 from .data import DataError
@@ -18,6 +18,8 @@ from .evaluate import add_evaluate_options
 from .pruning.selection import SELECTIONS
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from .pruning.search import Calibration
 
 log = logging.getLogger("srprune")
@@ -238,10 +240,44 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     from .compare import compare
 
-    layout = {m: list(args.budgets) for m in args.methods} if args.methods and args.budgets else None
-    paths = compare(args.results, args.out, args.datasets, layout)
+    paths = compare(args.results, args.out, args.datasets, _layout(args))
     print(f"wrote {paths['csv']}, {paths['markdown']}, {paths['kept_units']} and "
           f"{', '.join(str(p) for p in paths['psnr_vs_macs'].values())}")
+
+
+def _layout(args: argparse.Namespace) -> dict[str, list[str]] | None:
+    """``{method: [budgets]}`` of ``--methods``/``--budgets`` (None: the folders found)."""
+    return {m: list(args.budgets) for m in args.methods} if args.methods and args.budgets else None
+
+
+def cmd_visual(args: argparse.Namespace) -> None:
+    from .evaluate import load_net, load_pairs, model_upscaler
+    from .figures import Crop, VisualInputs, visual_comparison
+
+    if args.box is not None and args.image is None:
+        raise ValueError("--box needs --image (the image the box is in)")
+    tile = {"tile": args.tile, "tile_overlap": args.tile_overlap} if args.tile else {}
+
+    def upscale(path: str | Path, lr: np.ndarray) -> np.ndarray:
+        net = load_net(str(path), args.scale, args.device)
+        return model_upscaler(net, next(net.parameters()).device, scale=args.scale, **tile)(lr)
+
+    inputs = VisualInputs(list(load_pairs(args.hr, args.scale, args.lr, args.filename_tmpl)),
+                          args.scale, upscale)
+    crop = None if args.box is None else Crop(args.image, *args.box)
+    record = visual_comparison(args.results, args.dataset, inputs, args.out, crop, args.image,
+                               args.crop_size, _layout(args))
+    crop = record["crop"]
+    scores = "; ".join(f"{title} {v['psnr']:.2f} dB" for title, v in record["panels"].items()
+                       if v["psnr"] is not None)
+    print(f"{args.dataset}: image {crop.image}, crop {crop.height}x{crop.width} at "
+          f"({crop.top}, {crop.left}); {scores}; wrote {args.out}")
+
+
+def cmd_plot_recovery(args: argparse.Namespace) -> None:
+    from .figures import plot_recovery
+
+    print(f"wrote {plot_recovery(args.results, args.out, _layout(args))}")
 
 
 def _calibration_args(p: argparse.ArgumentParser, seed_help: str) -> None:
@@ -256,6 +292,13 @@ def _calibration_args(p: argparse.ArgumentParser, seed_help: str) -> None:
     p.add_argument("--seed", type=int, default=0, help=seed_help)
 
 
+def _layout_args(p: argparse.ArgumentParser) -> None:
+    """``--results`` and the ``--methods``/``--budgets`` to read from it (see :func:`_layout`)."""
+    p.add_argument("--results", required=True, help="results/<run> folder of the workflow")
+    p.add_argument("--methods", nargs="+", help="default: the method folders found")
+    p.add_argument("--budgets", nargs="+", help="default: the budget folders found")
+
+
 def _teacher_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", required=True, help="the trained model (checkpoint)")
     p.add_argument("--model-config", help="hyper-parameters a BasicSR checkpoint cannot tell, "
@@ -264,6 +307,7 @@ def _teacher_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``srprune`` parser with one subcommand per stage."""
+    from .figures import DEFAULT_CROP
     from .pruning.compensate import TARGETS, CompensationSettings
     from .pruning.importance import OptinSettings
     from .pruning.search import SCORERS
@@ -385,12 +429,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("compare", help="comparison CSV, Markdown and plots of a results folder")
-    p.add_argument("--results", required=True, help="results/<run> folder of the workflow")
+    _layout_args(p)
     p.add_argument("--out", required=True, help="folder for comparison.csv/.md and the plots")
     p.add_argument("--datasets", nargs="+", help="default: every evaluated data set")
-    p.add_argument("--methods", nargs="+", help="default: the method folders found")
-    p.add_argument("--budgets", nargs="+", help="default: the budget folders found")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("visual", help="SR crops of HR, bicubic, teacher and every rebuilt "
+                                      "model side by side, with crop PSNR and MAC ratio")
+    _layout_args(p)
+    p.add_argument("--dataset", required=True, help="data set name (eval/teacher_<name>.json)")
+    p.add_argument("--hr", required=True, help="its HR folder, or embedded:train|val")
+    p.add_argument("--lr", help="its LR folder (default: bicubic-downscale the HR images)")
+    p.add_argument("--filename-tmpl", default="{}", type=filename_template,
+                   help="LR name template, e.g. '{}x4'")
+    p.add_argument("--scale", type=int, required=True, choices=(1, 2, 3, 4))
+    p.add_argument("--image", help="image to show (default: the one holding the chosen crop)")
+    p.add_argument("--box", type=crop_box, metavar="TOP,LEFT,HEIGHT,WIDTH",
+                   help="crop in HR pixels (needs --image; default: the window where the "
+                        "teacher most improves on bicubic)")
+    p.add_argument("--crop-size", type=positive_int, default=DEFAULT_CROP,
+                   help="side of the chosen crop in HR pixels")
+    p.add_argument("--device", default="cpu", type=device, help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--tile", type=positive_int, help="run the models on LR tiles of this side")
+    p.add_argument("--tile-overlap", type=int_at_least(0), default=8, help="overlap of tiles")
+    p.add_argument("--out", required=True, help="the figure (visual_<dataset>.png)")
+    p.set_defaults(func=cmd_visual)
+
+    p = sub.add_parser("plot-recovery", help="validation PSNR against fine-tuning iteration")
+    _layout_args(p)
+    p.add_argument("--out", required=True, help="the plot (finetune_recovery.png)")
+    p.set_defaults(func=cmd_plot_recovery)
 
     p = sub.add_parser("export-data", help="write the embedded scikit-image images as PNG files")
     p.add_argument("--split", required=True, choices=("train", "val"))

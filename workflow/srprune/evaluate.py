@@ -187,7 +187,9 @@ def _check_latency_runs(latency_runs: int, latency_warmup: int) -> None:
     check_int("latency_warmup", latency_warmup, 0)
 
 
-def _load_net(model: str, scale: int, device: str, model_config: dict[str, Any] | None) -> nn.Module:
+def load_net(model: str, scale: int, device: str,
+             model_config: dict[str, Any] | None = None) -> nn.Module:
+    """A checkpoint loaded on ``device`` (``auto`` picks one), refused unless it is x``scale``."""
     from .checkpoint import load_model
     from .train import pick_device
 
@@ -263,7 +265,7 @@ def evaluate_spec(model: str, hr: str, scale: int, lr: str | None = None,
         net = None
         scores = score(bicubic_upscaler(scale), pairs, scale, progress=progress, images=sink)
     else:
-        net = _load_net(model, scale, device, model_config)
+        net = load_net(model, scale, device, model_config)
         scores = score_model(net, pairs, scale, progress=progress, quantize=quantize,
                              images=sink, **_tile_kwargs(tiling))
     result.update(_extras(net, scale, tiling, latency_runs, latency_warmup, latency_lr_size))
@@ -320,7 +322,7 @@ def evaluate_many(model: str, datasets: Mapping[str, Mapping[str, Any] | str], s
     sinks = {name: image_sink(None if save_images is None else Path(save_images) / name,
                               image_suffix, model, quantize) for name in specs}
     pairs = {name: load_pairs(s["hr"], scale, s["lr"], s["filename_tmpl"]) for name, s in specs.items()}
-    net = None if model == "bicubic" else _load_net(model, scale, device, model_config)
+    net = None if model == "bicubic" else load_net(model, scale, device, model_config)
     results: dict[str, Any] = {}
     for name, items in pairs.items():
         sink = sinks[name]
