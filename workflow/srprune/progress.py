@@ -24,13 +24,21 @@ _CONTROL = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 class LineWriter:
-    """A file for tqdm that turns each carriage-return status update into one line of stderr."""
+    """A file for tqdm that turns each carriage-return status update into one line of stderr.
+
+    A status whose count is the one written last (tqdm's repeat on closing) is dropped.
+    """
+
+    def __init__(self) -> None:
+        self.last = ""
 
     def write(self, text: str) -> int:
-        """Write every non-blank status in ``text`` as its own line."""
+        """Write every new non-blank status in ``text`` as its own line."""
         for part in _CONTROL.sub("", text).replace("\r", "\n").split("\n"):
-            if part.strip():
+            count = part.split(" [", 1)[0]
+            if part.strip() and count != self.last:
                 sys.stderr.write(part.rstrip() + "\n")
+                self.last = count
         return len(text)
 
     def flush(self) -> None:
