@@ -1,7 +1,7 @@
 # srprune: one-shot structured pruning of SR transformers, as one Snakemake DAG.
 # Stages so far: teacher evaluation (and the bicubic baseline) on every configured data set;
 # unit scores per method; per (method, budget) the masks, the zeroed teacher, the fine-tuned and
-# the rebuilt model, each evaluated on every data set.
+# the rebuilt model, each evaluated on every data set; the comparison and its pictures.
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -22,6 +22,7 @@ include: "rules/prune.smk"
 include: "rules/recover.smk"
 include: "rules/compare.smk"
 include: "rules/export.smk"
+include: "rules/figures.smk"
 
 
 wildcard_constraints:
@@ -37,10 +38,14 @@ rule all:
     input:
         f"{RESULTS}/comparison.csv",
         EXPORTS,
+        expand(f"{RESULTS}/visual_{{dataset}}.png", dataset=DATASETS),
+        f"{RESULTS}/finetune_recovery.png",
     default_target: True
 
 
 onsuccess:
     print(f"\nsrprune: comparison in {RESULTS}/comparison.csv and {RESULTS}/comparison.md, plots "
-          f"{RESULTS}/psnr_vs_macs_<dataset>.png and {RESULTS}/kept_units.png; every artifact "
-          f"under {RESULTS}/<method>/<budget>/")
+          f"{RESULTS}/psnr_vs_macs_<dataset>.png and {RESULTS}/kept_units.png, pictures "
+          f"{RESULTS}/visual_<dataset>.png and {RESULTS}/finetune_recovery.png; every artifact "
+          f"under {RESULTS}/<method>/<budget>/; `snakemake --report report.html` makes the "
+          f"HTML report")

@@ -1,11 +1,13 @@
-# Evaluation: PSNR/SSIM (Y channel), params and MACs, as JSON under results/<run>/eval/.
+# Evaluation: PSNR/SSIM (Y channel), params and MACs, as JSON under results/<run>/eval/; the
+# teacher's and bicubic's SR outputs as PNG under results/<run>/images/ (for the visual figure).
 
 
 rule evaluate_teacher:
     input:
         model=config["teacher"]["weights_path"],
     output:
-        f"{RESULTS}/eval/teacher_{{dataset}}.json",
+        json=f"{RESULTS}/eval/teacher_{{dataset}}.json",
+        images=directory(f"{RESULTS}/images/teacher_{{dataset}}"),
     params:
         data=lambda w: data_args(w.dataset),
         model_config=teacher_config_arg(),
@@ -17,12 +19,14 @@ rule evaluate_teacher:
     shell:
         "OMP_NUM_THREADS={threads} srprune evaluate --model {input.model:q} {params.data} "
         "--scale {SCALE} --device {params.device} {params.model_config} {params.options} "
-        "--json {output:q} > {log:q} 2>&1"
+        "--save-images {output.images:q} --image-suffix teacher --json {output.json:q} "
+        "> {log:q} 2>&1"
 
 
 rule evaluate_baseline:
     output:
-        f"{RESULTS}/eval/{{baseline}}_{{dataset}}.json",
+        json=f"{RESULTS}/eval/{{baseline}}_{{dataset}}.json",
+        images=directory(f"{RESULTS}/images/{{baseline}}_{{dataset}}"),
     wildcard_constraints:
         baseline="bicubic",
     params:
@@ -31,7 +35,7 @@ rule evaluate_baseline:
         f"{RESULTS}/logs/evaluate_{{baseline}}_{{dataset}}.log",
     shell:
         "srprune evaluate --model {wildcards.baseline} {params.data} --scale {SCALE} "
-        "--json {output:q} > {log:q} 2>&1"
+        "--save-images {output.images:q} --json {output.json:q} > {log:q} 2>&1"
 
 
 rule evaluate_stage:

@@ -127,4 +127,4 @@ rule compensate:
     shell:
         "OMP_NUM_THREADS={threads} srprune compensate --teacher {input.teacher:q} "
         "--model {input.model:q} {params.calibration} {params.options} {params.model_config} "
-        "--device {params.device} --out {output:q} --quiet > {log:q} 2>&1"
+        "--device {params.device} --out {output:q} > {log:q} 2>&1"

@@ -1,6 +1,7 @@
 # Recovery and compaction: feature-KD fine-tuning (masks fixed) from the compensated model
 # (`prune.compensate: true`) or the zeroed one, then the physical rebuild.
 FINETUNE_START = "compensated" if PRUNE.get("compensate", True) else "pruned"
+FINETUNE_WORKDIR = "finetune_work"   # log.csv there feeds the recovery plot (rules/figures.smk)
 
 
 rule finetune:
@@ -12,7 +13,7 @@ rule finetune:
     params:
         settings=finetune_settings_arg(),
         model_config=teacher_config_arg(),
-        workdir=f"{RESULTS}/{{method}}/{{budget}}/finetune_work",
+        workdir=f"{RESULTS}/{{method}}/{{budget}}/{FINETUNE_WORKDIR}",
     log:
         f"{RESULTS}/logs/finetune_{{method}}_{{budget}}.log",
     threads: 1
@@ -21,7 +22,7 @@ rule finetune:
     shell:
         "OMP_NUM_THREADS={threads} srprune finetune --teacher {input.teacher:q} "
         "--student {input.student:q} --settings {params.settings} {params.model_config} "
-        "--workdir {params.workdir:q} --fresh-on-change --out {output:q} --quiet > {log:q} 2>&1"
+        "--workdir {params.workdir:q} --fresh-on-change --out {output:q} > {log:q} 2>&1"
 
 
 rule rebuild:

@@ -121,3 +121,37 @@ def test_cuda_without_cuda_is_refused(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["evaluate", "--model", "bicubic", "--hr", "x", "--scale", "2", "--device", "cuda"])
     assert exit_.value.code == 2 and "CUDA is not available" in capsys.readouterr().err
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """``srprune ARGS`` in a new process, its stderr a pipe (as in a Snakemake log)."""
+    return subprocess.run([sys.executable, "-m", "srprune.cli", *args], capture_output=True,
+                          text=True)
+
+
+def test_quiet_and_verbose(tmp_path, make_images):
+    hr = str(make_images(tmp_path / "hr", 2, (16, 16)))
+    command = ("evaluate", "--model", "bicubic", "--hr", hr, "--scale", "2")
+    default = run_cli(*command)
+    assert default.returncode == 0 and "PSNR" in default.stdout
+    assert "evaluate: 100% 2/2 img" in default.stderr and "\r" not in default.stderr
+    assert "DEBUG" not in default.stderr
+    for quiet in (("--quiet", *command), (*command, "-q")):
+        result = run_cli(*quiet)
+        assert result.returncode == 0 and "PSNR" in result.stdout   # the result is still printed
+        assert result.stderr == ""                                   # no bar, no info
+    verbose = run_cli(*command, "--verbose")
+    assert "DEBUG srprune: srprune evaluate with" in verbose.stderr
+    assert "DEBUG PIL" not in verbose.stderr                         # other libraries stay quiet
+    both = run_cli("--quiet", *command, "--verbose")
+    assert both.returncode != 0 and "exclude each other" in both.stderr
+
+
+def test_every_command_takes_quiet_and_verbose():
+    from srprune.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    assert {"evaluate", "train", "finetune", "visual", "plot-recovery"} <= set(commands)
+    for name, sub in commands.items():
+        assert {"-q", "--quiet", "-v", "--verbose"} <= set(sub._option_string_actions), name

@@ -73,3 +73,36 @@ def test_a_model_that_outputs_nan_is_reported(tmp_path, make_images, caplog):
     with caplog.at_level("WARNING"):
         evaluate_spec(str(tmp_path / "nan.pth"), str(tmp_path / "hr"), 2)
     assert "non-finite values (NaN or inf)" in caplog.text
+
+
+def test_saved_images_are_the_scored_ones(tmp_path, make_images):
+    """--save-images: BasicSR names, uint8 PNGs whose PSNR is the reported one."""
+    import torch
+
+    import srprune
+    from srprune.cli import main as cli_main
+    from srprune.data import read_image
+    from srprune.evaluate import evaluate_many, load_pairs
+    from srprune.metrics import psnr_y
+    from srprune.models import create_model
+
+    torch.manual_seed(0)
+    srprune.save_model(create_model("catanet", dim=8, block_num=1, qk_dim=8, mlp_dim=8, heads=2,
+                                    patch_size=[8], num_tokens=[4], group_size=[16], n_iters=[2],
+                                    upscale=2), tmp_path / "net.pth")
+    hr = make_images(tmp_path / "hr", 2, (22, 26))
+    result = evaluate_spec(str(tmp_path / "net.pth"), str(hr), 2, progress=False,
+                           save_images=str(tmp_path / "sr"))
+    assert result["images"]["suffix"] == "net"
+    for (name, _, hr_img), row in zip(load_pairs(str(hr), 2), result["per_image"]):
+        sr = read_image(tmp_path / "sr" / f"{name}_net.png")
+        assert sr.dtype == np.uint8 and sr.shape == hr_img.shape       # whole image, not cropped
+        assert psnr_y(sr, hr_img, 2) == row["psnr"]
+    both = evaluate_many("bicubic", {"a": str(hr), "b": str(hr)}, 2, progress=False,
+                         save_images=str(tmp_path / "many"), image_suffix="x2")
+    assert both["datasets"]["b"]["images"]["dir"] == str(tmp_path / "many" / "b")
+    assert sorted(p.name for p in (tmp_path / "many" / "a").iterdir()) == ["im0_x2.png", "im1_x2.png"]
+    with pytest.raises(ValueError, match="cannot go with --float-output"):
+        evaluate_spec("bicubic", str(hr), 2, quantize=False, save_images=str(tmp_path / "f"))
+    assert cli_main(["evaluate", "--model", "bicubic", "--hr", str(hr), "--scale", "2",
+                     "--save-images", str(tmp_path / "c"), "--image-suffix", "a/b"]) == 2

@@ -65,7 +65,8 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path):
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
     rows = list(csv.DictReader(open(tmp_path / "b/log.csv")))
-    assert [int(r["iter"]) for r in rows] == list(range(1, 8))   # no duplicated rows
+    assert [int(r["iter"]) for r in rows] == list(range(0, 8))   # no duplicated rows
+    assert rows[0]["val_psnr"] and not rows[0]["loss"]          # the starting model's PSNR
     assert resumed.best_psnr == straight.best_psnr
     for name in ("best.pth", "last.pth", "state.pth"):
         assert (tmp_path / "b" / name).exists()
@@ -85,7 +86,7 @@ def test_training_reduces_the_loss(tmp_path):
                              lr=2e-3)
     trainer = make_trainer(tmp_path, settings)
     trainer.run(progress=False)
-    losses = [float(r["loss"]) for r in csv.DictReader(open(tmp_path / "log.csv"))]
+    losses = [float(r["loss"]) for r in csv.DictReader(open(tmp_path / "log.csv")) if r["loss"]]
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
 
 
@@ -129,7 +130,7 @@ def test_a_work_folder_of_another_run_is_refused_or_restarted(tmp_path):
     other.run(progress=False)
     assert other.loss_fn.__name__ == "wrapped" and other.iteration == 4
     rows = list(csv.DictReader(open(tmp_path / "w/log.csv")))
-    assert [int(r["iter"]) for r in rows] == [1, 2, 3, 4]      # a fresh log, not a resumed one
+    assert [int(r["iter"]) for r in rows] == [0, 1, 2, 3, 4]   # a fresh log, not a resumed one
     straight = make_trainer(tmp_path / "s", settings)
     straight.run(progress=False)
     assert_same_weights(other, straight)

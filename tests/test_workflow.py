@@ -55,7 +55,7 @@ def test_dry_run_of_the_default_config():
     for rule in ("evaluate_teacher", "evaluate_baseline", "score_units", "gather_scores",
                  "search_masks", "export_zeroed", "compensate", "finetune", "rebuild",
                  "evaluate_stage",
-                 "inspect", "compare"):
+                 "inspect", "compare", "visual", "recovery_plot"):
         assert f"rule {rule}:" in result.stdout + result.stderr, rule
 
 
@@ -136,7 +136,13 @@ def test_tiny_run_writes_evaluation_json(workflow_copy, make_images):
         assert abs(float(by_stage["rebuilt"]["psnr"])
                    - float(by_stage["finetuned_feature_kd"]["psnr"])) <= 0.001
         assert float(by_stage["pruned"]["mac_ratio"]) <= float(budget)
-    assert (workflow_copy / "results/tiny/kept_units.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for picture in ("kept_units.png", "visual_mine.png", "finetune_recovery.png"):
+        assert (workflow_copy / "results/tiny" / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (workflow_copy / "results/tiny/images/teacher_mine").glob("*.png")) \
+        == ["im0_teacher.png", "im1_teacher.png"]
+    for log in (workflow_copy / "results/tiny/logs").iterdir():      # readable progress lines
+        assert "\r" not in log.read_text(), log.name
+    assert "train: 100% 4/4 it" in (workflow_copy / "results/tiny/logs/finetune_optin_0.9.log").read_text()
     for method in ("optin", "magnitude"):
         for budget in ("0.9", "0.8"):
             folder = workflow_copy / "results/tiny" / method / budget
@@ -168,7 +174,10 @@ def test_tiny_run_writes_evaluation_json(workflow_copy, make_images):
 
     report = snakemake("--report", "report.html", cwd=workflow_copy)
     assert report.returncode == 0, report.stderr[-2000:]
-    assert b"kept_units.png" in (workflow_copy / "report.html").read_bytes()
+    html = (workflow_copy / "report.html").read_bytes()
+    for name in ("comparison.csv", "kept_units.png", "psnr_vs_macs_mine.png", "visual_mine.png",
+                 "finetune_recovery.png"):
+        assert name.encode() in html, name
 
     # a changed fine-tune setting reruns fine-tuning and what follows, not the mask search
     config["finetune"]["train"]["lr"] = 1e-3
@@ -203,7 +212,7 @@ def test_paths_with_spaces(tmp_path, make_images):
     prefix = "Shell command: "
     commands = [shlex.split(line[len(prefix):]) for line in (plan.stdout + plan.stderr).splitlines()
                 if line.startswith(prefix)]
-    assert len(commands) == 16, commands   # every job of the run
+    assert len(commands) == 18, commands   # every job of the run
     for words in commands:    # every path one word: no 'the', 'teacher/teacher', 'x2.pth' words
         assert not {"the", "teacher/teacher", "x2.pth", "images"} & set(words), words
     assert sum("the teacher/teacher x2.pth" in words for words in commands) == 6

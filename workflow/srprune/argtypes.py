@@ -71,6 +71,18 @@ def height_by_width(text: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
+def crop_box(text: str) -> tuple[int, int, int, int]:
+    """``TOP,LEFT,HEIGHT,WIDTH`` in pixels: offsets >= 0, sizes >= 1."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4 or min(values[:2]) < 0 or min(values[2:]) < 1:
+        raise argparse.ArgumentTypeError(f"expected TOP,LEFT,HEIGHT,WIDTH (offsets >= 0, sizes "
+                                         f">= 1), got {text!r}")
+    return values  # type: ignore[return-value]
+
+
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line (``prog: error: ...``), exit code 2."""
 

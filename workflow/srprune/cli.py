@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 import yaml
 
-from .argtypes import (Parser, device, filename_template, finite_float, height_by_width,
-                       int_at_least, nonnegative_float, positive_int)
+from .argtypes import (Parser, crop_box, device, filename_template, finite_float,
+                       height_by_width, int_at_least, nonnegative_float, positive_int)
 from .checkpoint import CheckpointError
 from .data import DataError
 from .evaluate import add_evaluate_options
@@ -19,6 +19,8 @@ from .export import FORMATS
 from .pruning.selection import SELECTIONS
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from .pruning.calibration import Calibration
     from .pruning.compensate import CompensationSettings
 
@@ -59,7 +61,6 @@ def _training_args(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument("--out", required=True, help=out_help)
     p.add_argument("--workdir", help="resume state, last/best checkpoints and log.csv "
                                      "(default: <out without suffix>_work)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--fresh-on-change", action="store_true",
                    help="when the work folder holds a run of other settings, inputs or data, "
                         "start afresh (default: refuse and say what differs)")
@@ -70,7 +71,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .fileio import save_json
 
     options = dict(quantize=not args.float_output, device=args.device,
-                   model_config=_model_config(args.model_config), **evaluate_options(args))
+                   model_config=_model_config(args.model_config), progress=not args.quiet,
+                   save_images=args.save_images, image_suffix=args.image_suffix,
+                   **evaluate_options(args))
     if args.dataset:
         datasets = dict(args.dataset)
         if args.hr:
@@ -138,7 +141,7 @@ def cmd_score_units(args: argparse.Namespace) -> None:
                              max_batch=args.max_batch, scorer=args.scorer, probes=args.probes)
     artifact = score_units(args.teacher, args.method, calibration, settings,
                            _model_config(args.model_config), args.device, part=_part(args.part),
-                           units=args.units)
+                           units=args.units, progress=not args.quiet)
     save_artifact(artifact, args.out)
     scored = artifact.get("scores") or artifact.get("terms")
     print(f"scored {sum(len(s) for s in scored.values())} units of {len(scored)} groups with "
@@ -252,8 +255,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     from .compare import compare
 
-    layout = {m: list(args.budgets) for m in args.methods} if args.methods and args.budgets else None
-    paths = compare(args.results, args.out, args.datasets, layout)
+    paths = compare(args.results, args.out, args.datasets, _layout(args))
     print(f"wrote {paths['csv']}, {paths['markdown']}, {paths['kept_units']} and "
           f"{', '.join(str(p) for p in paths['psnr_vs_macs'].values())}")
 
@@ -269,6 +271,41 @@ def _compensation_args(p: argparse.ArgumentParser) -> None:
                    help="calibration crops per forward (bounds memory)")
 
 
+def _layout(args: argparse.Namespace) -> dict[str, list[str]] | None:
+    """``{method: [budgets]}`` of ``--methods``/``--budgets`` (None: the folders found)."""
+    return {m: list(args.budgets) for m in args.methods} if args.methods and args.budgets else None
+
+
+def cmd_visual(args: argparse.Namespace) -> None:
+    from .evaluate import load_net, load_pairs, model_upscaler
+    from .figures import Crop, VisualInputs, visual_comparison
+
+    if args.box is not None and args.image is None:
+        raise ValueError("--box needs --image (the image the box is in)")
+    tile = {"tile": args.tile, "tile_overlap": args.tile_overlap} if args.tile else {}
+
+    def upscale(path: str | Path, lr: np.ndarray) -> np.ndarray:
+        net = load_net(str(path), args.scale, args.device)
+        return model_upscaler(net, next(net.parameters()).device, scale=args.scale, **tile)(lr)
+
+    inputs = VisualInputs(list(load_pairs(args.hr, args.scale, args.lr, args.filename_tmpl)),
+                          args.scale, upscale)
+    crop = None if args.box is None else Crop(args.image, *args.box)
+    record = visual_comparison(args.results, args.dataset, inputs, args.out, crop, args.image,
+                               args.crop_size, _layout(args))
+    crop = record["crop"]
+    scores = "; ".join(f"{title} {v['psnr']:.2f} dB" for title, v in record["panels"].items()
+                       if v["psnr"] is not None)
+    print(f"{args.dataset}: image {crop.image}, crop {crop.height}x{crop.width} at "
+          f"({crop.top}, {crop.left}); {scores}; wrote {args.out}")
+
+
+def cmd_plot_recovery(args: argparse.Namespace) -> None:
+    from .figures import plot_recovery
+
+    print(f"wrote {plot_recovery(args.results, args.out, _layout(args))}")
+
+
 def _calibration_args(p: argparse.ArgumentParser, seed_help: str) -> None:
     """Options of the calibration crops (training images, never a test set)."""
     p.add_argument("--calib-hr", default="embedded:train",
@@ -281,6 +318,13 @@ def _calibration_args(p: argparse.ArgumentParser, seed_help: str) -> None:
     p.add_argument("--seed", type=int, default=0, help=seed_help)
 
 
+def _layout_args(p: argparse.ArgumentParser) -> None:
+    """``--results`` and the ``--methods``/``--budgets`` to read from it (see :func:`_layout`)."""
+    p.add_argument("--results", required=True, help="results/<run> folder of the workflow")
+    p.add_argument("--methods", nargs="+", help="default: the method folders found")
+    p.add_argument("--budgets", nargs="+", help="default: the budget folders found")
+
+
 def _teacher_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", required=True, help="the trained model (checkpoint)")
     p.add_argument("--model-config", help="hyper-parameters a BasicSR checkpoint cannot tell, "
@@ -289,11 +333,12 @@ def _teacher_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``srprune`` parser with one subcommand per stage."""
+    from .figures import DEFAULT_CROP
     from .pruning.importance import OptinSettings
     from .pruning.search import SCORERS
 
     parser = Parser(prog="srprune", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _verbosity_args(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model from a YAML config (L1 loss, Adam, resume)")
@@ -314,6 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", type=device, help="cpu, cuda, cuda:1 or auto")
     p.add_argument("--model-config", help="hyper-parameters a BasicSR checkpoint cannot tell, "
                                           "as YAML, e.g. '{heads: 4, patch_size: [16, 20]}'")
+    p.add_argument("--save-images", metavar="DIR",
+                   help="also write every scored SR output (uint8, whole image) as "
+                        "DIR/<name>_<suffix>.png (with --dataset: DIR/<dataset>/...)")
+    p.add_argument("--image-suffix", metavar="SUFFIX",
+                   help="suffix of the saved images (default: the model file's stem, or bicubic)")
     add_evaluate_options(p, datasets=True)
     p.set_defaults(func=cmd_evaluate)
 
@@ -378,7 +428,6 @@ def build_parser() -> argparse.ArgumentParser:
     _calibration_args(p, "calibration crops")
     _compensation_args(p)
     p.add_argument("--device", default="cpu", type=device, help="cpu, cuda, cuda:N")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_compensate)
 
     p = sub.add_parser("finetune", help="recover a zeroed model by feature KD, masks held fixed")
@@ -411,24 +460,71 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("compare", help="comparison CSV, Markdown and plots of a results folder")
-    p.add_argument("--results", required=True, help="results/<run> folder of the workflow")
+    _layout_args(p)
     p.add_argument("--out", required=True, help="folder for comparison.csv/.md and the plots")
     p.add_argument("--datasets", nargs="+", help="default: every evaluated data set")
-    p.add_argument("--methods", nargs="+", help="default: the method folders found")
-    p.add_argument("--budgets", nargs="+", help="default: the budget folders found")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("visual", help="SR crops of HR, bicubic, teacher and every rebuilt "
+                                      "model side by side, with crop PSNR and MAC ratio")
+    _layout_args(p)
+    p.add_argument("--dataset", required=True, help="data set name (eval/teacher_<name>.json)")
+    p.add_argument("--hr", required=True, help="its HR folder, or embedded:train|val")
+    p.add_argument("--lr", help="its LR folder (default: bicubic-downscale the HR images)")
+    p.add_argument("--filename-tmpl", default="{}", type=filename_template,
+                   help="LR name template, e.g. '{}x4'")
+    p.add_argument("--scale", type=int, required=True, choices=(1, 2, 3, 4))
+    p.add_argument("--image", help="image to show (default: the one holding the chosen crop)")
+    p.add_argument("--box", type=crop_box, metavar="TOP,LEFT,HEIGHT,WIDTH",
+                   help="crop in HR pixels (needs --image; default: the window where the "
+                        "teacher most improves on bicubic)")
+    p.add_argument("--crop-size", type=positive_int, default=DEFAULT_CROP,
+                   help="side of the chosen crop in HR pixels")
+    p.add_argument("--device", default="cpu", type=device, help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--tile", type=positive_int, help="run the models on LR tiles of this side")
+    p.add_argument("--tile-overlap", type=int_at_least(0), default=8, help="overlap of tiles")
+    p.add_argument("--out", required=True, help="the figure (visual_<dataset>.png)")
+    p.set_defaults(func=cmd_visual)
+
+    p = sub.add_parser("plot-recovery", help="validation PSNR against fine-tuning iteration")
+    _layout_args(p)
+    p.add_argument("--out", required=True, help="the plot (finetune_recovery.png)")
+    p.set_defaults(func=cmd_plot_recovery)
 
     p = sub.add_parser("export-data", help="write the embedded scikit-image images as PNG files")
     p.add_argument("--split", required=True, choices=("train", "val"))
     p.add_argument("--out", required=True, help="folder to write into")
     p.set_defaults(func=cmd_export_data)
+    for command in sub.choices.values():
+        _verbosity_args(command)
     return parser
+
+
+def _verbosity_args(p: argparse.ArgumentParser) -> None:
+    """``-q/--quiet`` and ``-v/--verbose``, accepted before and after the subcommand."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                       help="warnings and errors only, no progress bars (results still printed)")
+    group.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="debug messages")
+
+
+def _set_verbosity(args: argparse.Namespace) -> None:
+    """Logging for ``--quiet`` (warnings), default (info) or ``--verbose`` (srprune's debug
+    messages; other libraries stay at info); sets ``args.quiet`` for the commands."""
+    args.quiet, verbose = getattr(args, "quiet", False), getattr(args, "verbose", False)
+    if args.quiet and verbose:
+        raise SystemExit("error: --quiet and --verbose exclude each other")
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(logging.WARNING if args.quiet else logging.INFO)
+    log.setLevel(logging.DEBUG if verbose else logging.NOTSET)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    _set_verbosity(args)
+    log.debug("srprune %s with %s", args.command,
+              {k: v for k, v in vars(args).items() if k not in ("func", "command")})
     func: Callable[[argparse.Namespace], None] = args.func
     try:
         func(args)

@@ -15,18 +15,20 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from .argtypes import filename_template, int_at_least
 from .data import SRDataset, embedded_images, modcrop, to_tensor
+from .fileio import save_png
 from .imresize import imresize
 from .metrics import psnr_y, ssim_y, to_uint8
+from .progress import progress_bar
 from .settings import check_int
 from .tiling import BLEND_MODES, check_tile_args, tiled_forward
 
@@ -81,20 +83,65 @@ def model_upscaler(model: nn.Module, device: torch.device | str = "cpu",
     return upscale
 
 
+@dataclass(frozen=True)
+class ImageSink:
+    """Where :func:`score` writes SR outputs: ``<folder>/<name>_<suffix>.png`` (BasicSR naming)."""
+
+    folder: Path
+    suffix: str
+
+    def __post_init__(self) -> None:
+        if not self.suffix or any(c in self.suffix for c in "/\\"):
+            raise ValueError(f"--image-suffix must be a non-empty name without '/', "
+                             f"got {self.suffix!r}")
+
+    def path(self, name: str) -> Path:
+        """The PNG file of image ``name``."""
+        return self.folder / f"{name}_{self.suffix}.png"
+
+    def save(self, name: str, sr: np.ndarray) -> None:
+        """Write one uint8 SR output (atomically)."""
+        save_png(sr, self.path(name))
+
+    def record(self) -> dict[str, Any]:
+        """What the evaluation JSON says about the saved images."""
+        return {"dir": str(self.folder), "suffix": self.suffix,
+                "files": f"<name>_{self.suffix}.png",
+                "content": "the whole uint8 SR output that was scored; the scores ignore "
+                           "crop_border pixels on every side"}
+
+
+def image_sink(save_images: str | Path | None, suffix: str | None, model: str,
+               quantize: bool) -> ImageSink | None:
+    """The :class:`ImageSink` of ``--save-images`` (suffix default: model file stem or bicubic)."""
+    if save_images is None:
+        return None
+    if not quantize:
+        raise ValueError("--save-images writes the uint8 images that are scored; it cannot go "
+                         "with --float-output")
+    return ImageSink(Path(save_images), suffix or Path(model).stem)
+
+
 def bicubic_upscaler(scale: int) -> Upscaler:
     """The standard baseline: MATLAB-compatible bicubic upsampling of the LR image."""
     return lambda lr: imresize(lr, scale)
 
 
 def score(upscaler: Upscaler, pairs: Iterable[Pair], scale: int, progress: bool = False,
-          ssim: bool = True) -> dict[str, Any]:
-    """Mean and per-image Y-channel PSNR/SSIM with ``crop_border = scale``."""
+          ssim: bool = True, images: ImageSink | None = None) -> dict[str, Any]:
+    """Mean and per-image Y-channel PSNR/SSIM with ``crop_border = scale``.
+
+    With ``images`` every SR output is also written as ``<dir>/<name>_<suffix>.png``: the whole
+    image that was scored (uint8, before the border crop that scoring applies).
+    """
     per_image = []
-    items = tqdm(pairs, desc="evaluate", unit="img", disable=not progress, leave=False)
+    items = progress_bar(pairs, desc="evaluate", unit="img", disable=not progress, leave=False)
     for name, lr, hr in items:
         sr = upscaler(lr)
         if sr.shape != hr.shape:
             raise ValueError(f"{name}: SR output {sr.shape} does not match HR {hr.shape}")
+        if images is not None:
+            images.save(name, sr)
         row = {"name": name, "psnr": psnr_y(sr, hr, scale)}
         if ssim:
             row["ssim"] = ssim_y(sr, hr, scale)
@@ -109,14 +156,15 @@ def score(upscaler: Upscaler, pairs: Iterable[Pair], scale: int, progress: bool 
 
 def score_model(model: nn.Module, pairs: Iterable[Pair], scale: int, ssim: bool = True,
                 progress: bool = False, quantize: bool = True, tile: int | None = None,
-                tile_overlap: int = 8, tile_blend: str = "uniform") -> dict[str, Any]:
+                tile_overlap: int = 8, tile_blend: str = "uniform",
+                images: ImageSink | None = None) -> dict[str, Any]:
     """:func:`score` for a model, restoring its train/eval mode afterwards."""
     training = model.training
     model.eval()
     device = next(model.parameters()).device
     upscaler = model_upscaler(model, device, quantize, tile, tile_overlap, tile_blend, scale)
     try:
-        return score(upscaler, pairs, scale, progress=progress, ssim=ssim)
+        return score(upscaler, pairs, scale, progress=progress, ssim=ssim, images=images)
     finally:
         model.train(training)
 
@@ -139,7 +187,9 @@ def _check_latency_runs(latency_runs: int, latency_warmup: int) -> None:
     check_int("latency_warmup", latency_warmup, 0)
 
 
-def _load_net(model: str, scale: int, device: str, model_config: dict[str, Any] | None) -> nn.Module:
+def load_net(model: str, scale: int, device: str,
+             model_config: dict[str, Any] | None = None) -> nn.Module:
+    """A checkpoint loaded on ``device`` (``auto`` picks one), refused unless it is x``scale``."""
     from .checkpoint import load_model
     from .train import pick_device
 
@@ -186,7 +236,8 @@ def evaluate_spec(model: str, hr: str, scale: int, lr: str | None = None,
                   model_config: dict[str, Any] | None = None,
                   progress: bool = True, tile: int | None = None, tile_overlap: int = 8,
                   tile_blend: str = "uniform", latency_runs: int = 0, latency_warmup: int = 2,
-                  latency_lr_size: Sequence[int] | None = None) -> dict[str, Any]:
+                  latency_lr_size: Sequence[int] | None = None, save_images: str | None = None,
+                  image_suffix: str | None = None) -> dict[str, Any]:
     """``srprune evaluate``: scores plus params and MACs of a checkpoint, or of ``bicubic``.
 
     Optional, off by default (the JSON then has exactly the keys it always had):
@@ -198,20 +249,25 @@ def evaluate_spec(model: str, hr: str, scale: int, lr: str | None = None,
       untimed runs, at ``latency_lr_size`` (H, W; default the reference size of ``scale``), tiled
       when ``tile`` is given; adds ``latency_ms`` (median) and ``latency`` (the full record;
       both None for ``bicubic``).
+    * ``save_images`` (a folder): every SR output as ``<name>_<image_suffix>.png`` (see
+      :class:`ImageSink`); adds ``"images"``.
     """
     tiling = _tile_options(tile, tile_overlap, tile_blend, scale)
     _check_latency_runs(latency_runs, latency_warmup)
+    sink = image_sink(save_images, image_suffix, model, quantize)
     pairs = load_pairs(hr, scale, lr, filename_tmpl)
     result: dict[str, Any] = {"model": model, "hr": str(hr), "lr": lr, "scale": scale,
                               "quantized_uint8": quantize, "crop_border": scale,
                               "metric": METRIC}
+    if sink is not None:
+        result["images"] = sink.record()
     if model == "bicubic":
         net = None
-        scores = score(bicubic_upscaler(scale), pairs, scale, progress=progress)
+        scores = score(bicubic_upscaler(scale), pairs, scale, progress=progress, images=sink)
     else:
-        net = _load_net(model, scale, device, model_config)
+        net = load_net(model, scale, device, model_config)
         scores = score_model(net, pairs, scale, progress=progress, quantize=quantize,
-                             **_tile_kwargs(tiling))
+                             images=sink, **_tile_kwargs(tiling))
     result.update(_extras(net, scale, tiling, latency_runs, latency_warmup, latency_lr_size))
     return {**result, **scores}
 
@@ -244,7 +300,8 @@ def evaluate_many(model: str, datasets: Mapping[str, Mapping[str, Any] | str], s
                   model_config: dict[str, Any] | None = None, progress: bool = True,
                   tile: int | None = None, tile_overlap: int = 8, tile_blend: str = "uniform",
                   latency_runs: int = 0, latency_warmup: int = 2,
-                  latency_lr_size: Sequence[int] | None = None) -> dict[str, Any]:
+                  latency_lr_size: Sequence[int] | None = None, save_images: str | None = None,
+                  image_suffix: str | None = None) -> dict[str, Any]:
     """Score one model (a checkpoint, or ``bicubic``) on several data sets; the model is loaded once.
 
     ``datasets`` maps a name to ``{"hr": ..., "lr": ... (optional), "filename_tmpl": ...
@@ -254,23 +311,28 @@ def evaluate_many(model: str, datasets: Mapping[str, Mapping[str, Any] | str], s
     ``params_nonzero``, ``macs_thop``, ``macs_full``, ``macs_lr_size``, ``macs_per_module``
     and, when asked for, ``tile``, ``latency_ms``, ``latency``, as in :func:`evaluate_spec`)
     and ``datasets``: ``{name: {"hr", "lr", "filename_tmpl", "psnr", "ssim", "per_image"}}``
-    in the given order.
+    in the given order. With ``save_images`` the SR outputs of data set ``name`` go to
+    ``<save_images>/<name>/`` (each data set's entry then has ``images``).
     """
     if not datasets:
         raise ValueError("evaluate_many needs at least one data set")
     specs = {str(name): _dataset_spec(str(name), spec) for name, spec in datasets.items()}
     tiling = _tile_options(tile, tile_overlap, tile_blend, scale)
     _check_latency_runs(latency_runs, latency_warmup)
+    sinks = {name: image_sink(None if save_images is None else Path(save_images) / name,
+                              image_suffix, model, quantize) for name in specs}
     pairs = {name: load_pairs(s["hr"], scale, s["lr"], s["filename_tmpl"]) for name, s in specs.items()}
-    net = None if model == "bicubic" else _load_net(model, scale, device, model_config)
+    net = None if model == "bicubic" else load_net(model, scale, device, model_config)
     results: dict[str, Any] = {}
     for name, items in pairs.items():
+        sink = sinks[name]
         if net is None:
-            scores = score(bicubic_upscaler(scale), items, scale, progress=progress)
+            scores = score(bicubic_upscaler(scale), items, scale, progress=progress, images=sink)
         else:
             scores = score_model(net, items, scale, progress=progress, quantize=quantize,
-                                 **_tile_kwargs(tiling))
-        results[name] = {**specs[name], **scores}
+                                 images=sink, **_tile_kwargs(tiling))
+        results[name] = {**specs[name], **({} if sink is None else {"images": sink.record()}),
+                         **scores}
     head = {"model": model, "scale": scale, "quantized_uint8": quantize, "crop_border": scale,
             "metric": METRIC}
     return {**head, **_extras(net, scale, tiling, latency_runs, latency_warmup, latency_lr_size),

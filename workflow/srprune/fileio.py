@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 
 
@@ -57,3 +58,13 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def save_png(img: np.ndarray, path: str | os.PathLike) -> None:
+    """Write a uint8 HxWx3 (or HxW) image as PNG."""
+    from PIL import Image
+
+    if img.dtype != np.uint8:
+        raise ValueError(f"{path}: PNG images are written from uint8 arrays, got {img.dtype}")
+    with atomic_path(path) as tmp:
+        Image.fromarray(img).save(tmp, format="PNG")

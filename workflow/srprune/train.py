@@ -1,7 +1,7 @@
 """Training loop shared by teacher training and (later) fine-tuning.
 
 Adam, a stateless learning-rate schedule (linear warm-up, then cosine or multistep), periodic
-validation PSNR, the last and the best model kept, a CSV log, and exact resume: the training
+validation PSNR (and that of the starting model, logged as iteration 0), the last and the best model kept, a CSV log, and exact resume: the training
 state (model, optimizer, sampler and torch RNG, iteration, best PSNR) is written atomically every
 ``save_every`` iterations, and a killed run continues from it to the same final weights as an
 uninterrupted run with the same seed.
@@ -29,11 +29,11 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from .checkpoint import read_checkpoint, save_model
 from .evaluate import Pair, score_model
 from .fileio import save_torch
+from .progress import progress_bar
 from .settings import check_sections, from_mapping
 
 log = logging.getLogger(__name__)
@@ -197,9 +197,10 @@ class Trainer:
 
     def _run(self, progress: bool) -> dict[str, Any]:
         torch.manual_seed(self.s.seed)
-        self.resume()
-        bar = tqdm(total=self.s.iters, initial=self.iteration, desc="train", unit="it",
-                   disable=not progress, dynamic_ncols=True)
+        if not self.resume():
+            self._log_start()
+        bar = progress_bar(total=self.s.iters, initial=self.iteration, desc="train", unit="it",
+                           disable=not progress)
         self.model.train()
         last_psnr, start = math.nan, time.time()
         postfix: dict[str, str] = {}
@@ -219,6 +220,11 @@ class Trainer:
         bar.close()
         return {"best_psnr": self.best_psnr, "best_iter": self.best_iter, "last_psnr": last_psnr,
                 "iters": self.iteration}
+
+    def _log_start(self) -> None:
+        """Log the starting model's validation PSNR as iteration 0 (never taken as the best)."""
+        self._log(math.nan, score_model(self.model, self.val_pairs, self.scale, ssim=False)["psnr"],
+                  0.0)
 
     def _step(self) -> tuple[float, dict[str, float]]:
         lr_img, hr_img = (t.to(self.device) for t in self.sampler.sample())
@@ -250,9 +256,9 @@ class Trainer:
             writer = csv.writer(handle)
             if new:
                 writer.writerow(LOG_FIELDS)
-            writer.writerow([self.iteration, f"{lr_at(self.s, self.iteration - 1):.3e}",
-                             f"{loss:.6f}", "" if math.isnan(psnr) else f"{psnr:.4f}",
-                             f"{seconds:.1f}"])
+            lr = f"{lr_at(self.s, self.iteration - 1):.3e}" if self.iteration else ""
+            writer.writerow([self.iteration, lr, "" if math.isnan(loss) else f"{loss:.6f}",
+                             "" if math.isnan(psnr) else f"{psnr:.4f}", f"{seconds:.1f}"])
 
     def _trim_log(self) -> None:
         """Drop log rows written after the resumed state (they will be redone)."""

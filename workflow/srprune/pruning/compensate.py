@@ -45,10 +45,10 @@ from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from ..checkpoint import CheckpointError, load_finite, save_model
 from ..fileio import file_sha256
+from ..progress import progress_bar
 from ..settings import check_int
 from .adapter import Adapter, ResidualTap, masked
 from .artifacts import masks_of
@@ -288,8 +288,8 @@ def compensate_model(adapter: Adapter, student: nn.Module, teacher: nn.Module,
     masks = {name: mask.to(device) for name, mask in masks.items()}
     streams = Streams.start(adapter, student, teacher, list(x.to(device).split(settings.batch_size)))
     fit = {}
-    for consumer in tqdm(consumers(adapter, student, masks), desc="compensate", unit="layer",
-                         disable=not progress, dynamic_ncols=True):
+    for consumer in progress_bar(consumers(adapter, student, masks), desc="compensate",
+                                 unit="layer", disable=not progress):
         block = adapter.block_of(consumer.weight)
         if block < streams.block:
             raise RuntimeError(f"{type(adapter).__name__}.slices lists consumer {consumer.weight} "

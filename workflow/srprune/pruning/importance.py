@@ -49,8 +49,8 @@ from typing import Iterable
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
+from ..progress import progress_bar
 from ..settings import check_int
 from .adapter import Adapter, UnitGroup, masked
 
@@ -152,8 +152,8 @@ def optin_terms(adapter: Adapter, model: nn.Module, x: Tensor, settings: OptinSe
     groups = adapter.groups(model) if groups is None else groups
     per_forward = max(1, settings.max_batch // x.shape[0])
     terms = {}
-    bar = tqdm(total=sum(g.count for g in groups), desc="optin scores", unit="unit",
-               disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=sum(g.count for g in groups), desc="optin scores", unit="unit",
+                       disable=not progress)
     for group in groups:
         md, out = torch.zeros(group.count), torch.zeros(group.count)
         for start in range(0, group.count, per_forward):

@@ -37,8 +37,8 @@ from typing import Iterator
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
+from ..progress import progress_bar
 from .adapter import Adapter, UnitGroup, masked
 from .importance import OptinSettings, gram, optin_terms, teacher_reference
 
@@ -110,8 +110,8 @@ def sketch_terms(adapter: Adapter, model: nn.Module, x: Tensor, settings: OptinS
     md = [torch.zeros(g.count) for g in groups]
     out = [torch.zeros(g.count) for g in groups]
     chunk = max(1, settings.max_batch)
-    with frozen(model), tqdm(total=x.shape[0], desc="optin sketch", unit="image",
-                             disable=not progress, dynamic_ncols=True) as bar:
+    with frozen(model), progress_bar(total=x.shape[0], desc="optin sketch",
+                                     unit="image", disable=not progress) as bar:
         for start in range(0, x.shape[0], chunk):
             part = slice(start, start + chunk)
             *sums, pixels = _chunk_sums(adapter, model, x[part], [p[part] for p in positions],
