@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 import yaml
 
-from .argtypes import (Parser, device, filename_template, finite_float, int_at_least,
+from .argtypes import (Parser, device, filename_template, finite_float, int_at_least, lr_size,
                        nonnegative_float, positive_int)
 from .checkpoint import CheckpointError
 from .data import DataError
@@ -84,11 +84,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         _print_scores(args, result)
     else:
         raise ValueError("give --hr (and optionally --lr) or one or more --dataset")
-    if result.get("latency"):
-        lat = result["latency"]
-        print(f"latency {lat['median_ms']:.1f} ms (median of {lat['runs']}) at LR "
-              f"{lat['lr_size'][0]}x{lat['lr_size'][1]}, {lat['threads']} threads, "
-              f"{lat['device_name']}")
     if args.json:
         save_json(result, args.json)
 
@@ -243,6 +238,37 @@ def cmd_compare(args: argparse.Namespace) -> None:
           f"{', '.join(str(p) for p in paths['psnr_vs_macs'].values())}")
 
 
+def _labelled_model(text: str) -> tuple[str, str]:
+    """``LABEL=PATH`` (or a bare ``PATH``, labelled by itself); argparse ``type=``."""
+    label, sep, path = text.partition("=")
+    if not sep:
+        label, path = text, text
+    if not label or not path:
+        raise argparse.ArgumentTypeError(f"expected LABEL=PATH, got {text!r}")
+    return label, path
+
+
+def cmd_time_models(args: argparse.Namespace) -> None:
+    from .fileio import save_json
+    from .latency import time_models
+
+    models = dict(args.model or [])
+    if len(models) != len(args.model or []):
+        raise ValueError("--model: every label must be different")
+    result = time_models(args.teacher, models, lr_size=args.size, rounds=args.rounds,
+                         warmup=args.warmup, threads=args.threads, device=args.device,
+                         seed=args.seed, model_config=_model_config(args.model_config))
+    machine = result["machine"]
+    print(f"{result['rounds']} interleaved rounds at LR {result['lr_size'][0]}x"
+          f"{result['lr_size'][1]}, {machine['threads']} threads, {machine['device_name']} "
+          f"({machine['cpu_capability']}), torch {machine['torch']}")
+    for row in result["models"]:
+        print(f"  {row['label']:<24} {row['backend']:<8} median {row['median_ms']:9.2f} ms "
+              f"(IQR {row['q1_ms']:.2f}-{row['q3_ms']:.2f})  speed-up {row['speedup']:.3f}x")
+    if args.json:
+        save_json(result, args.json)
+
+
 def _calibration_args(p: argparse.ArgumentParser, seed_help: str) -> None:
     """Options of the calibration crops (training images, never a test set)."""
     p.add_argument("--calib-hr", default="embedded:train",
@@ -386,6 +412,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", help="default: the method folders found")
     p.add_argument("--budgets", nargs="+", help="default: the budget folders found")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("time-models", help="latency of the teacher and pruned models, side by "
+                                           "side in interleaved rounds")
+    _teacher_args(p)
+    p.add_argument("--model", action="append", type=_labelled_model, metavar="LABEL=PATH",
+                   help="a model to time against the teacher (repeatable)")
+    p.add_argument("--size", type=lr_size, default=None, metavar="HxW",
+                   help="LR input size, e.g. 90x160, or reference (output 1280x720; default)")
+    p.add_argument("--rounds", type=positive_int, default=20, help="timed rounds")
+    p.add_argument("--warmup", type=int_at_least(0), default=2, help="untimed rounds first")
+    p.add_argument("--threads", type=positive_int,
+                   help="torch intra-op threads (default: torch's current count)")
+    p.add_argument("--device", default="cpu", type=device, help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random input")
+    p.add_argument("--json", help="write the timings and the machine facts to this JSON file")
+    p.set_defaults(func=cmd_time_models)
 
     p = sub.add_parser("export-data", help="write the embedded scikit-image images as PNG files")
     p.add_argument("--split", required=True, choices=("train", "val"))
