@@ -233,7 +233,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     from .compare import compare
 
     layout = {m: list(args.budgets) for m in args.methods} if args.methods and args.budgets else None
-    paths = compare(args.results, args.out, args.datasets, layout)
+    paths = compare(args.results, args.out, args.datasets, layout, args.latency)
     print(f"wrote {paths['csv']}, {paths['markdown']}, {paths['kept_units']} and "
           f"{', '.join(str(p) for p in paths['psnr_vs_macs'].values())}")
 
@@ -411,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets", nargs="+", help="default: every evaluated data set")
     p.add_argument("--methods", nargs="+", help="default: the method folders found")
     p.add_argument("--budgets", nargs="+", help="default: the budget folders found")
+    p.add_argument("--latency", help="srprune time-models JSON (default: <results>/latency.json "
+                                     "when present)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("time-models", help="latency of the teacher and pruned models, side by "
