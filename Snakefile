@@ -1,7 +1,8 @@
 # srprune: one-shot structured pruning of SR transformers, as one Snakemake DAG.
 # Stages so far: teacher evaluation (and the bicubic baseline) on every configured data set;
 # unit scores per method; per (method, budget) the masks, the zeroed teacher, the fine-tuned and
-# the rebuilt model, each evaluated on every data set.
+# the rebuilt model, each evaluated on every data set; the teacher and every rebuilt model timed
+# side by side; the comparison.
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -20,6 +21,7 @@ include: "rules/common.smk"
 include: "rules/evaluate.smk"
 include: "rules/prune.smk"
 include: "rules/recover.smk"
+include: "rules/latency.smk"
 include: "rules/compare.smk"
 
 

@@ -55,7 +55,7 @@ def test_dry_run_of_the_default_config():
     for rule in ("evaluate_teacher", "evaluate_baseline", "score_units", "gather_scores",
                  "search_masks", "export_zeroed", "compensate", "finetune", "rebuild",
                  "evaluate_stage",
-                 "inspect", "compare"):
+                 "inspect", "latency", "compare"):
         assert f"rule {rule}:" in result.stdout + result.stderr, rule
 
 
@@ -137,6 +137,22 @@ def test_tiny_run_writes_evaluation_json(workflow_copy, make_images):
                    - float(by_stage["finetuned_feature_kd"]["psnr"])) <= 0.001
         assert float(by_stage["pruned"]["mac_ratio"]) <= float(budget)
     assert (workflow_copy / "results/tiny/kept_units.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    timing = json.loads((workflow_copy / "results/tiny/latency.json").read_text())
+    assert [r["label"] for r in timing["models"]] == [
+        "teacher", "optin/0.9", "optin/0.8", "magnitude/0.9", "magnitude/0.8"]
+    assert timing["machine"]["threads"] == 2 and timing["lr_size"] == [90, 160]
+    by_label = {r["label"]: r for r in timing["models"]}
+    for row in rows:   # measured for teacher and rebuilt; dense rows carry the teacher's
+        if row["stage"] == "bicubic":
+            assert row["latency_ms"] == ""
+            continue
+        dense = row["stage"] not in ("teacher", "rebuilt")
+        own = by_label["teacher" if dense or row["stage"] == "teacher"
+                       else f"{row['method']}/{row['budget']}"]
+        assert float(row["latency_ms"]) == own["median_ms"]
+        assert float(row["speedup"]) == (1.0 if dense else own["speedup"])
+        assert row["latency_source"] == ("dense (teacher's)" if dense else "measured")
+        assert row["latency_threads"] == "2" and row["latency_lr_size"] == "90x160"
     for method in ("optin", "magnitude"):
         for budget in ("0.9", "0.8"):
             folder = workflow_copy / "results/tiny" / method / budget
@@ -176,7 +192,7 @@ def test_tiny_run_writes_evaluation_json(workflow_copy, make_images):
     plan = snakemake("-n", "--cores", "1", cwd=workflow_copy)
     text = plan.stdout + plan.stderr
     assert plan.returncode == 0 and "Params have changed since last execution" in text
-    for rule in ("finetune", "rebuild", "evaluate_stage", "inspect", "compare"):
+    for rule in ("finetune", "rebuild", "evaluate_stage", "inspect", "latency", "compare"):
         assert f"rule {rule}:" in text, rule
     for rule in ("score_units", "gather_scores", "search_masks", "export_zeroed", "compensate",
                  "evaluate_teacher"):
@@ -203,10 +219,10 @@ def test_paths_with_spaces(tmp_path, make_images):
     prefix = "Shell command: "
     commands = [shlex.split(line[len(prefix):]) for line in (plan.stdout + plan.stderr).splitlines()
                 if line.startswith(prefix)]
-    assert len(commands) == 16, commands   # every job of the run
+    assert len(commands) == 17, commands   # every job of the run
     for words in commands:    # every path one word: no 'the', 'teacher/teacher', 'x2.pth' words
         assert not {"the", "teacher/teacher", "x2.pth", "images"} & set(words), words
-    assert sum("the teacher/teacher x2.pth" in words for words in commands) == 6
+    assert sum("the teacher/teacher x2.pth" in words for words in commands) == 7
     target = "results/tiny/magnitude/0.8/eval_rebuilt_mine.json"   # a real run through it
     result = snakemake("--cores", "2", target, cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
