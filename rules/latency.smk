@@ -8,7 +8,8 @@
 def latency_model_args(input):
     """--model <method>/<budget>=<rebuilt checkpoint> for every budget (labels compare reads)."""
     labels = [f"{m}/{b}" for m in METHODS for b in BUDGETS]
-    return shlex.join(w for label, path in zip(labels, input.models) for w in ("--model", f"{label}={path}"))
+    return shlex.join(word for label, path in zip(labels, input.models)
+                      for word in ("--model", f"{label}={path}"))
 
 
 rule latency:

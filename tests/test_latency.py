@@ -130,7 +130,8 @@ def test_time_models_command_writes_the_record(checkpoints, tmp_path, capsys):
 
 
 def test_time_models_default_size_is_the_reference(monkeypatch, checkpoints):
-    monkeypatch.setattr(latency, "compare_runners", lambda runners, x, *a: [{"shape": list(x.shape)}])
+    monkeypatch.setattr(latency, "compare_runners",
+                        lambda runners, x, *a: [{"shape": list(x.shape)}])
     result = time_models(str(checkpoints / "teacher.pth"), {})
     assert result["lr_size"] == [360, 640] and result["models"] == [{"shape": [1, 3, 360, 640]}]
 

@@ -58,9 +58,11 @@ def _check_runners(runners: Sequence[Runner]) -> None:
     if not runners:
         raise ValueError("nothing to time: give at least one runner")
     keys = [(r.label, r.backend) for r in runners]
-    repeated = sorted({f"{label} ({backend})" for label, backend in keys if keys.count((label, backend)) > 1})
+    repeated = sorted({f"{label} ({backend})" for label, backend in keys
+                       if keys.count((label, backend)) > 1})
     if repeated:
-        raise ValueError(f"each (label, backend) must be timed once; repeated: {', '.join(repeated)}")
+        raise ValueError("each (label, backend) must be timed once; repeated: "
+                         + ", ".join(repeated))
 
 
 def interleaved_rounds(runners: Sequence[Runner], x: torch.Tensor, rounds: int, warmup: int = 1,
