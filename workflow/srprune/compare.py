@@ -490,7 +490,7 @@ def format_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
         if sizes:
             lines += [f"MACs counted at LR input {', '.join(sizes)}.", ""]
         lines.append("| " + " | ".join(h for h, _ in columns) + " |")
-        lines.append("|" + "|".join(":---" if h in ("stage", "method") else "---:"
+        lines.append("|" + "|".join(":---" if h in ("stage", "method", "latency from") else "---:"
                                     for h, _ in columns) + "|")
         for row in part:
             lines.append("| " + " | ".join(f(row) for _, f in columns) + " |")
