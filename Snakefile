@@ -41,5 +41,5 @@ rule all:
 
 onsuccess:
     print(f"\nsrprune: comparison in {RESULTS}/comparison.csv and {RESULTS}/comparison.md, plots "
-          f"{RESULTS}/psnr_vs_macs_<dataset>.png and {RESULTS}/kept_units.png; every artifact "
-          f"under {RESULTS}/<method>/<budget>/")
+          f"{RESULTS}/psnr_vs_macs_<dataset>.png and {RESULTS}/kept_units.png; side-by-side "
+          f"latency in {RESULTS}/latency.json; every artifact under {RESULTS}/<method>/<budget>/")
