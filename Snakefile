@@ -1,7 +1,8 @@
 # srprune: one-shot structured pruning of SR transformers, as one Snakemake DAG.
 # Stages so far: teacher evaluation (and the bicubic baseline) on every configured data set;
 # unit scores per method; per (method, budget) the masks, the zeroed teacher, the fine-tuned and
-# the rebuilt model, each evaluated on every data set; the comparison and its pictures.
+# the rebuilt model, each evaluated on every data set; the teacher and every rebuilt model timed
+# side by side; the comparison and its pictures.
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -20,6 +21,7 @@ include: "rules/common.smk"
 include: "rules/evaluate.smk"
 include: "rules/prune.smk"
 include: "rules/recover.smk"
+include: "rules/latency.smk"
 include: "rules/compare.smk"
 include: "rules/export.smk"
 include: "rules/figures.smk"
@@ -46,6 +48,6 @@ rule all:
 onsuccess:
     print(f"\nsrprune: comparison in {RESULTS}/comparison.csv and {RESULTS}/comparison.md, plots "
           f"{RESULTS}/psnr_vs_macs_<dataset>.png and {RESULTS}/kept_units.png, pictures "
-          f"{RESULTS}/visual_<dataset>.png and {RESULTS}/finetune_recovery.png; every artifact "
-          f"under {RESULTS}/<method>/<budget>/; `snakemake --report report.html` makes the "
-          f"HTML report")
+          f"{RESULTS}/visual_<dataset>.png and {RESULTS}/finetune_recovery.png; side-by-side "
+          f"latency in {RESULTS}/latency.json; every artifact under {RESULTS}/<method>/<budget>/; "
+          f"`snakemake --report report.html` makes the HTML report")

@@ -16,6 +16,9 @@ CALIB = PRUNE.get("calibration", {})
 OPTIN = PRUNE.get("optin", {})
 COMPENSATION = PRUNE.get("compensation", {})
 SCORE_JOBS = PRUNE.get("score_jobs", 1)
+METHODS = PRUNE.get("methods", ["optin"])
+BUDGETS = [str(b) for b in PRUNE.get("budgets", [0.5])]
+LATENCY = config.get("latency", {})
 FINETUNE = config.get("finetune", {})
 FINETUNE_ON_GPU = str(FINETUNE.get("device", "auto")) != "cpu"
 
@@ -63,10 +66,7 @@ check_inputs_exist()
 
 
 def model_eval_args():
-    """Latency and tiling options of `srprune evaluate` for models, from the config."""
-    args = ["--latency-runs", str(EVAL.get("latency_runs", 0))]
-    if EVAL.get("latency_size", "reference") != "reference":
-        args += ["--latency-size", EVAL["latency_size"]]
-    if EVAL.get("tile", 0):
-        args += ["--tile", str(EVAL["tile"]), "--tile-overlap", str(EVAL.get("tile_overlap", 8))]
-    return shlex.join(args)
+    """Tiling options of `srprune evaluate` for models, from the config."""
+    if not EVAL.get("tile", 0):
+        return ""
+    return shlex.join(["--tile", str(EVAL["tile"]), "--tile-overlap", str(EVAL.get("tile_overlap", 8))])

@@ -1,9 +1,5 @@
 # The final comparison: one CSV/Markdown row per (stage, method, budget, data set), and plots.
 # Every number is read from the JSON/artifact files the other rules wrote.
-METHODS = PRUNE.get("methods", ["optin"])
-BUDGETS = [str(b) for b in PRUNE.get("budgets", [0.5])]
-
-
 rule compare:
     input:
         expand(f"{RESULTS}/eval/{{who}}_{{dataset}}.json",
@@ -13,6 +9,7 @@ rule compare:
         expand(f"{RESULTS}/{{method}}/{{budget}}/catanet_pruning_masks.pth",
                method=METHODS, budget=BUDGETS),
         expand(f"{RESULTS}/{{method}}/{{budget}}/sparsity.json", method=METHODS, budget=BUDGETS),
+        latency=f"{RESULTS}/latency.json",
     output:
         csv=report(f"{RESULTS}/comparison.csv", category="Comparison",
                    caption="../report/workflow.rst"),
@@ -29,4 +26,5 @@ rule compare:
         f"{RESULTS}/logs/compare.log",
     shell:
         "srprune compare --results {RESULTS:q} --out {RESULTS:q} --datasets {params.datasets} "
-        "--methods {params.methods} --budgets {params.budgets} > {log:q} 2>&1"
+        "--methods {params.methods} --budgets {params.budgets} --latency {input.latency:q} "
+        "> {log:q} 2>&1"

@@ -18,7 +18,8 @@ def test_help_lists_subcommands():
     out = subprocess.run([sys.executable, "-m", "srprune.cli", "--help"], capture_output=True,
                          text=True, check=True).stdout
     for command in ("train", "evaluate", "score-units", "gather-scores", "search-masks",
-                    "export-zeroed", "compensate", "finetune", "rebuild", "inspect", "compare", "export-data"):
+                    "export-zeroed", "compensate", "finetune", "rebuild", "inspect", "time-models",
+                    "compare", "export-data"):
         assert command in out
 
 

@@ -24,7 +24,7 @@ TEACHER_PARAMS = 101_155
 LR_SIZE = [360, 640]
 
 
-def eval_json(psnr, ssim, params, nonzero, macs_full, macs_thop, latency=None, model="x.pth"):
+def eval_json(psnr, ssim, params, nonzero, macs_full, macs_thop, model="x.pth"):
     """What ``srprune evaluate`` writes (the keys of results/demo, per_image shortened)."""
     data = {"model": model, "hr": "embedded:val", "lr": None, "scale": 2,
             "quantized_uint8": True, "crop_border": 2,
@@ -33,10 +33,24 @@ def eval_json(psnr, ssim, params, nonzero, macs_full, macs_thop, latency=None, m
     if macs_full is not None:
         data["macs_lr_size"] = LR_SIZE
         data["macs_per_module"] = {"first_conv": 1, "blocks.0.0": 2}
-    if latency is not None:
-        data["latency_ms"] = latency
     data.update(psnr=psnr, per_image=[{"name": "a", "psnr": psnr, "ssim": ssim}], ssim=ssim)
     return data
+
+
+def latency_row(label, median, speedup, backend="pytorch"):
+    """One row of what ``srprune time-models`` writes (samples shortened)."""
+    return {"label": label, "backend": backend, "model": f"{label}.pth", "params": 1,
+            "median_ms": median, "q1_ms": median - 1, "q3_ms": median + 1, "min_ms": median - 2,
+            "max_ms": median + 2, "times_ms": [median], "speedup": speedup,
+            "speedup_q1": speedup, "speedup_q3": speedup}
+
+
+def latency_json(rows):
+    return {"kind": "latency", "reference": "teacher", "rounds": 1, "warmup": 0,
+            "lr_size": [90, 160], "scale": 2, "batch": 1, "dtype": "float32", "seed": 0,
+            "machine": {"cpu_name": "Test CPU 9000", "cpu_capability": "AVX2", "threads": 2,
+                        "device": "cpu", "device_name": "Test CPU 9000", "torch": "2.13"},
+            "models": rows}
 
 
 def kept_of(mi, bi):
@@ -52,10 +66,10 @@ def write(path: Path, obj) -> None:
 def build_results(root: Path) -> dict:
     """A results/<run> folder like the workflow's; returns the numbers written, for checking."""
     expected = {"teacher": {}, "bicubic": {}, "stage": {}, "masks": {}}
+    timed = [latency_row("teacher", 50.0, 1.0)]
     for d, dataset in enumerate(DATASETS):
-        latency = 50.0 + d if dataset == "set5" else None  # latency only measured on set5
         teacher = eval_json(33.110560171903174 - d, 0.9414296659748792 - d / 10, TEACHER_PARAMS,
-                            TEACHER_PARAMS, TEACHER_MACS, 23_237_939_200, latency)
+                            TEACHER_PARAMS, TEACHER_MACS, 23_237_939_200)
         bicubic = eval_json(31.149856476426027 - d, 0.915731258318008 - d / 10, 0, 0, None, None)
         write(root / "eval" / f"teacher_{dataset}.json", teacher)
         write(root / "eval" / f"bicubic_{dataset}.json", bicubic)
@@ -81,6 +95,9 @@ def build_results(root: Path) -> dict:
             folder.mkdir(parents=True)
             torch.save(artifact, folder / "catanet_pruning_masks.pth")
             expected["masks"][(method, budget)] = artifact
+            # the speed-up is the median of per-round ratios, not the ratio of the medians
+            timed.append(latency_row(f"{method}/{budget}", 20.0 + mi + bi, 2.0 + mi + 0.1 * bi))
+            timed.append(latency_row(f"{method}/{budget}", 1.0, 50.0, backend="onnxruntime"))
             nonzero = 70_000 + 1_000 * mi + 100 * bi
             for si, stage in enumerate(STAGES):
                 for d, dataset in enumerate(DATASETS):
@@ -90,7 +107,6 @@ def build_results(root: Path) -> dict:
                         nonzero if rebuilt else TEACHER_PARAMS, nonzero,
                         macs_pruned if rebuilt else TEACHER_MACS,
                         17_000_000_000 + mi if rebuilt else 23_237_939_200,
-                        (20.0 + mi + si) if dataset == "set5" else None,
                         model=str(folder / f"catanet_{stage}.pth"))
                     write(folder / f"eval_{stage}_{dataset}.json", data)
                     expected["stage"][(stage, method, budget, dataset)] = data
@@ -102,6 +118,8 @@ def build_results(root: Path) -> dict:
     (root / "logs").mkdir()
     (root / "logs" / "x.log").write_text("log\n")
     (root / "optin" / "0.5" / "finetune_work").mkdir()  # not a budget: ignored
+    write(root / "latency.json", latency_json(timed))
+    expected["latency"] = {(r["label"], r["backend"]): r for r in timed}
     return expected
 
 
@@ -180,11 +198,7 @@ def test_numbers_come_from_the_files(compared):
         assert float(row["delta_psnr"]) == data["psnr"] - teacher["psnr"]
         assert float(row["delta_ssim"]) == data["ssim"] - teacher["ssim"]
         assert float(row["params_ratio"]) == data["params_nonzero"] / teacher["params"]
-        if dataset == "set5" and stage != "bicubic":
-            assert float(row["latency_ms"]) == data["latency_ms"]
-            assert float(row["speedup"]) == teacher["latency_ms"] / data["latency_ms"]
-        else:
-            assert row["latency_ms"] == row["speedup"] == ""
+        check_latency(row, exp["latency"])
         if stage == "bicubic":
             assert row["macs_full"] == row["effective_macs_full"] == row["mac_ratio"] == ""
             assert row["macs_thop"] == row["macs_lr_size"] == ""
@@ -205,6 +219,26 @@ def test_numbers_come_from_the_files(compared):
             assert float(row["mac_ratio"]) == data["macs_full"] / teacher["macs_full"]
 
 
+def check_latency(row, timed):
+    """Latency columns: measured for teacher and rebuilt, the teacher's for dense rows."""
+    if row["stage"] == "bicubic":
+        assert row["latency_ms"] == row["speedup"] == row["latency_source"] == ""
+        assert row["latency_machine"] == row["latency_threads"] == row["latency_lr_size"] == ""
+        return
+    teacher = timed[("teacher", "pytorch")]
+    if row["stage"] in ("pruned", "compensated", "finetuned_feature_kd"):
+        assert float(row["latency_ms"]) == teacher["median_ms"] and row["speedup"] == "1.0"
+        assert row["latency_source"] == "dense (teacher's)"
+    else:
+        label = "teacher" if row["stage"] == "teacher" else f"{row['method']}/{row['budget']}"
+        own = timed[(label, "pytorch")]  # never the onnxruntime row
+        assert float(row["latency_ms"]) == own["median_ms"]
+        assert float(row["speedup"]) == own["speedup"]
+        assert row["latency_source"] == "measured"
+    assert row["latency_machine"] == "Test CPU 9000 (AVX2)"
+    assert row["latency_threads"] == "2" and row["latency_lr_size"] == "90x160"
+
+
 def test_rebuilt_rows_carry_their_own_size(compared):
     _, exp, _, rows = compared
     for row in (r for r in rows if r["stage"] == "rebuilt"):
@@ -220,7 +254,7 @@ def test_teacher_row_is_the_reference(compared):
         assert float(row["mac_ratio"]) == float(row["params_ratio"]) == 1.0
         assert float(row["prunable_mac_ratio"]) == 1.0
         assert float(row["delta_psnr"]) == float(row["delta_ssim"]) == 0.0
-        assert row["speedup"] == ("1.0" if row["dataset"] == "set5" else "")
+        assert row["speedup"] == "1.0" and row["latency_source"] == "measured"
 
 
 def test_masks_consistency_from_sparsity_json(compared):
@@ -239,7 +273,9 @@ def test_markdown_has_a_table_per_dataset(compared):
     for section, dataset in zip(sections[1:], DATASETS):
         table = [line for line in section.splitlines() if line.startswith("| ")]
         assert len(table) == 1 + 2 + len(STAGES) * len(METHODS) * len(BUDGETS)  # header + rows
-        assert ("latency (ms)" in table[0]) == (dataset == "set5")
+        assert "latency (ms)" in table[0] and "latency from" in table[0]
+        assert "Latency measured side by side on Test CPU 9000 (AVX2), 2 thread(s), LR input " \
+               "90x160, batch 1." in section
         assert table[1].startswith(f"| teacher |  |  | {TEACHER_PARAMS:,} | 1.000 | 40.006 |")
         psnr = exp["teacher"][dataset]["psnr"]
         assert f"| {psnr:.3f} | +0.000 |" in table[1]
@@ -249,6 +285,31 @@ def test_markdown_has_a_table_per_dataset(compared):
         assert f"| {data['macs_full'] / 1e9:.3f} | {data['macs_full'] / 1e9:.3f} |" in line
         assert f"| {data['psnr']:.3f} | {data['psnr'] - psnr:+.3f} |" in line
     assert "macs_pruned" in sections[-1]  # the columns are explained
+
+
+def test_without_latency_json_latency_is_empty(results, tmp_path):
+    root, _ = results
+    (root / "latency.json").unlink()
+    rows = collect(root)
+    assert all(r["latency_ms"] is None and r["speedup"] is None for r in rows)
+    paths = compare(root, tmp_path / "out")
+    text = paths["markdown"].read_text()
+    assert "latency (ms)" not in text and "Latency was not measured" in text
+
+
+def test_latency_json_is_checked_and_a_missing_row_warns(results, tmp_path):
+    root, exp = results
+    with pytest.raises(MissingResultError, match="elsewhere.json"):
+        collect(root, latency=tmp_path / "elsewhere.json")
+    rows = [r for k, r in exp["latency"].items() if k != ("optin/0.5", "pytorch")]
+    write(tmp_path / "partial.json", latency_json(rows))
+    with pytest.warns(UserWarning, match="no row 'optin/0.5'"):
+        found = collect(root, latency=tmp_path / "partial.json")
+    untimed = [key(r) for r in found if r["stage"] != "bicubic" and r["latency_ms"] is None]
+    assert untimed == [("rebuilt", "optin", "0.5", d) for d in DATASETS]
+    write(tmp_path / "no_teacher.json", latency_json(rows[1:]))
+    with pytest.raises(ResultFormatError, match="no PyTorch row for its reference 'teacher'"):
+        collect(root, latency=tmp_path / "no_teacher.json")
 
 
 def test_missing_eval_file_is_named(results, tmp_path):

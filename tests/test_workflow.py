@@ -55,7 +55,7 @@ def test_dry_run_of_the_default_config():
     for rule in ("evaluate_teacher", "evaluate_baseline", "score_units", "gather_scores",
                  "search_masks", "export_zeroed", "compensate", "finetune", "rebuild",
                  "evaluate_stage",
-                 "inspect", "compare", "visual", "recovery_plot"):
+                 "inspect", "latency", "compare", "visual", "recovery_plot"):
         assert f"rule {rule}:" in result.stdout + result.stderr, rule
 
 
@@ -143,6 +143,22 @@ def test_tiny_run_writes_evaluation_json(workflow_copy, make_images):
     for log in (workflow_copy / "results/tiny/logs").iterdir():      # readable progress lines
         assert "\r" not in log.read_text(), log.name
     assert "train: 100% 4/4 it" in (workflow_copy / "results/tiny/logs/finetune_optin_0.9.log").read_text()
+    timing = json.loads((workflow_copy / "results/tiny/latency.json").read_text())
+    assert [r["label"] for r in timing["models"]] == [
+        "teacher", "optin/0.9", "optin/0.8", "magnitude/0.9", "magnitude/0.8"]
+    assert timing["machine"]["threads"] == 2 and timing["lr_size"] == [90, 160]
+    by_label = {r["label"]: r for r in timing["models"]}
+    for row in rows:   # measured for teacher and rebuilt; dense rows carry the teacher's
+        if row["stage"] == "bicubic":
+            assert row["latency_ms"] == ""
+            continue
+        dense = row["stage"] not in ("teacher", "rebuilt")
+        own = by_label["teacher" if dense or row["stage"] == "teacher"
+                       else f"{row['method']}/{row['budget']}"]
+        assert float(row["latency_ms"]) == own["median_ms"]
+        assert float(row["speedup"]) == (1.0 if dense else own["speedup"])
+        assert row["latency_source"] == ("dense (teacher's)" if dense else "measured")
+        assert row["latency_threads"] == "2" and row["latency_lr_size"] == "90x160"
     for method in ("optin", "magnitude"):
         for budget in ("0.9", "0.8"):
             folder = workflow_copy / "results/tiny" / method / budget
@@ -185,7 +201,7 @@ def test_tiny_run_writes_evaluation_json(workflow_copy, make_images):
     plan = snakemake("-n", "--cores", "1", cwd=workflow_copy)
     text = plan.stdout + plan.stderr
     assert plan.returncode == 0 and "Params have changed since last execution" in text
-    for rule in ("finetune", "rebuild", "evaluate_stage", "inspect", "compare"):
+    for rule in ("finetune", "rebuild", "evaluate_stage", "inspect", "latency", "compare"):
         assert f"rule {rule}:" in text, rule
     for rule in ("score_units", "gather_scores", "search_masks", "export_zeroed", "compensate",
                  "evaluate_teacher"):
@@ -212,10 +228,10 @@ def test_paths_with_spaces(tmp_path, make_images):
     prefix = "Shell command: "
     commands = [shlex.split(line[len(prefix):]) for line in (plan.stdout + plan.stderr).splitlines()
                 if line.startswith(prefix)]
-    assert len(commands) == 18, commands   # every job of the run
+    assert len(commands) == 19, commands   # every job of the run
     for words in commands:    # every path one word: no 'the', 'teacher/teacher', 'x2.pth' words
         assert not {"the", "teacher/teacher", "x2.pth", "images"} & set(words), words
-    assert sum("the teacher/teacher x2.pth" in words for words in commands) == 6
+    assert sum("the teacher/teacher x2.pth" in words for words in commands) == 7
     target = "results/tiny/magnitude/0.8/eval_rebuilt_mine.json"   # a real run through it
     result = snakemake("--cores", "2", target, cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]

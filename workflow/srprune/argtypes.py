@@ -42,6 +42,24 @@ def nonnegative_float(text: str) -> float:
     return value
 
 
+def lr_size(text: str) -> tuple[int, int] | None:
+    """``"HxW"`` (or ``"N"`` for NxN) -> ``(H, W)``; ``"reference"`` -> None (the caller's
+    reference size)."""
+    if str(text).strip().lower() == "reference":
+        return None
+    parts = str(text).lower().replace("*", "x").split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH (e.g. 180x320), N or reference, "
+                                         f"got {text!r}")
+    return values[0], values[1]
+
+
 def device(text: str) -> str:
     """cpu, auto, cuda or cuda:N, refused when CUDA is asked for and absent."""
     from .train import parse_device

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 import yaml
 
 from .argtypes import (Parser, crop_box, device, filename_template, finite_float,
-                       height_by_width, int_at_least, nonnegative_float, positive_int)
+                       height_by_width, int_at_least, lr_size, nonnegative_float, positive_int)
 from .checkpoint import CheckpointError
 from .data import DataError
 from .evaluate import add_evaluate_options
@@ -89,11 +89,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         _print_scores(args, result)
     else:
         raise ValueError("give --hr (and optionally --lr) or one or more --dataset")
-    if result.get("latency"):
-        lat = result["latency"]
-        print(f"latency {lat['median_ms']:.1f} ms (median of {lat['runs']}) at LR "
-              f"{lat['lr_size'][0]}x{lat['lr_size'][1]}, {lat['threads']} threads, "
-              f"{lat['device_name']}")
     if args.json:
         save_json(result, args.json)
 
@@ -255,7 +250,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     from .compare import compare
 
-    paths = compare(args.results, args.out, args.datasets, _layout(args))
+    paths = compare(args.results, args.out, args.datasets, _layout(args), args.latency)
     print(f"wrote {paths['csv']}, {paths['markdown']}, {paths['kept_units']} and "
           f"{', '.join(str(p) for p in paths['psnr_vs_macs'].values())}")
 
@@ -304,6 +299,37 @@ def cmd_plot_recovery(args: argparse.Namespace) -> None:
     from .figures import plot_recovery
 
     print(f"wrote {plot_recovery(args.results, args.out, _layout(args))}")
+
+
+def _labelled_model(text: str) -> tuple[str, str]:
+    """``LABEL=PATH`` (or a bare ``PATH``, labelled by itself); argparse ``type=``."""
+    label, sep, path = text.partition("=")
+    if not sep:
+        label, path = text, text
+    if not label or not path:
+        raise argparse.ArgumentTypeError(f"expected LABEL=PATH, got {text!r}")
+    return label, path
+
+
+def cmd_time_models(args: argparse.Namespace) -> None:
+    from .fileio import save_json
+    from .latency import time_models
+
+    models = dict(args.model or [])
+    if len(models) != len(args.model or []):
+        raise ValueError("--model: every label must be different")
+    result = time_models(args.teacher, models, lr_size=args.size, rounds=args.rounds,
+                         warmup=args.warmup, threads=args.threads, device=args.device,
+                         seed=args.seed, model_config=_model_config(args.model_config))
+    machine = result["machine"]
+    print(f"{result['rounds']} interleaved rounds at LR {result['lr_size'][0]}x"
+          f"{result['lr_size'][1]}, {machine['threads']} threads, {machine['device_name']} "
+          f"({machine['cpu_capability']}), torch {machine['torch']}")
+    for row in result["models"]:
+        print(f"  {row['label']:<24} {row['backend']:<8} median {row['median_ms']:9.2f} ms "
+              f"(IQR {row['q1_ms']:.2f}-{row['q3_ms']:.2f})  speed-up {row['speedup']:.3f}x")
+    if args.json:
+        save_json(result, args.json)
 
 
 def _calibration_args(p: argparse.ArgumentParser, seed_help: str) -> None:
@@ -463,6 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     _layout_args(p)
     p.add_argument("--out", required=True, help="folder for comparison.csv/.md and the plots")
     p.add_argument("--datasets", nargs="+", help="default: every evaluated data set")
+    p.add_argument("--latency", help="srprune time-models JSON (default: <results>/latency.json "
+                                     "when present)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("visual", help="SR crops of HR, bicubic, teacher and every rebuilt "
@@ -490,6 +518,22 @@ def build_parser() -> argparse.ArgumentParser:
     _layout_args(p)
     p.add_argument("--out", required=True, help="the plot (finetune_recovery.png)")
     p.set_defaults(func=cmd_plot_recovery)
+
+    p = sub.add_parser("time-models", help="latency of the teacher and pruned models, side by "
+                                           "side in interleaved rounds")
+    _teacher_args(p)
+    p.add_argument("--model", action="append", type=_labelled_model, metavar="LABEL=PATH",
+                   help="a model to time against the teacher (repeatable)")
+    p.add_argument("--size", type=lr_size, default=None, metavar="HxW",
+                   help="LR input size, e.g. 90x160, or reference (output 1280x720; default)")
+    p.add_argument("--rounds", type=positive_int, default=20, help="timed rounds")
+    p.add_argument("--warmup", type=int_at_least(0), default=2, help="untimed rounds first")
+    p.add_argument("--threads", type=positive_int,
+                   help="torch intra-op threads (default: torch's current count)")
+    p.add_argument("--device", default="cpu", type=device, help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random input")
+    p.add_argument("--json", help="write the timings and the machine facts to this JSON file")
+    p.set_defaults(func=cmd_time_models)
 
     p = sub.add_parser("export-data", help="write the embedded scikit-image images as PNG files")
     p.add_argument("--split", required=True, choices=("train", "val"))

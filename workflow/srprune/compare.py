@@ -4,6 +4,8 @@ The comparison reads what the workflow wrote under ``results/<run>/`` and never 
 number differently from the file it comes from:
 
 * ``eval/teacher_<dataset>.json`` and ``eval/bicubic_<dataset>.json`` (``srprune evaluate``);
+* ``latency.json`` (``srprune time-models``: the teacher and every rebuilt model timed side by
+  side in one process; see :mod:`srprune.latency`), when present;
 * per method and budget ``<method>/<budget>/catanet_pruning_masks.pth`` (``srprune
   search-masks``), ``<method>/<budget>/eval_<stage>_<dataset>.json`` for the stages ``pruned``
   (the zeroed teacher), ``compensated`` (its least-squares refit, ``srprune compensate``),
@@ -23,19 +25,25 @@ method or budget. Columns (:data:`COLUMNS`), empty where a number does not exist
 ``macs_full``           every MAC of the evaluated file as it runs (eval JSON ``macs_full``)
 ``effective_macs_full`` full MACs of the structure the row stands for (see below)
 ``macs_lr_size``        LR input size "HxW" of the MAC counts (eval JSON ``macs_lr_size``)
-``latency_ms``          eval JSON ``latency_ms`` when evaluate measured it
+``latency_ms``          median latency (ms) from ``latency.json`` (see below)
+``latency_source``      ``measured`` (its own row of ``latency.json``: teacher, rebuilt) or
+                        ``dense (teacher's)`` (zeroed, compensated, fine-tuned files)
 ``psnr``, ``ssim``      mean Y-channel PSNR (dB) and SSIM (eval JSON)
 ``mac_ratio``           effective MACs relative to the teacher's (see below)
 ``prunable_mac_ratio``  the same for the prunable part only: (effective - floor) / (teacher -
                         floor), the floor being the model with every unit removed (masks
                         artifact ``prunable_mac_ratio``; 1 for the teacher)
 ``params_ratio``        ``params_nonzero`` / teacher ``params_total``
-``speedup``             teacher ``latency_ms`` / row ``latency_ms`` (when both exist)
+``speedup``             ``latency.json`` ``speedup``: median over the interleaved rounds of
+                        the teacher's time over the model's (1 for dense rows)
 ``delta_psnr``          ``psnr`` - teacher ``psnr`` (same data set)
 ``delta_ssim``          ``ssim`` - teacher ``ssim``
 ``masks_consistent``    from sparsity.json: the fully-zero units are exactly the masked ones
                         (zeroed, compensated and fine-tuned files only; empty without
                         sparsity.json)
+``latency_lr_size``     LR input "HxW" the latencies were measured at
+``latency_threads``     threads of the timing process
+``latency_machine``     where: CPU model name and capability (e.g. AVX2), or the GPU
 
 Which MAC number each stage reports
 -----------------------------------
@@ -56,10 +64,19 @@ All counts are for one image at the reference LR size (output 1280x720) and foll
   ``effective_macs_full`` is that same number; ``mac_ratio`` = ``macs_full`` / teacher
   ``macs_full``. It should equal the masks' ``macs_pruned``: a difference is warned about.
 
+Latency
+-------
+Every latency comes from one ``srprune time-models`` run (rule ``latency``), which times the
+teacher and each rebuilt model (label ``<method>/<budget>``) in interleaved rounds while
+nothing else runs. The zeroed, compensated and fine-tuned files keep the teacher's dense
+shapes, so they run what the teacher runs: their rows carry the teacher's latency and a
+speed-up of 1 rather than a timing of their own. Only the PyTorch rows (``backend``
+``pytorch``) are read. Bicubic has none.
+
 A masks artifact whose ``macs_teacher`` or ``macs_lr_size`` differs from the teacher's eval JSON
 gives a warning too (its ratio would then not compare with the rebuilt one).
 
-Public API: :func:`collect`, :func:`load_masks`, :func:`write_csv`, :func:`write_markdown`,
+Public API: :func:`collect`, :func:`load_masks`, :func:`read_latency`, :func:`write_csv`, :func:`write_markdown`,
 :func:`plot_psnr_vs_macs`, :func:`plot_kept_units`, :func:`compare`.
 """
 from __future__ import annotations
@@ -85,11 +102,14 @@ METHOD_ORDER = ("optin", "magnitude", "random")
 NOT_METHODS = {"eval", "logs"}
 MASKS_FILE = "catanet_pruning_masks.pth"
 SPARSITY_FILE = "sparsity.json"
+LATENCY_FILE = "latency.json"
+MEASURED, DENSE = "measured", "dense (teacher's)"
 
 COLUMNS = ("run", "stage", "method", "budget", "dataset", "params_total", "params_nonzero",
            "macs_thop", "macs_full", "effective_macs_full", "macs_lr_size", "latency_ms",
-           "psnr", "ssim", "mac_ratio", "prunable_mac_ratio", "params_ratio", "speedup",
-           "delta_psnr", "delta_ssim", "masks_consistent")
+           "latency_source", "psnr", "ssim", "mac_ratio", "prunable_mac_ratio", "params_ratio",
+           "speedup", "delta_psnr", "delta_ssim", "masks_consistent", "latency_lr_size",
+           "latency_threads", "latency_machine")
 
 # what produces each file, for the error messages
 _PRODUCERS = {
@@ -97,6 +117,7 @@ _PRODUCERS = {
     "bicubic": "srprune evaluate --model bicubic (rule evaluate_baseline)",
     "stage": "srprune evaluate --model catanet_<stage>.pth (rule evaluate_stage)",
     "masks": "srprune search-masks (rule search_masks)",
+    "latency": "srprune time-models (rule latency)",
 }
 
 
@@ -208,6 +229,49 @@ def _datasets(root: Path) -> list[str]:
     return names
 
 
+def latency_label(method: str, budget: str) -> str:
+    """The ``latency.json`` label of a budget's rebuilt model (what the workflow passes)."""
+    return f"{method}/{budget}"
+
+
+def read_latency(path: str | os.PathLike) -> dict[str, Any]:
+    """A ``srprune time-models`` JSON, checked to hold the teacher's PyTorch row."""
+    path = Path(path)
+    data = _read_json(path, _PRODUCERS["latency"])
+    _require(data, ("models", "machine", "lr_size", "reference"), path)
+    if not any(r.get("label") == data["reference"] and r.get("backend") == "pytorch"
+               for r in data["models"]):
+        raise ResultFormatError(f"{path} has no PyTorch row for its reference "
+                                f"{data['reference']!r}")
+    return data
+
+
+def _latency_setup(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``latency_lr_size``, ``latency_threads`` and ``latency_machine`` columns."""
+    machine = data["machine"]
+    where = (f"{machine.get('cpu_name')} ({machine.get('cpu_capability')})"
+             if machine.get("device", "cpu") == "cpu" else machine.get("device_name"))
+    return {"latency_lr_size": "x".join(str(v) for v in data["lr_size"]),
+            "latency_threads": machine.get("threads"), "latency_machine": where}
+
+
+def _set_latency(row: dict[str, Any], data: Mapping[str, Any] | None) -> None:
+    """Latency columns of one row from ``latency.json`` (None: not measured)."""
+    if data is None or row["stage"] not in ("teacher", *MODEL_STAGES):
+        return
+    timed = {r["label"]: r for r in data["models"] if r.get("backend") == "pytorch"}
+    dense = row["stage"] in ZEROED_STAGES
+    label = data["reference"] if dense or row["stage"] == "teacher" else \
+        latency_label(row["method"], row["budget"])
+    if label not in timed:
+        warnings.warn(f"latency.json has no row {label!r}; {row['stage']} {label} left untimed",
+                      stacklevel=3)
+        return
+    row.update(_latency_setup(data), latency_ms=timed[label]["median_ms"],
+               speedup=1.0 if dense else timed[label]["speedup"],
+               latency_source=DENSE if dense else MEASURED)
+
+
 def _masks_consistency(path: Path) -> dict[str, Any]:
     """``{stage: masks_consistent}`` from ``sparsity.json`` (empty when there is none)."""
     if not path.is_file():
@@ -243,7 +307,7 @@ def _row(run: str, stage: str, method: str, budget: str, dataset: str,
                params_total=data["params"], params_nonzero=data["params_nonzero"],
                macs_thop=data["macs_thop"], macs_full=data["macs_full"],
                effective_macs_full=data["macs_full"], macs_lr_size=_lr_size(data),
-               latency_ms=data.get("latency_ms"), psnr=data["psnr"], ssim=data.get("ssim"))
+               psnr=data["psnr"], ssim=data.get("ssim"))
     return row
 
 
@@ -251,7 +315,6 @@ def _relative(row: dict[str, Any], teacher: Mapping[str, Any]) -> None:
     if row["mac_ratio"] is None and row["stage"] not in ZEROED_STAGES:
         row["mac_ratio"] = _ratio(row["macs_full"], teacher["macs_full"])
     row["params_ratio"] = _ratio(row["params_nonzero"], teacher["params_total"])
-    row["speedup"] = _ratio(teacher["latency_ms"], row["latency_ms"])
     row["delta_psnr"] = _diff(row["psnr"], teacher["psnr"])
     row["delta_ssim"] = _diff(row["ssim"], teacher["ssim"])
 
@@ -271,12 +334,15 @@ def _check_masks(masks: Mapping[str, Any], path: Path, teacher: Mapping[str, Any
 
 def collect(results_dir: str | os.PathLike, datasets: Sequence[str] | None = None,
             layout: Mapping[str, Sequence[str]] | None = None,
-            baselines: Sequence[str] = ("bicubic",)) -> list[dict[str, Any]]:
+            baselines: Sequence[str] = ("bicubic",),
+            latency: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """Rows of the comparison (see the module docstring for the columns).
 
     ``datasets``: the data sets to report (default: every ``eval/teacher_<dataset>.json``).
     ``layout``: ``{method: [budget, ...]}`` expected (default: what :func:`discover` finds).
     ``baselines``: reference upscalers evaluated under ``eval/`` (default bicubic).
+    ``latency``: the ``srprune time-models`` JSON (default ``<results_dir>/latency.json`` when
+    it exists; without one the latency columns stay empty).
     Every named file must exist: a missing one raises :class:`MissingResultError` (a
     FileNotFoundError) naming it; a malformed one :class:`ResultFormatError` (a ValueError).
     Rows come per data set: teacher, baselines, then per method and budget (largest first) the
@@ -289,6 +355,9 @@ def collect(results_dir: str | os.PathLike, datasets: Sequence[str] | None = Non
     datasets = _datasets(root) if datasets is None else list(datasets)
     layout = discover(root) if layout is None else {m: list(b) for m, b in layout.items()}
     masks = load_masks(root, layout)
+    if latency is None and (root / LATENCY_FILE).is_file():
+        latency = root / LATENCY_FILE
+    timing = None if latency is None else read_latency(latency)
     consistency = {(m, b): _masks_consistency(root / m / b / SPARSITY_FILE)
                    for m, budgets in layout.items() for b in budgets}
     rows: list[dict[str, Any]] = []
@@ -323,6 +392,7 @@ def collect(results_dir: str | os.PathLike, datasets: Sequence[str] | None = Non
                     block.append(row)
         for row in block:
             _relative(row, teacher)
+            _set_latency(row, timing)
         rows.extend(block)
     return rows
 
@@ -372,12 +442,13 @@ _MD_COLUMNS = [
     ("prunable MAC ratio", lambda r: _fmt(r["prunable_mac_ratio"], ".3f")),
     ("latency (ms)", lambda r: _fmt(r["latency_ms"], ".2f")),
     ("speedup", lambda r: _fmt(r["speedup"], ".3f")),
+    ("latency from", lambda r: r["latency_source"] or ""),
     ("PSNR (dB)", lambda r: _fmt(r["psnr"], ".3f")),
     ("ΔPSNR", lambda r: _signed(r["delta_psnr"], 3)),
     ("SSIM", lambda r: _fmt(r["ssim"], ".4f")),
     ("ΔSSIM", lambda r: _signed(r["delta_ssim"], 4)),
 ]
-_LATENCY_HEADERS = {"latency (ms)", "speedup"}
+_LATENCY_HEADERS = {"latency (ms)", "speedup", "latency from"}
 
 _MD_NOTES = """\
 MACs are per image at the reference LR size (output 1280x720), 1 MAC = one multiply-add,
@@ -390,8 +461,20 @@ teacher's (the masks' `achieved_mac_ratio` for zeroed, compensated and fine-tune
 *prunable MAC ratio*: the same over the part pruning can remove (the floor, every unit removed,
 subtracted from both). *params ratio*:
 nonzero parameters over the teacher's parameters. Δ: difference to the teacher on the same data
-set. Bicubic has no MACs counted.
+set. Bicubic has no MACs counted. *latency*: median of interleaved rounds in one process
+(`srprune time-models`, `latency.json`), teacher and rebuilt models each measured; *speedup*:
+median over the rounds of the teacher's time over the model's. Zeroed, compensated and
+fine-tuned files run the teacher's dense shapes: they carry its latency and a speed-up of 1
+(*latency from*: dense (teacher's)).
 """
+
+
+def _latency_note(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """A line saying where, with how many threads and at which size the times were taken."""
+    setups = sorted({(r["latency_machine"], r["latency_threads"], r["latency_lr_size"])
+                     for r in rows if r["latency_source"] == MEASURED}, key=str)
+    return [f"Latency measured side by side on {machine}, {threads} thread(s), LR input "
+            f"{size}, batch 1." for machine, threads, size in setups] + ([""] if setups else [])
 
 
 def format_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -403,16 +486,16 @@ def format_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
         measured = any(r["latency_ms"] is not None for r in part)
         columns = [c for c in _MD_COLUMNS if measured or c[0] not in _LATENCY_HEADERS]
         sizes = sorted({r["macs_lr_size"] for r in part if r["macs_lr_size"]})
-        lines += [f"## {dataset}", ""]
+        lines += [f"## {dataset}", "", *_latency_note(part)]
         if sizes:
             lines += [f"MACs counted at LR input {', '.join(sizes)}.", ""]
         lines.append("| " + " | ".join(h for h, _ in columns) + " |")
-        lines.append("|" + "|".join(":---" if h in ("stage", "method") else "---:"
+        lines.append("|" + "|".join(":---" if h in ("stage", "method", "latency from") else "---:"
                                     for h, _ in columns) + "|")
         for row in part:
             lines.append("| " + " | ".join(f(row) for _, f in columns) + " |")
         if not measured:
-            lines += ["", "Latency was not measured (no `latency_ms` in the evaluation JSON)."]
+            lines += ["", "Latency was not measured (no `latency.json` of `srprune time-models`)."]
         lines.append("")
     lines += ["## Columns", "", _MD_NOTES]
     return "\n".join(lines)
@@ -635,17 +718,18 @@ def _budget_colors(n: int) -> list[Any]:
 # --------------------------------------------------------------------------- all together
 def compare(results_dir: str | os.PathLike, out_dir: str | os.PathLike,
             datasets: Sequence[str] | None = None,
-            layout: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
+            layout: Mapping[str, Sequence[str]] | None = None,
+            latency: str | os.PathLike | None = None) -> dict[str, Any]:
     """Write ``comparison.csv``, ``comparison.md``, ``psnr_vs_macs_<dataset>.png`` and
     ``kept_units.png`` into ``out_dir``.
 
     Returns ``{"csv": Path, "markdown": Path, "psnr_vs_macs": {dataset: Path},
-    "kept_units": Path}``. ``datasets`` and ``layout`` as in :func:`collect`.
+    "kept_units": Path}``. ``datasets``, ``layout`` and ``latency`` as in :func:`collect`.
     """
     root = Path(results_dir)
     out = Path(out_dir)
     layout = discover(root) if layout is None and root.is_dir() else layout
-    rows = collect(root, datasets, layout)
+    rows = collect(root, datasets, layout, latency=latency)
     paths: dict[str, Any] = {"csv": write_csv(rows, out / "comparison.csv"),
                              "markdown": write_markdown(rows, out / "comparison.md"),
                              "psnr_vs_macs": {}}
@@ -657,5 +741,5 @@ def compare(results_dir: str | os.PathLike, out_dir: str | os.PathLike,
 
 
 __all__ = ["COLUMNS", "MissingResultError", "ResultFormatError", "collect", "compare",
-           "discover", "format_markdown", "load_masks", "plot_kept_units", "plot_psnr_vs_macs",
-           "read_masks", "write_csv", "write_markdown"]
+           "discover", "format_markdown", "latency_label", "load_masks", "plot_kept_units",
+           "plot_psnr_vs_macs", "read_latency", "read_masks", "write_csv", "write_markdown"]

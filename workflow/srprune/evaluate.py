@@ -6,9 +6,10 @@ bicubic upsampling of the LR image).
 
 Options of ``srprune evaluate`` beyond the scores (all off by default, and then the JSON is
 exactly as before): tiled inference (``tile``, ``tile_overlap``, ``tile_blend``; see
-:mod:`srprune.tiling`), a latency measurement (``latency_runs`` > 0; see
-:mod:`srprune.latency`), and :func:`evaluate_many` for several data sets in one JSON.
+:mod:`srprune.tiling`), and :func:`evaluate_many` for several data sets in one JSON.
 :func:`add_evaluate_options` and :func:`evaluate_options` are the command-line side.
+Evaluation times nothing: latency is measured side by side by ``srprune time-models``
+(:mod:`srprune.latency`).
 """
 from __future__ import annotations
 
@@ -29,7 +30,6 @@ from .fileio import save_png
 from .imresize import imresize
 from .metrics import psnr_y, ssim_y, to_uint8
 from .progress import progress_bar
-from .settings import check_int
 from .tiling import BLEND_MODES, check_tile_args, tiled_forward
 
 log = logging.getLogger(__name__)
@@ -182,11 +182,6 @@ def _tile_options(tile: int | None, tile_overlap: int, tile_blend: str,
     return {"tile": tile, "overlap": tile_overlap, "blend": tile_blend}
 
 
-def _check_latency_runs(latency_runs: int, latency_warmup: int) -> None:
-    check_int("latency_runs", latency_runs, 0)
-    check_int("latency_warmup", latency_warmup, 0)
-
-
 def load_net(model: str, scale: int, device: str,
              model_config: dict[str, Any] | None = None) -> nn.Module:
     """A checkpoint loaded on ``device`` (``auto`` picks one), refused unless it is x``scale``."""
@@ -199,35 +194,22 @@ def load_net(model: str, scale: int, device: str,
     return net
 
 
-def _extras(net: nn.Module | None, scale: int, tiling: dict[str, Any] | None, latency_runs: int,
-            latency_warmup: int, latency_lr_size: Sequence[int] | None) -> dict[str, Any]:
-    """Params/MACs, then the optional ``tile``, ``latency_ms`` and ``latency`` entries.
-
-    Latency is measured first, on the device the model was evaluated on (the complexity report
-    moves the model to the CPU). ``net`` None is the bicubic baseline: no params, MACs or latency.
-    """
+def _extras(net: nn.Module | None, scale: int, tiling: dict[str, Any] | None) -> dict[str, Any]:
+    """Params/MACs, then the optional ``tile`` entry; ``net`` None is the bicubic baseline."""
     from .complexity import complexity_report
-    from .latency import measure_latency
 
     extras: dict[str, Any] = {}
-    latency = None
     if net is None:
         extras.update({"params": 0, "params_nonzero": 0, "macs_thop": None, "macs_full": None})
         if tiling is not None:
             log.info("bicubic baseline: --tile does not apply, the images are upscaled whole")
     else:
-        if latency_runs > 0:
-            latency = measure_latency(net, latency_lr_size, warmup=latency_warmup, runs=latency_runs,
-                                      scale=scale, **_tile_kwargs(tiling))
         cx = complexity_report(net.cpu(), scale=scale)
         extras.update({"params": cx["params_total"], "params_nonzero": cx["params_nonzero"],
                        "macs_thop": cx["macs_thop"], "macs_full": cx["macs_full"],
                        "macs_lr_size": cx["lr_size"], "macs_per_module": cx["per_module"]})
     if tiling is not None:
         extras["tile"] = tiling
-    if latency_runs > 0:
-        extras["latency_ms"] = None if latency is None else latency["median_ms"]
-        extras["latency"] = latency
     return extras
 
 
@@ -235,8 +217,7 @@ def evaluate_spec(model: str, hr: str, scale: int, lr: str | None = None,
                   filename_tmpl: str = "{}", quantize: bool = True, device: str = "cpu",
                   model_config: dict[str, Any] | None = None,
                   progress: bool = True, tile: int | None = None, tile_overlap: int = 8,
-                  tile_blend: str = "uniform", latency_runs: int = 0, latency_warmup: int = 2,
-                  latency_lr_size: Sequence[int] | None = None, save_images: str | None = None,
+                  tile_blend: str = "uniform", save_images: str | None = None,
                   image_suffix: str | None = None) -> dict[str, Any]:
     """``srprune evaluate``: scores plus params and MACs of a checkpoint, or of ``bicubic``.
 
@@ -245,15 +226,10 @@ def evaluate_spec(model: str, hr: str, scale: int, lr: str | None = None,
     * ``tile`` (LR pixels), ``tile_overlap``, ``tile_blend``: run the model tile by tile
       (:func:`srprune.tiling.tiled_forward`); adds ``"tile": {"tile", "overlap", "blend"}``.
       Ignored for ``bicubic``.
-    * ``latency_runs`` > 0: :func:`srprune.latency.measure_latency` with ``latency_warmup``
-      untimed runs, at ``latency_lr_size`` (H, W; default the reference size of ``scale``), tiled
-      when ``tile`` is given; adds ``latency_ms`` (median) and ``latency`` (the full record;
-      both None for ``bicubic``).
     * ``save_images`` (a folder): every SR output as ``<name>_<image_suffix>.png`` (see
       :class:`ImageSink`); adds ``"images"``.
     """
     tiling = _tile_options(tile, tile_overlap, tile_blend, scale)
-    _check_latency_runs(latency_runs, latency_warmup)
     sink = image_sink(save_images, image_suffix, model, quantize)
     pairs = load_pairs(hr, scale, lr, filename_tmpl)
     result: dict[str, Any] = {"model": model, "hr": str(hr), "lr": lr, "scale": scale,
@@ -268,7 +244,7 @@ def evaluate_spec(model: str, hr: str, scale: int, lr: str | None = None,
         net = load_net(model, scale, device, model_config)
         scores = score_model(net, pairs, scale, progress=progress, quantize=quantize,
                              images=sink, **_tile_kwargs(tiling))
-    result.update(_extras(net, scale, tiling, latency_runs, latency_warmup, latency_lr_size))
+    result.update(_extras(net, scale, tiling))
     return {**result, **scores}
 
 
@@ -299,9 +275,8 @@ def evaluate_many(model: str, datasets: Mapping[str, Mapping[str, Any] | str], s
                   quantize: bool = True, device: str = "cpu",
                   model_config: dict[str, Any] | None = None, progress: bool = True,
                   tile: int | None = None, tile_overlap: int = 8, tile_blend: str = "uniform",
-                  latency_runs: int = 0, latency_warmup: int = 2,
-                  latency_lr_size: Sequence[int] | None = None, save_images: str | None = None,
-                  image_suffix: str | None = None) -> dict[str, Any]:
+                  save_images: str | None = None, image_suffix: str | None = None
+                  ) -> dict[str, Any]:
     """Score one model (a checkpoint, or ``bicubic``) on several data sets; the model is loaded once.
 
     ``datasets`` maps a name to ``{"hr": ..., "lr": ... (optional), "filename_tmpl": ...
@@ -309,7 +284,7 @@ def evaluate_many(model: str, datasets: Mapping[str, Mapping[str, Any] | str], s
     scoring, so a missing folder fails fast. The result holds the model-level entries once
     (``model``, ``scale``, ``quantized_uint8``, ``crop_border``, ``metric``, ``params``,
     ``params_nonzero``, ``macs_thop``, ``macs_full``, ``macs_lr_size``, ``macs_per_module``
-    and, when asked for, ``tile``, ``latency_ms``, ``latency``, as in :func:`evaluate_spec`)
+    and, when asked for, ``tile``, as in :func:`evaluate_spec`)
     and ``datasets``: ``{name: {"hr", "lr", "filename_tmpl", "psnr", "ssim", "per_image"}}``
     in the given order. With ``save_images`` the SR outputs of data set ``name`` go to
     ``<save_images>/<name>/`` (each data set's entry then has ``images``).
@@ -318,7 +293,6 @@ def evaluate_many(model: str, datasets: Mapping[str, Mapping[str, Any] | str], s
         raise ValueError("evaluate_many needs at least one data set")
     specs = {str(name): _dataset_spec(str(name), spec) for name, spec in datasets.items()}
     tiling = _tile_options(tile, tile_overlap, tile_blend, scale)
-    _check_latency_runs(latency_runs, latency_warmup)
     sinks = {name: image_sink(None if save_images is None else Path(save_images) / name,
                               image_suffix, model, quantize) for name in specs}
     pairs = {name: load_pairs(s["hr"], scale, s["lr"], s["filename_tmpl"]) for name, s in specs.items()}
@@ -335,25 +309,11 @@ def evaluate_many(model: str, datasets: Mapping[str, Mapping[str, Any] | str], s
                          **scores}
     head = {"model": model, "scale": scale, "quantized_uint8": quantize, "crop_border": scale,
             "metric": METRIC}
-    return {**head, **_extras(net, scale, tiling, latency_runs, latency_warmup, latency_lr_size),
+    return {**head, **_extras(net, scale, tiling),
             "datasets": results}
 
 
 # --------------------------------------------------------------------------- command line
-def parse_size(text: str) -> tuple[int, int]:
-    """``"HxW"`` (or a single ``"N"`` for NxN) -> ``(H, W)``; argparse ``type=``."""
-    parts = str(text).lower().replace("*", "x").split("x")
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        values = []
-    if len(values) == 1:
-        values = values * 2
-    if len(values) != 2 or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH (e.g. 180x320) or N, got {text!r}")
-    return values[0], values[1]
-
-
 def parse_dataset(text: str) -> tuple[str, dict[str, Any]]:
     """``"NAME=HR[,LR[,TMPL]]"`` -> ``(NAME, {"hr", "lr", "filename_tmpl"})``; argparse ``type=``."""
     name, sep, rest = str(text).partition("=")
@@ -366,10 +326,9 @@ def parse_dataset(text: str) -> tuple[str, dict[str, Any]]:
 
 
 def add_evaluate_options(parser: argparse.ArgumentParser, datasets: bool = False) -> None:
-    """Add ``--tile``, ``--tile-overlap``, ``--tile-blend``, ``--latency-runs``,
-    ``--latency-warmup``, ``--latency-size`` (and, with ``datasets``, a repeatable ``--dataset``)
-    to ``srprune evaluate``'s parser. Pair with :func:`evaluate_options`."""
-    group = parser.add_argument_group("tiled inference and latency")
+    """Add ``--tile``, ``--tile-overlap``, ``--tile-blend`` (and, with ``datasets``, a repeatable
+    ``--dataset``) to ``srprune evaluate``'s parser. Pair with :func:`evaluate_options`."""
+    group = parser.add_argument_group("tiled inference and data sets")
     group.add_argument("--tile", type=int_at_least(1), metavar="PIXELS",
                        help="run the model on LR tiles of this side (bounded memory); default: whole images")
     group.add_argument("--tile-overlap", type=int_at_least(0), default=8, metavar="PIXELS",
@@ -377,13 +336,6 @@ def add_evaluate_options(parser: argparse.ArgumentParser, datasets: bool = False
     group.add_argument("--tile-blend", choices=BLEND_MODES, default="uniform",
                        help="weights of overlapping tile outputs: uniform mean (default, BasicSR's), "
                             "linear ramp, or crop (each pixel from the tile it is most inside)")
-    group.add_argument("--latency-runs", type=int_at_least(0), default=0, metavar="N",
-                       help="time N forward passes (batch 1) and report the median; 0 = skip (default)")
-    group.add_argument("--latency-warmup", type=int_at_least(0), default=2, metavar="N",
-                       help="untimed forward passes before timing (default 2)")
-    group.add_argument("--latency-size", type=parse_size, metavar="HxW",
-                       help="LR input size for the latency, e.g. 64x64 (default: the reference size, "
-                            "output 1280x720: 360x640 at x2, 180x320 at x4)")
     if datasets:
         group.add_argument("--dataset", action="append", type=parse_dataset,
                            metavar="NAME=HR[,LR[,TMPL]]",
@@ -396,7 +348,4 @@ def evaluate_options(args: argparse.Namespace) -> dict[str, Any]:
     :func:`add_evaluate_options` (missing attributes take the defaults)."""
     return {"tile": getattr(args, "tile", None),
             "tile_overlap": getattr(args, "tile_overlap", 8),
-            "tile_blend": getattr(args, "tile_blend", "uniform"),
-            "latency_runs": getattr(args, "latency_runs", 0),
-            "latency_warmup": getattr(args, "latency_warmup", 2),
-            "latency_lr_size": getattr(args, "latency_size", None)}
+            "tile_blend": getattr(args, "tile_blend", "uniform")}

@@ -1,62 +1,139 @@
-"""Wall-clock latency of one forward pass (batch 1), reported with the conditions it ran under.
+"""Side-by-side latency: the teacher and its pruned models timed in one process, in rounds.
 
-:func:`time_callable` times any callable: ``warmup`` untimed calls, then ``runs`` timed ones
-(``time.perf_counter``), each bracketed by ``synchronize`` (``torch.cuda.synchronize`` on a GPU,
-so queued kernels are inside the measurement). :func:`measure_latency` times a model in eval mode
-under ``no_grad`` on a fixed random input (seeded, values in [0, 1)).
+Timing models one job at a time, while a scheduler runs other jobs beside them, measures the
+load of the moment more than the model. Here every entry is a :class:`Runner` (a label, a
+backend and ``fn(x)``, one forward pass on the input ``x``), and :func:`interleaved_rounds` calls
+them in turn on the same input: ``warmup`` untimed rounds, then ``rounds`` timed ones, each
+round calling every runner once in the given order (teacher, A, B, ..., repeated). A load
+change then hits the models of a round alike, so the speed-up of a model is the median over
+rounds of the reference's time over its own in the same round (:func:`compare_runners`).
 
-The SR field reports latency at the LR input whose output is 1280x720
-(:func:`srprune.complexity.reference_lr_size`: x2 640x360, x4 320x180). That is slow on CPU for a
-big model, so a smaller ``lr_size`` may be given; the result always states the size it used
-(``lr_size``, ``reference_lr_size``, ``is_reference_size``) together with the thread count,
-device and torch version, since all of these change the number.
+Other backends plug in as runners: anything that maps the input tensor to an output (an ONNX
+Runtime session wrapped in a function, say) with its own ``backend`` name; each JSON row names
+its label and backend.
+
+:func:`time_models` is ``srprune time-models``: it loads the teacher and the given checkpoints,
+sets the thread count, times them at one LR input size (batch 1, seeded uniform [0, 1) input)
+and returns a JSON-ready record with the machine it ran on (:func:`machine_facts`).
 """
 from __future__ import annotations
 
+import gc
+import os
 import platform
 import statistics
 import time
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from .settings import check_int
 
+REFERENCE = "teacher"
 
-def _check_counts(warmup: int, runs: int) -> None:
+
+@dataclass(frozen=True)
+class Runner:
+    """One timed entry: ``fn(x)`` runs one forward pass on ``x``; ``info`` goes into its row."""
+
+    label: str
+    fn: Callable[[torch.Tensor], Any]
+    backend: str = "pytorch"
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+
+def pytorch_runner(label: str, model: nn.Module, info: Mapping[str, Any] | None = None) -> Runner:
+    """A runner calling ``model`` in eval mode without gradients."""
+    model.eval()
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return model(x)
+    return Runner(label, forward, "pytorch", dict(info or {}))
+
+
+def _check_runners(runners: Sequence[Runner]) -> None:
+    if not runners:
+        raise ValueError("nothing to time: give at least one runner")
+    keys = [(r.label, r.backend) for r in runners]
+    repeated = sorted({f"{label} ({backend})" for label, backend in keys
+                       if keys.count((label, backend)) > 1})
+    if repeated:
+        raise ValueError("each (label, backend) must be timed once; repeated: "
+                         + ", ".join(repeated))
+
+
+def interleaved_rounds(runners: Sequence[Runner], x: torch.Tensor, rounds: int, warmup: int = 1,
+                       synchronize: Callable[[], None] | None = None) -> list[list[float]]:
+    """Milliseconds per call of each runner (in ``runners`` order), one sample per timed round.
+
+    ``warmup`` untimed rounds come first; ``synchronize`` (e.g. ``torch.cuda.synchronize``)
+    runs after every call, inside its time. The garbage collector is paused while timing.
+    """
+    _check_runners(runners)
+    check_int("rounds", rounds, 1)
     check_int("warmup", warmup, 0)
-    check_int("runs", runs, 1)
+    sync = synchronize or (lambda: None)
+    samples: list[list[float]] = [[] for _ in runners]
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for index in range(warmup + rounds):
+            for runner, times in zip(runners, samples):
+                start = time.perf_counter()
+                runner.fn(x)
+                sync()
+                if index >= warmup:
+                    times.append((time.perf_counter() - start) * 1e3)
+    finally:
+        if was_enabled:
+            gc.enable()
+    return samples
+
+
+def _quartiles(values: Sequence[float]) -> tuple[float, float]:
+    if len(values) < 2:
+        return values[0], values[0]
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q3
 
 
 def summarize(times_ms: Sequence[float]) -> dict[str, Any]:
-    """``median_ms``, ``min_ms``, ``max_ms``, ``mean_ms`` and the raw ``times_ms``."""
+    """``median_ms``, quartiles ``q1_ms``/``q3_ms``, ``min_ms``, ``max_ms`` and ``times_ms``."""
     times = [float(t) for t in times_ms]
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times),
-            "mean_ms": statistics.fmean(times), "times_ms": times}
+    q1, q3 = _quartiles(times)
+    return {"median_ms": statistics.median(times), "q1_ms": q1, "q3_ms": q3,
+            "min_ms": min(times), "max_ms": max(times), "times_ms": times}
 
 
-def time_callable(fn: Callable[[], Any], warmup: int = 2, runs: int = 10,
-                  synchronize: Callable[[], None] | None = None) -> dict[str, Any]:
-    """Time ``fn()``: ``warmup`` untimed calls, then ``runs`` timed calls; milliseconds.
-
-    Returns :func:`summarize` of the timed calls plus ``runs`` and ``warmup``.
-    """
-    _check_counts(warmup, runs)
-    sync = synchronize or (lambda: None)
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - start) * 1e3)
-    return {**summarize(times), "runs": runs, "warmup": warmup}
+def round_ratios(reference_ms: Sequence[float], times_ms: Sequence[float]) -> list[float]:
+    """The reference's time over this entry's, round by round."""
+    if len(reference_ms) != len(times_ms):
+        raise ValueError(f"{len(reference_ms)} reference rounds against {len(times_ms)}")
+    return [ref / own for ref, own in zip(reference_ms, times_ms)]
 
 
-def _cpu_name() -> str:
+def compare_runners(runners: Sequence[Runner], x: torch.Tensor, rounds: int, warmup: int = 1,
+                    synchronize: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+    """One row per runner: label, backend, its ``info``, :func:`summarize` of its samples, and
+    ``speedup`` (median of per-round ratios to the first runner) with quartiles
+    ``speedup_q1``/``speedup_q3``."""
+    samples = interleaved_rounds(runners, x, rounds, warmup, synchronize)
+    rows = []
+    for runner, times in zip(runners, samples):
+        ratios = round_ratios(samples[0], times)
+        q1, q3 = _quartiles(ratios)
+        rows.append({"label": runner.label, "backend": runner.backend, **runner.info,
+                     **summarize(times), "speedup": statistics.median(ratios),
+                     "speedup_q1": q1, "speedup_q3": q3})
+    return rows
+
+
+def cpu_name() -> str:
+    """The CPU model name (/proc/cpuinfo when present, else ``platform.processor()``)."""
     try:
         with open("/proc/cpuinfo") as handle:
             for line in handle:
@@ -72,87 +149,84 @@ def device_name(device: torch.device | str) -> str:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    if device.type == "cpu":
-        return _cpu_name()
-    return device.type
+    return cpu_name() if device.type == "cpu" else device.type
 
 
-def _lr_size(lr_size: Any, model: nn.Module, scale: int | None) -> tuple[tuple[int, int], int | None,
-                                                                            tuple[int, int] | None]:
+def machine_facts(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Where a timing ran: CPU model and capability, threads, device, versions, load."""
+    return {"cpu_name": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "logical_cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+            "device": str(device), "device_name": device_name(device),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+
+
+def _load(path: str, device: torch.device, model_config: Mapping[str, Any] | None) -> nn.Module:
+    from .checkpoint import load_model
+
+    return load_model(path, **dict(model_config or {})).to(device).eval()
+
+
+def _input_size(lr_size: Sequence[int] | None, scale: int) -> tuple[int, int]:
     from .complexity import reference_lr_size
 
-    if scale is None:
-        scale = getattr(getattr(model, "cfg", None), "upscale", None)
-    reference = None if scale is None else reference_lr_size(scale)
-    if lr_size is None:
-        if reference is None:
-            raise ValueError("give lr_size or scale (the model has no cfg.upscale)")
-        lr_size = reference
-    try:
-        h, w = (int(v) for v in lr_size)
-    except (TypeError, ValueError):
-        raise ValueError(f"lr_size must be (height, width), got {lr_size!r}") from None
+    h, w = reference_lr_size(scale) if lr_size is None else lr_size
     if h < 1 or w < 1:
         raise ValueError(f"lr_size must be two positive integers (height, width), got {lr_size!r}")
-    return (h, w), scale, reference
+    return int(h), int(w)
 
 
-def measure_latency(model: nn.Module, lr_size: Sequence[int] | None = None,
-                    device: torch.device | str | None = None, warmup: int = 2, runs: int = 10,
-                    *, scale: int | None = None, seed: int = 0, tile: int | None = None,
-                    tile_overlap: int = 8, tile_blend: str = "uniform") -> dict[str, Any]:
-    """Latency of ``model`` on one 1 x 3 x H x W input; a JSON-ready dict.
+def _model_runners(teacher: str, models: Mapping[str, str], device: torch.device,
+                   model_config: Mapping[str, Any] | None) -> tuple[list[Runner], int]:
+    """PyTorch runners of the teacher (first) and ``models``, and their common scale."""
+    if REFERENCE in models:
+        raise ValueError(f"the label {REFERENCE!r} is the teacher's; name the models otherwise")
+    runners, scales = [], {}
+    for label, path in {REFERENCE: teacher, **models}.items():
+        net = _load(path, device, model_config if label == REFERENCE else None)
+        scales[label] = net.cfg.upscale
+        params = sum(p.numel() for p in net.parameters())
+        runners.append(pytorch_runner(label, net, {"model": str(path), "params": params}))
+    if len(set(scales.values())) > 1:
+        raise ValueError(f"the models have different scales: {scales}")
+    return runners, scales[REFERENCE]
 
-    ``lr_size`` (H, W) defaults to the reference size of ``scale`` (default ``model.cfg.upscale``).
-    ``device`` defaults to the device of the model's parameters; if given, the model is moved
-    there (``nn.Module.to`` works in place). The model is put in eval mode for the measurement
-    and its mode restored afterwards. With ``tile`` the timed call is
-    :func:`srprune.tiling.tiled_forward` (as ``evaluate --tile`` runs the model).
 
-    Keys: ``median_ms``, ``min_ms``, ``max_ms``, ``mean_ms``, ``times_ms``, ``runs``, ``warmup``,
-    ``lr_size`` [H, W], ``reference_lr_size`` ([H, W] or None), ``is_reference_size``, ``scale``,
-    ``batch`` (1), ``dtype``, ``tile`` (None or {tile, overlap, blend}), ``threads``
-    (``torch.get_num_threads()``), ``device``, ``device_name``, ``torch``.
+def time_models(teacher: str, models: Mapping[str, str], *, lr_size: Sequence[int] | None = None,
+                rounds: int = 20, warmup: int = 2, threads: int | None = None,
+                device: str = "cpu", seed: int = 0,
+                model_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Time the teacher and ``models`` ({label: checkpoint}) side by side; a JSON-ready dict.
+
+    ``lr_size`` (H, W) defaults to the reference size (output 1280x720). ``threads`` sets
+    torch's intra-op threads for the measurement (restored afterwards); ``model_config`` is for
+    the teacher only (the pruned checkpoints describe themselves). Keys: ``reference``
+    ("teacher"), ``rounds``, ``warmup``, ``lr_size``, ``scale``, ``batch``, ``seed``,
+    ``machine`` (:func:`machine_facts`) and ``models`` (rows of :func:`compare_runners`, the
+    teacher first, each with ``model`` and ``params``).
     """
-    _check_counts(warmup, runs)
-    hw, scale, reference = _lr_size(lr_size, model, scale)
-    if device is None:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-    device = torch.device(device)
-    model.to(device)
-    dtype = next(model.parameters(), torch.empty(0)).dtype
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.rand(1, 3, *hw, generator=generator).to(device=device, dtype=dtype)
-    if tile is not None:
-        from .tiling import check_tile_args, tiled_forward
+    from .train import pick_device
 
-        if scale is None:
-            raise ValueError("tiled latency needs the scale (the model has no cfg.upscale)")
-        check_tile_args(tile, tile_overlap, scale, tile_blend)
-
-        def forward() -> Any:
-            return tiled_forward(model, x, tile, tile_overlap, scale, tile_blend)
-    else:
-        def forward() -> Any:
-            return model(x)
-
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
-    training = model.training
-    model.eval()
+    if threads is not None:
+        check_int("threads", threads, 1)
+    dev = pick_device(device)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or previous)
     try:
-        with torch.no_grad():
-            timing = time_callable(forward, warmup=warmup, runs=runs, synchronize=sync)
+        runners, scale = _model_runners(teacher, models, dev, model_config)
+        hw = _input_size(lr_size, scale)
+        x = torch.rand(1, 3, *hw, generator=torch.Generator().manual_seed(seed)).to(dev)
+        sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else None
+        rows = compare_runners(runners, x, rounds, warmup, sync)
+        machine = machine_facts(dev)
     finally:
-        model.train(training)
-    return {**timing, "lr_size": list(hw),
-            "reference_lr_size": None if reference is None else list(reference),
-            "is_reference_size": reference is not None and hw == tuple(reference),
-            "scale": scale, "batch": 1, "dtype": str(dtype).replace("torch.", ""),
-            "tile": None if tile is None else {"tile": tile, "overlap": tile_overlap,
-                                               "blend": tile_blend},
-            "threads": torch.get_num_threads(), "device": str(device),
-            "device_name": device_name(device), "torch": torch.__version__}
+        torch.set_num_threads(previous)
+    return {"kind": "latency", "reference": REFERENCE, "rounds": rounds, "warmup": warmup,
+            "lr_size": list(hw), "scale": scale, "batch": 1,
+            "dtype": str(x.dtype).replace("torch.", ""), "seed": seed,
+            "machine": machine, "models": rows}
 
 
-__all__ = ["device_name", "measure_latency", "summarize", "time_callable"]
+__all__ = ["REFERENCE", "Runner", "compare_runners", "cpu_name", "device_name",
+           "interleaved_rounds", "machine_facts", "pytorch_runner", "round_ratios", "summarize",
+           "time_models"]

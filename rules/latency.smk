@@ -1,0 +1,38 @@
+# Latency, side by side: the teacher and every rebuilt model timed in one process, in
+# interleaved rounds on the same input. The rule takes every core of the run, so Snakemake
+# schedules nothing beside it, and the command runs with that many threads and records them.
+# The zeroed, compensated and fine-tuned files are dense (the teacher's shapes): the comparison
+# gives them the teacher's latency instead of timing them.
+
+
+def latency_model_args(input):
+    """--model <method>/<budget>=<rebuilt checkpoint> for every budget (labels compare reads)."""
+    labels = [f"{m}/{b}" for m in METHODS for b in BUDGETS]
+    return shlex.join(word for label, path in zip(labels, input.models)
+                      for word in ("--model", f"{label}={path}"))
+
+
+rule latency:
+    input:
+        teacher=config["teacher"]["weights_path"],
+        models=expand(f"{RESULTS}/{{method}}/{{budget}}/catanet_rebuilt.pth",
+                      method=METHODS, budget=BUDGETS),
+    output:
+        f"{RESULTS}/latency.json",
+    params:
+        models=lambda wildcards, input: latency_model_args(input),
+        model_config=teacher_config_arg(),
+        size=LATENCY.get("size", "reference"),
+        rounds=LATENCY.get("rounds", 20),
+        warmup=LATENCY.get("warmup", 2),
+        device=LATENCY.get("device", "cpu"),
+    log:
+        f"{RESULTS}/logs/latency.log",
+    threads: lambda wildcards: workflow.cores
+    resources:
+        gpu=1 if str(LATENCY.get("device", "cpu")).startswith("cuda") else 0,
+    shell:
+        "OMP_NUM_THREADS={threads} srprune time-models --teacher {input.teacher:q} "
+        "{params.model_config} {params.models} --size {params.size} --rounds {params.rounds} "
+        "--warmup {params.warmup} --threads {threads} --device {params.device} "
+        "--json {output:q} > {log:q} 2>&1"
