@@ -189,6 +189,13 @@ def put_rows(x: Tensor, index: Tensor) -> Tensor:
     return out.index_copy_(0, batch_rows(index, n), x.flatten(0, 1)).unflatten(0, (b, n))
 
 
+def add_rows(x: Tensor, index: Tensor, n: int) -> Tensor:
+    """Sum row i of image b of ``x`` into row ``index[b, i]`` of n zero rows (transposes take_rows)."""
+    b = x.shape[0]
+    out = x.new_zeros(b * n, *x.shape[2:])
+    return out.index_add_(0, batch_rows(index, n), x.flatten(0, 1)).unflatten(0, (b, n))
+
+
 def linear(n_in: int, n_out: int, bias: bool = True) -> nn.Linear:
     """nn.Linear that also accepts zero width (a fully pruned module) without a warning."""
     with warnings.catch_warnings():
@@ -475,13 +482,17 @@ class TAB(nn.Module):
         res = res + self.mlp(res, h, w)
         return tokens_to_map(res, h, w)
 
+    @staticmethod
+    @torch.no_grad()
+    def assign(t: Tensor, g: Tensor) -> Tensor:
+        """Token order (B, N): tokens sorted by the centre they are most similar to."""
+        score = F.normalize(t, dim=-1) @ F.normalize(g, dim=-1).transpose(-1, -2)
+        return torch.argsort(score.argmax(dim=-1), dim=-1)
+
     def _attention(self, t: Tensor, g: Tensor) -> Tensor:
-        with torch.no_grad():
-            score = F.normalize(t, dim=-1) @ F.normalize(g, dim=-1).transpose(-1, -2)
-            order = torch.argsort(score.argmax(dim=-1), dim=-1)
         k_g = split_heads(self.irca_attn.to_k(g), self.dqk).expand(t.shape[0], -1, -1, -1)
         v_g = split_heads(self.irca_attn.to_v(g), self.dv).expand(t.shape[0], -1, -1, -1)
-        return self.iasa_attn(t, order, k_g, v_g, self.group_size)
+        return self.iasa_attn(t, self.assign(t, g), k_g, v_g, self.group_size)
 
 
 def patch_starts(length: int, patch: int) -> tuple[list[int], int]:
@@ -555,10 +566,10 @@ class LRSA(nn.Module):
     def _local_attention(self, x: Tensor, patch: int) -> Tensor:
         b, c, h, w = x.shape
         index = patch_index(h, w, patch).to(x.device)                   # patches x tokens
-        tokens = map_to_tokens(x)                                        # b N c
-        tok = tokens.index_select(1, index.flatten()).view(-1, index.shape[1], c)
+        rows = index.flatten().expand(b, -1)
+        tok = take_rows(map_to_tokens(x), rows).view(-1, index.shape[1], c)
         tok = tok + self.layer[0](tok)
-        out = tokens.new_zeros(b, h * w, c).index_add_(1, index.flatten(), tok.view(b, -1, c))
+        out = add_rows(tok.view(b, -1, c), rows, h * w)
         return tokens_to_map(out * overlap_scale(h, w, patch).to(x), h, w)
 
 
@@ -594,7 +605,12 @@ class CATANet(nn.Module):
                 module.impl = impl
 
     def embed(self, x: Tensor) -> Tensor:
-        return self.first_conv(x)
+        """First conv; its features are made channels-last (token rows), as they stay after it.
+
+        The conv itself runs on the input as given: its channels-last kernel rounds differently,
+        enough to move a token to another centre (the parity fixtures notice).
+        """
+        return self.first_conv(x).contiguous(memory_format=torch.channels_last)
 
     def block(self, i: int, x: Tensor) -> Tensor:
         """Run block i (TAB, LRSA, mid conv, residual) on a feature map."""
@@ -609,7 +625,7 @@ class CATANet(nn.Module):
         else:
             f = F.leaky_relu(F.pixel_shuffle(self.upconv(f), self.cfg.upscale), 0.1)
         base = F.interpolate(x, scale_factor=self.cfg.upscale, mode="bilinear", align_corners=False)
-        return self.last_conv(f) + base
+        return base + self.last_conv(f)  # base first: the output takes its (standard) layout
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
