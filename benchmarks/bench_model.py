@@ -38,7 +38,8 @@ from srprune.models import catanet, create_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SHARES = ("attention", "sort+gather", "convolutions", "FFN")
-GATHER_FUNCTIONS = ("take_rows", "put_rows", "add_rows")  # module-level helpers of catanet.py
+GATHER_FUNCTIONS = ("take_rows", "put_rows", "add_rows")  # module-level helpers of catanet.py;
+# TAB.assign (tokens to centres, sort) is wrapped too
 
 
 def released_x4() -> tuple[nn.Module, str]:
@@ -124,19 +125,17 @@ def regions(model: nn.Module) -> Iterator[None]:
     for name, share in region_of_modules(model).items():
         module = model.get_submodule(name)
         handles += [module.register_forward_pre_hook(enter(share)), module.register_forward_hook(leave)]
-    originals = {name: getattr(catanet, name) for name in GATHER_FUNCTIONS}
-    assign = catanet.TAB.__dict__["assign"]
+    originals = {(catanet, name): getattr(catanet, name) for name in GATHER_FUNCTIONS}
+    originals[catanet.TAB, "assign"] = catanet.TAB.assign
     try:
-        for name, fn in originals.items():
-            setattr(catanet, name, in_region("sort+gather", fn))
-        catanet.TAB.assign = staticmethod(in_region("sort+gather", assign.__func__))
+        for (owner, name), fn in originals.items():
+            setattr(owner, name, in_region("sort+gather", fn))
         yield
     finally:
         for handle in handles:
             handle.remove()
-        for name, fn in originals.items():
-            setattr(catanet, name, fn)
-        catanet.TAB.assign = assign
+        for (owner, name), fn in originals.items():
+            setattr(owner, name, fn)
 
 
 def time_shares(model: nn.Module, x: torch.Tensor) -> dict[str, float]:

@@ -34,7 +34,6 @@ narrower blocks. Heads and channels are pruned as if zeroed, so the softmax scal
 """
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -482,9 +481,8 @@ class TAB(nn.Module):
         res = res + self.mlp(res, h, w)
         return tokens_to_map(res, h, w)
 
-    @staticmethod
     @torch.no_grad()
-    def assign(t: Tensor, g: Tensor) -> Tensor:
+    def assign(self, t: Tensor, g: Tensor) -> Tensor:
         """Token order (B, N): tokens sorted by the centre they are most similar to."""
         score = F.normalize(t, dim=-1) @ F.normalize(g, dim=-1).transpose(-1, -2)
         return torch.argsort(score.argmax(dim=-1), dim=-1)
@@ -514,19 +512,17 @@ def overlap_weights(length: int, patch: int) -> Tensor:
     return weight
 
 
-@functools.lru_cache(maxsize=64)
 def patch_index(h: int, w: int, patch: int) -> Tensor:
-    """Raster index of every token of every LRSA patch: (patches, tokens per patch), cached."""
+    """Raster index of every token of every LRSA patch: (patches, tokens per patch)."""
     rows, ph = patch_starts(h, patch)
     cols, pw = patch_starts(w, patch)
-    ri = torch.tensor(rows).unsqueeze(1) + torch.arange(ph)                   # nh ph
-    ci = torch.tensor(cols).unsqueeze(1) + torch.arange(pw)                   # nw pw
-    return (ri[:, None, :, None] * w + ci[None, :, None, :]).reshape(len(rows) * len(cols), -1)
+    ri = torch.as_tensor(rows).unsqueeze(1) + torch.arange(ph)               # nh ph
+    ci = torch.as_tensor(cols).unsqueeze(1) + torch.arange(pw)               # nw pw
+    return (ri[:, None, :, None] * w + ci[None, :, None, :]).reshape(-1, ph * pw)
 
 
-@functools.lru_cache(maxsize=64)
 def overlap_scale(h: int, w: int, patch: int) -> Tensor:
-    """Per-token factor (h*w, 1) of the overlap rule on an h x w map, cached."""
+    """Per-token factor (h*w, 1) of the overlap rule on an h x w map."""
     return (overlap_weights(h, patch)[:, None] * overlap_weights(w, patch)).reshape(-1, 1)
 
 
