@@ -12,8 +12,8 @@ Two deliberate differences, both invisible where the authors' code works:
   every head with one matmul whose weights are zero-padded per head to a width of 16 (where the
   fused kernel runs fastest; zero channels change no dot product, the scale being passed
   explicitly, and the zero v channels are cut off the output), fold IASA's group axis into the
-  batch with strided views instead of copies, and attend to the token centres in token order
-  (no sorting needed there). ``set_attention_impl("reference")`` selects the authors'
+  batch (q, k and v sorted by one row gather), and attend to the token centres in token order
+  (no sorting needed there). Features are channels-last from the first conv on. ``set_attention_impl("reference")`` selects the authors'
   formulation (benchmarks, MAC counting).
 * **Inputs the authors' code cannot handle** get a well-defined answer (documented in README):
   - Sequences are extended by *symmetric reflection* (``reflect_index``): the authors append the
