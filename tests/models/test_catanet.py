@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from srprune.models import create_model
-from srprune.models.catanet import CATANet, CATANetConfig, infer_config, reflect_index
+from srprune.models.catanet import (CATANet, CATANetConfig, add_rows, infer_config, put_rows,
+                                    reflect_index, take_rows, tokens_to_map)
 
 TINY = dict(dim=8, block_num=2, qk_dim=8, mlp_dim=12, heads=2, patch_size=[8, 6],
             num_tokens=[4, 8], group_size=[16, 8], n_iters=[2, 2])
@@ -311,6 +312,69 @@ def test_infer_config_reads_shapes():
     assert inferred == {"dim": 8, "block_num": 2, "num_tokens": [4, 8], "upscale": 3, "mlp_dim": 12,
                         "qk_dim": 8, "tab_heads": [1, 2], "lrsa_heads": [2, 2], "tab_mlp": [12, 12],
                         "lrsa_mlp": [0, 7]}
+
+
+# ------------------------------------------------------------------------------ fast formulation
+def test_fused_qkv_equals_separate_projections_and_is_zero_padded():
+    model = initted(create_model("catanet", **TINY, tab_qk=[3, 4], tab_v=[2, 4]))
+    attn = model.blocks[0][0].iasa_attn                  # 2 heads, q/k width 3, v width 2
+    x = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(7))
+    for mask in (None, torch.tensor([1.0, 0, 1, 1, 0, 1]), torch.rand(2, 6)):
+        attn.qk_mask = mask
+        with torch.no_grad():
+            q, k, v = attn.qkv(x).unbind(-3)
+            assert q.shape == (2, 5, 2, 16)
+            assert torch.allclose(q[..., :3].flatten(-2), attn.query(x), atol=1e-6)
+            assert torch.allclose(k[..., :3].flatten(-2), attn.to_k(x), atol=1e-6)
+            assert torch.allclose(v[..., :2].flatten(-2), attn.to_v(x), atol=1e-6)
+        assert not q[..., 3:].any() and not k[..., 3:].any() and not v[..., 2:].any()
+
+
+def test_row_helpers_take_put_back_and_sum():
+    x = torch.randn(2, 5, 3)
+    perm = torch.stack([torch.randperm(5), torch.randperm(5)])
+    taken = take_rows(x, perm)
+    assert torch.equal(taken[1, 2], x[1, perm[1, 2]])
+    assert torch.equal(put_rows(taken, perm), x)
+    summed = add_rows(torch.ones(2, 3, 3), torch.tensor([[0, 0, 4], [1, 2, 1]]), 5)
+    assert summed[0, :, 0].tolist() == [2, 0, 0, 0, 1]
+    assert summed[1, :, 0].tolist() == [0, 2, 1, 0, 0]
+
+
+def test_token_maps_are_channels_last_for_convolutions():
+    """A one-image map of token rows must be seen as channels-last (else convs copy it, 9x slower)."""
+    conv = torch.nn.Conv2d(5, 5, 3, padding=1, groups=5)
+    with torch.no_grad():
+        out = conv(tokens_to_map(torch.rand(1, 12, 5), 3, 4))
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    model = initted(create_model("catanet", **TINY))
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 9, 7)).is_contiguous()  # the output in the usual layout
+
+
+def test_masked_fast_forward_and_gradients_match_reference():
+    """Per-image head, channel and neuron masks (scoring, fine-tuning): fast == reference."""
+    model = initted(create_model("catanet", **TINY, tab_qk=[3, 4], lrsa_v=[3, 2]))
+    gen = torch.Generator().manual_seed(8)
+    masks = [("blocks.0.0.iasa_attn", "unit_mask", 2), ("blocks.0.0.iasa_attn", "qk_mask", 6),
+             ("blocks.1.1.layer.0.fn", "unit_mask", 2), ("blocks.0.1.layer.0.fn", "v_mask", 6),
+             ("blocks.1.0.mlp.fn", "unit_mask", 12)]
+    for name, attribute, units in masks:
+        mask = (torch.rand(2, units, generator=gen) > 0.4).float()
+        setattr(model.get_submodule(name), attribute, mask)
+    x = torch.rand(2, 3, 14, 11, generator=gen)
+    results = {}
+    for impl in ("fast", "reference"):
+        model.set_attention_impl(impl)
+        out = model(x)
+        grads = torch.autograd.grad(out.square().mean(), list(model.parameters()), allow_unused=True)
+        results[impl] = (out.detach(), grads)
+    (fast, fast_grads), (ref, ref_grads) = results["fast"], results["reference"]
+    assert (fast - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
+    for a, b in zip(fast_grads, ref_grads):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert (a - b).abs().max().item() <= 1e-4 * (b.abs().max().item() + 1e-6)
 
 
 # ------------------------------------------------------------------------------ training mode
