@@ -235,6 +235,12 @@ def check_latency(row, timed):
         assert float(row["latency_ms"]) == own["median_ms"]
         assert float(row["speedup"]) == own["speedup"]
         assert row["latency_source"] == "measured"
+    if row["stage"] == "rebuilt":   # ONNX Runtime in its own columns
+        onnx = timed[(f"{row['method']}/{row['budget']}", "onnxruntime")]
+        assert float(row["onnx_latency_ms"]) == onnx["median_ms"]
+        assert float(row["onnx_speedup"]) == onnx["speedup"]
+    else:
+        assert row["onnx_latency_ms"] == row["onnx_speedup"] == ""
     assert row["latency_machine"] == "Test CPU 9000 (AVX2)"
     assert row["latency_threads"] == "2" and row["latency_lr_size"] == "90x160"
 

@@ -129,6 +129,32 @@ def test_time_models_command_writes_the_record(checkpoints, tmp_path, capsys):
         assert row["min_ms"] <= row["q1_ms"] <= row["median_ms"] <= row["q3_ms"] <= row["max_ms"]
 
 
+def test_onnx_runtime_files_join_the_same_rounds(checkpoints, tmp_path, capsys):
+    """--onnx adds an onnxruntime row per file, timed in the rounds, its speed-up against the
+    PyTorch teacher; the ONNX model here is a stand-in x2 upscaler of the timed input size."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    stand_in = torch.nn.Sequential(torch.nn.Conv2d(3, 12, 3, padding=1), torch.nn.PixelShuffle(2))
+    onnx_file = tmp_path / "model.onnx"
+    torch.onnx.export(stand_in.eval(), (torch.rand(1, 3, 12, 16),), str(onnx_file), dynamo=False)
+    out = tmp_path / "latency.json"
+    code = main(["time-models", "--teacher", str(checkpoints / "teacher.pth"),
+                 "--model", f"optin/0.5={checkpoints / 'copy.pth'}",
+                 "--onnx", f"optin/0.5={onnx_file}", "--size", "12x16", "--rounds", "3",
+                 "--threads", "1", "--json", str(out)])
+    assert code == 0 and "onnxruntime" in capsys.readouterr().out
+    rows = json.loads(out.read_text())["models"]
+    assert [(r["label"], r["backend"]) for r in rows] == [
+        ("teacher", "pytorch"), ("optin/0.5", "pytorch"), ("optin/0.5", "onnxruntime")]
+    onnx = rows[2]
+    assert len(onnx["times_ms"]) == 3 and onnx["model"] == str(onnx_file)
+    ratios = round_ratios(rows[0]["times_ms"], onnx["times_ms"])
+    assert onnx["speedup"] == pytest.approx(sorted(ratios)[1])
+    assert main(["time-models", "--teacher", str(checkpoints / "teacher.pth"),
+                 "--onnx", f"a={onnx_file}", "--onnx", f"a={onnx_file}"]) == 2
+    assert "every label must be different" in capsys.readouterr().err
+
+
 def test_time_models_default_size_is_the_reference(monkeypatch, checkpoints):
     monkeypatch.setattr(latency, "compare_runners",
                         lambda runners, x, *a: [{"shape": list(x.shape)}])

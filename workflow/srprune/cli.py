@@ -315,18 +315,19 @@ def cmd_time_models(args: argparse.Namespace) -> None:
     from .fileio import save_json
     from .latency import time_models
 
-    models = dict(args.model or [])
-    if len(models) != len(args.model or []):
-        raise ValueError("--model: every label must be different")
+    models, onnx = dict(args.model or []), dict(args.onnx or [])
+    for option, given, unique in (("--model", args.model, models), ("--onnx", args.onnx, onnx)):
+        if len(unique) != len(given or []):
+            raise ValueError(f"{option}: every label must be different")
     result = time_models(args.teacher, models, lr_size=args.size, rounds=args.rounds,
                          warmup=args.warmup, threads=args.threads, device=args.device,
-                         seed=args.seed, model_config=_model_config(args.model_config))
+                         seed=args.seed, model_config=_model_config(args.model_config), onnx=onnx)
     machine = result["machine"]
     print(f"{result['rounds']} interleaved rounds at LR {result['lr_size'][0]}x"
           f"{result['lr_size'][1]}, {machine['threads']} threads, {machine['device_name']} "
           f"({machine['cpu_capability']}), torch {machine['torch']}")
     for row in result["models"]:
-        print(f"  {row['label']:<24} {row['backend']:<8} median {row['median_ms']:9.2f} ms "
+        print(f"  {row['label']:<24} {row['backend']:<11} median {row['median_ms']:9.2f} ms "
               f"(IQR {row['q1_ms']:.2f}-{row['q3_ms']:.2f})  speed-up {row['speedup']:.3f}x")
     if args.json:
         save_json(result, args.json)
@@ -524,6 +525,9 @@ def build_parser() -> argparse.ArgumentParser:
     _teacher_args(p)
     p.add_argument("--model", action="append", type=_labelled_model, metavar="LABEL=PATH",
                    help="a model to time against the teacher (repeatable)")
+    p.add_argument("--onnx", action="append", type=_labelled_model, metavar="LABEL=PATH",
+                   help="an exported .onnx file to time with ONNX Runtime in the same rounds "
+                        "(repeatable; CPU)")
     p.add_argument("--size", type=lr_size, default=None, metavar="HxW",
                    help="LR input size, e.g. 90x160, or reference (output 1280x720; default)")
     p.add_argument("--rounds", type=positive_int, default=20, help="timed rounds")

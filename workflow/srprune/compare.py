@@ -44,6 +44,10 @@ method or budget. Columns (:data:`COLUMNS`), empty where a number does not exist
 ``latency_lr_size``     LR input "HxW" the latencies were measured at
 ``latency_threads``     threads of the timing process
 ``latency_machine``     where: CPU model name and capability (e.g. AVX2), or the GPU
+``onnx_latency_ms``     rebuilt rows: median latency of its exported ``.onnx`` file under ONNX
+                        Runtime (CPU, same threads), timed in the same rounds (``latency.json``
+                        rows of backend ``onnxruntime``; empty when ONNX export is off)
+``onnx_speedup``        the PyTorch teacher's time over that, median over the rounds
 
 Which MAC number each stage reports
 -----------------------------------
@@ -109,7 +113,7 @@ COLUMNS = ("run", "stage", "method", "budget", "dataset", "params_total", "param
            "macs_thop", "macs_full", "effective_macs_full", "macs_lr_size", "latency_ms",
            "latency_source", "psnr", "ssim", "mac_ratio", "prunable_mac_ratio", "params_ratio",
            "speedup", "delta_psnr", "delta_ssim", "masks_consistent", "latency_lr_size",
-           "latency_threads", "latency_machine")
+           "latency_threads", "latency_machine", "onnx_latency_ms", "onnx_speedup")
 
 # what produces each file, for the error messages
 _PRODUCERS = {
@@ -270,6 +274,9 @@ def _set_latency(row: dict[str, Any], data: Mapping[str, Any] | None) -> None:
     row.update(_latency_setup(data), latency_ms=timed[label]["median_ms"],
                speedup=1.0 if dense else timed[label]["speedup"],
                latency_source=DENSE if dense else MEASURED)
+    onnx = {r["label"]: r for r in data["models"] if r.get("backend") == "onnxruntime"}
+    if row["stage"] == "rebuilt" and label in onnx:
+        row.update(onnx_latency_ms=onnx[label]["median_ms"], onnx_speedup=onnx[label]["speedup"])
 
 
 def _masks_consistency(path: Path) -> dict[str, Any]:
@@ -443,12 +450,15 @@ _MD_COLUMNS = [
     ("latency (ms)", lambda r: _fmt(r["latency_ms"], ".2f")),
     ("speedup", lambda r: _fmt(r["speedup"], ".3f")),
     ("latency from", lambda r: r["latency_source"] or ""),
+    ("ONNX Runtime (ms)", lambda r: _fmt(r["onnx_latency_ms"], ".2f")),
+    ("ONNX speedup", lambda r: _fmt(r["onnx_speedup"], ".3f")),
     ("PSNR (dB)", lambda r: _fmt(r["psnr"], ".3f")),
     ("ΔPSNR", lambda r: _signed(r["delta_psnr"], 3)),
     ("SSIM", lambda r: _fmt(r["ssim"], ".4f")),
     ("ΔSSIM", lambda r: _signed(r["delta_ssim"], 4)),
 ]
 _LATENCY_HEADERS = {"latency (ms)", "speedup", "latency from"}
+_ONNX_HEADERS = {"ONNX Runtime (ms)", "ONNX speedup"}
 
 _MD_NOTES = """\
 MACs are per image at the reference LR size (output 1280x720), 1 MAC = one multiply-add,
@@ -465,7 +475,9 @@ set. Bicubic has no MACs counted. *latency*: median of interleaved rounds in one
 (`srprune time-models`, `latency.json`), teacher and rebuilt models each measured; *speedup*:
 median over the rounds of the teacher's time over the model's. Zeroed, compensated and
 fine-tuned files run the teacher's dense shapes: they carry its latency and a speed-up of 1
-(*latency from*: dense (teacher's)).
+(*latency from*: dense (teacher's)). *ONNX Runtime*: the rebuilt model's exported `.onnx`
+file run by ONNX Runtime (CPU, same threads, same rounds); *ONNX speedup*: the PyTorch
+teacher's time over it (only with `export.formats: [onnx]`).
 """
 
 
@@ -484,7 +496,9 @@ def format_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         part = [r for r in rows if r["dataset"] == dataset]
         measured = any(r["latency_ms"] is not None for r in part)
-        columns = [c for c in _MD_COLUMNS if measured or c[0] not in _LATENCY_HEADERS]
+        onnx = any(r["onnx_latency_ms"] is not None for r in part)
+        columns = [c for c in _MD_COLUMNS if (measured or c[0] not in _LATENCY_HEADERS)
+                   and (onnx or c[0] not in _ONNX_HEADERS)]
         sizes = sorted({r["macs_lr_size"] for r in part if r["macs_lr_size"]})
         lines += [f"## {dataset}", "", *_latency_note(part)]
         if sizes:

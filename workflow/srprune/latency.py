@@ -192,15 +192,26 @@ def _model_runners(teacher: str, models: Mapping[str, str], device: torch.device
     return runners, scales[REFERENCE]
 
 
+def onnx_runners(files: Mapping[str, str], threads: int) -> list[Runner]:
+    """ONNX Runtime (CPU) runners of ``{label: .onnx file}`` with ``threads`` intra-op threads."""
+    from .export import onnx_runner
+
+    return [Runner(label, onnx_runner(path, threads), "onnxruntime", {"model": str(path)})
+            for label, path in files.items()]
+
+
 def time_models(teacher: str, models: Mapping[str, str], *, lr_size: Sequence[int] | None = None,
                 rounds: int = 20, warmup: int = 2, threads: int | None = None,
                 device: str = "cpu", seed: int = 0,
-                model_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                model_config: Mapping[str, Any] | None = None,
+                onnx: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Time the teacher and ``models`` ({label: checkpoint}) side by side; a JSON-ready dict.
 
     ``lr_size`` (H, W) defaults to the reference size (output 1280x720). ``threads`` sets
     torch's intra-op threads for the measurement (restored afterwards); ``model_config`` is for
-    the teacher only (the pruned checkpoints describe themselves). Keys: ``reference``
+    the teacher only (the pruned checkpoints describe themselves). ``onnx`` ({label: exported
+    .onnx file}, CPU only) adds ONNX Runtime runners, with the same threads, to the same rounds
+    after the PyTorch ones; their speed-up is still against the PyTorch teacher. Keys: ``reference``
     ("teacher"), ``rounds``, ``warmup``, ``lr_size``, ``scale``, ``batch``, ``seed``,
     ``machine`` (:func:`machine_facts`) and ``models`` (rows of :func:`compare_runners`, the
     teacher first, each with ``model`` and ``params``).
@@ -214,6 +225,10 @@ def time_models(teacher: str, models: Mapping[str, str], *, lr_size: Sequence[in
     torch.set_num_threads(threads or previous)
     try:
         runners, scale = _model_runners(teacher, models, dev, model_config)
+        if onnx:
+            if dev.type != "cpu":
+                raise ValueError("ONNX Runtime is timed on the CPU only; time on --device cpu")
+            runners += onnx_runners(onnx, torch.get_num_threads())
         hw = _input_size(lr_size, scale)
         x = torch.rand(1, 3, *hw, generator=torch.Generator().manual_seed(seed)).to(dev)
         sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else None
@@ -228,5 +243,5 @@ def time_models(teacher: str, models: Mapping[str, str], *, lr_size: Sequence[in
 
 
 __all__ = ["REFERENCE", "Runner", "compare_runners", "cpu_name", "device_name",
-           "interleaved_rounds", "machine_facts", "pytorch_runner", "round_ratios", "summarize",
+           "interleaved_rounds", "machine_facts", "onnx_runners", "pytorch_runner", "round_ratios", "summarize",
            "time_models"]
