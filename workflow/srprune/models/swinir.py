@@ -451,3 +451,40 @@ def _indices(state: dict[str, Tensor]) -> set[tuple[int, int]]:
     """(group, layer) of every Swin layer named in ``state``."""
     return {(int(k.split(".")[1]), int(k.split(".")[4])) for k in state
             if k.startswith("layers.") and ".residual_group.blocks." in k}
+
+
+# --------------------------------------------------------------------------- cost
+def padded_size(cfg: SwinIRConfig, lr_size: tuple[int, int]) -> tuple[int, int]:
+    """The map size the layers run at: each side rounded up to a multiple of the window."""
+    w = cfg.window
+    return tuple(w * math.ceil(int(side) / w) for side in lr_size)
+
+
+def analytic_macs(cfg: SwinIRConfig, lr_size: tuple[int, int]) -> int:
+    r"""Closed-form MACs of one SwinIR forward pass (eval, batch 1) on an h x w input.
+
+    Conventions of :mod:`srprune.complexity` (1 MAC = one multiply-add; biases, norms, GELU,
+    softmax, the bias and mask additions, rolls, padding and PixelShuffle are free). Everything
+    runs at the padded size H x W (:func:`padded_size`), N = H*W tokens, C = embed_dim, s =
+    upscale, window side w; Swin layer k of residual group g with h_k heads of width d_g and m_k
+    MLP neurons::
+
+        conv_first            9 * 3 * C * N
+        per layer k           N*C*3*h_k*d_g (qkv) + N*h_k*d_g*C (proj)
+                              + N * w^2 * h_k * 2 d_g  (q.k and attention x v: every token
+                                                        against the w^2 tokens of its window)
+                              + 2 * N * C * m_k (fc1, fc2)
+        per residual group    9 * C * C * N (its conv)
+        conv_after_body       9 * C * C * N
+        upsample.0            9 * C * 3 s^2 * N
+
+    For the released x4 model per head and token: 1,800 + 600 + 1,280 = 3,680 (spec).
+    """
+    h, w = padded_size(cfg, lr_size)
+    n, c, window = h * w, cfg.embed_dim, cfg.window
+    total = 9 * 3 * c * n + 9 * c * c * n * (len(cfg.depths) + 1) + 9 * c * 3 * cfg.upscale ** 2 * n
+    groups = [g for g, depth in enumerate(cfg.depths) for _ in range(depth)]
+    for group, heads, hidden in zip(groups, cfg.layer_heads, cfg.layer_mlp):
+        d = cfg.head_width(group)
+        total += 4 * n * c * heads * d + n * window ** 2 * heads * 2 * d + 2 * n * c * hidden
+    return total
