@@ -179,6 +179,11 @@ class Adapter(ABC):
                             f"{type(self).__name__}.consumer_layer")
         return layer
 
+    def consumes(self, weight: str) -> bool:
+        """Whether ``weight``, a slice with axis 1, takes the units as its inputs (compensation
+        refits it); False where axis 1 only lists units, e.g. a per-head bias table."""
+        return True
+
     def residual(self, model: nn.Module, weight: str) -> ResidualTap | None:
         """The residual stream the consumer of ``weight`` writes to (None: not known)."""
         return None

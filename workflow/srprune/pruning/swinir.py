@@ -174,6 +174,10 @@ class SwinIRAdapter(Adapter):
     def block_of(self, weight: str) -> int:
         return int(weight.split(".")[1])
 
+    def consumes(self, weight: str) -> bool:
+        """The bias table's columns are heads, not inputs: only ``proj`` and ``fc2`` consume."""
+        return not weight.endswith("relative_position_bias_table")
+
     def residual(self, model: SwinIR, weight: str) -> ResidualTap:
         """Both branches add to the layer's stream, which ``norm1``/``norm2`` take; ``proj``
         writes windows of the shifted map, so the stream is shifted and cut the same way."""
