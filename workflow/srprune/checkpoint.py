@@ -104,9 +104,11 @@ def resolve_config(arch: str, state: dict[str, Tensor], info: dict[str, Any],
     if "config" in info:
         return {**info["config"], **overrides}
     spec = get_arch(arch)
-    heads = overrides.get("heads", spec.config_class.heads)
+    # CATANet needs ``heads`` to read its shapes; an architecture without that setting does not
+    shape_args = ({"heads": overrides.get("heads", spec.config_class.heads)}
+                  if hasattr(spec.config_class, "heads") else {})
     try:
-        inferred = spec.infer_config(state, heads=heads)
+        inferred = spec.infer_config(state, **shape_args)
     except ValueError as err:
         raise CheckpointError(f"{source}: {err}") from None
     taken = {k: v for k, v in inferred.items() if k not in overrides}

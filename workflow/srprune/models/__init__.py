@@ -7,6 +7,7 @@ from typing import Any, Callable
 from torch import nn
 
 from .catanet import CATANet, CATANetConfig, PLAIN_STATE_HINT, infer_config as catanet_infer_config
+from .swinir import SwinIR, SwinIRConfig, infer_config as swinir_infer_config
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,13 @@ ARCHS: dict[str, Arch] = {
         infer_config=catanet_infer_config,
         inferable=("dim", "block_num", "qk_dim", "mlp_dim", "num_tokens", "upscale"),
         shape_hint=PLAIN_STATE_HINT,
+    ),
+    "swinir": Arch(
+        build=lambda config: SwinIR(SwinIRConfig.from_dict(config)),
+        config_class=SwinIRConfig,
+        infer_config=swinir_infer_config,
+        inferable=("embed_dim", "depths", "num_heads", "window_size", "img_size", "mlp_ratio",
+                   "upscale", "layer_heads", "layer_mlp"),
     ),
 }
 
@@ -55,5 +63,5 @@ def arch_name(model: nn.Module) -> str:
     raise ValueError(f"{type(model).__name__} is not a registered architecture")
 
 
-__all__ = ["ARCHS", "Arch", "CATANet", "CATANetConfig", "arch_name", "create_model",
-           "get_arch", "model_config"]
+__all__ = ["ARCHS", "Arch", "CATANet", "CATANetConfig", "SwinIR", "SwinIRConfig", "arch_name",
+           "create_model", "get_arch", "model_config"]

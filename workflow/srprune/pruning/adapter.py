@@ -139,7 +139,12 @@ class Adapter(ABC):
 
     @abstractmethod
     def slices(self, model: nn.Module, group: UnitGroup) -> list[tuple[str, int, int]]:
-        """(parameter name, axis, channels per unit) of every slice the group's units own."""
+        """(parameter name, axis, channels per unit) of every slice the group's units own.
+
+        Unit u owns channels ``[u * width, (u + 1) * width)`` of the axis; an axis that holds
+        several equal parts of ``units * width`` channels (a fused q/k/v projection) gives unit
+        u those channels in every part (:func:`unit_channels`).
+        """
 
     @abstractmethod
     def params(self, model: nn.Module, kept: dict[str, int]) -> int:
@@ -174,6 +179,11 @@ class Adapter(ABC):
                             f"{type(self).__name__}.consumer_layer")
         return layer
 
+    def consumes(self, weight: str) -> bool:
+        """Whether ``weight``, a slice with axis 1, takes the units as its inputs (compensation
+        refits it); False where axis 1 only lists units, e.g. a per-head bias table."""
+        return True
+
     def residual(self, model: nn.Module, weight: str) -> ResidualTap | None:
         """The residual stream the consumer of ``weight`` writes to (None: not known)."""
         return None
@@ -184,7 +194,8 @@ class Adapter(ABC):
         total = torch.zeros(group.count)
         for name, axis, width in self.slices(model, group):
             weight = model.get_parameter(name).detach().abs().movedim(axis, 0)
-            total += weight.reshape(group.count, -1).sum(dim=1).cpu()
+            parts = weight.shape[0] // max(group.count * width, 1)
+            total += weight.reshape(parts, group.count, -1).sum(dim=(0, 2)).cpu()
         return total
 
     def check_masks(self, model: nn.Module, masks: dict[str, Tensor]) -> None:
@@ -213,11 +224,9 @@ class Adapter(ABC):
         for group_name, mask in masks.items():
             keep = mask.detach().bool().cpu()
             for name, axis, width in self.slices(model, by_name[group_name]):
-                channels = keep.repeat_interleave(width)
                 size = model.get_parameter(name).shape[axis]
-                if channels.numel() != size:
-                    raise ValueError(f"mask of {group_name!r} covers {channels.numel()} channels "
-                                     f"of {name} (axis {axis}), which has {size}")
+                channels = unit_channels(keep, width, size, f"mask of {group_name!r}",
+                                         f"{name} (axis {axis})")
                 previous = keeps.get((name, axis), torch.ones(size, dtype=torch.bool))
                 keeps[(name, axis)] = previous & channels
         for (name, axis), channels in keeps.items():
@@ -252,6 +261,19 @@ class Adapter(ABC):
         for name, value in small_state.items():
             if name not in placed:
                 target[name].copy_(value)
+
+
+def unit_channels(keep: Tensor, width: int, size: int, what: str, where: str) -> Tensor:
+    """Channel keep vector of an axis of ``size`` channels from the units' ``keep`` vector.
+
+    The axis holds ``size / (units * width)`` equal parts (1 for most layers, 3 for a fused
+    q/k/v projection); unit u owns ``width`` channels at ``u * width`` in each part.
+    """
+    block = keep.numel() * width
+    if (size % block if block else size):
+        raise ValueError(f"{what} covers {block} channels of {where}, which has {size} (not a "
+                         f"whole number of parts)")
+    return keep.repeat_interleave(width).repeat(size // block if block else 1)
 
 
 @contextmanager

@@ -99,7 +99,7 @@ def consumers(adapter: Adapter, model: nn.Module, masks: dict[str, Tensor]) -> l
                              f"group has {group.count} units")
         units = torch.ones(group.count, dtype=torch.bool) if mask is None else mask.cpu().bool()
         for name, axis, width in adapter.slices(model, group):
-            if axis != 1:
+            if axis != 1 or not adapter.consumes(name):
                 continue
             columns = units.repeat_interleave(width)
             if columns.numel() != model.get_parameter(name).shape[1]:

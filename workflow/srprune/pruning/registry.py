@@ -6,8 +6,9 @@ from torch import nn
 from ..models import arch_name
 from .adapter import Adapter
 from .catanet import CATANetAdapter
+from .swinir import SwinIRAdapter
 
-ADAPTERS: dict[str, type[Adapter]] = {"catanet": CATANetAdapter}
+ADAPTERS: dict[str, type[Adapter]] = {"catanet": CATANetAdapter, "swinir": SwinIRAdapter}
 
 def adapter_for(model: nn.Module) -> Adapter:
     name = arch_name(model)
