@@ -52,7 +52,7 @@ from srprune.fileio import file_sha256
 from srprune.pruning.calibration import Calibration
 from srprune.pruning.search import (export_zeroed, finish_scores, save_artifact, score_units,
                                     search_masks)
-from srprune.pruning.selection import SELECTIONS
+from srprune.pruning.selection import DEFAULT_SELECTION, SELECTIONS
 
 WEIGHTS = "weights/catanet_x4_third_party.pth"
 SET5_HR, SET5_LR = "data/Set5/HR", "data/Set5/LR_bicubic/X4"
@@ -149,7 +149,7 @@ def main() -> None:
     parser.add_argument("--optin-scores", type=Path,
                         help="OPTIN scores artifact of the heads unit set, made earlier")
     parser.add_argument("--lam", type=float, default=OptinSettings.lam)
-    parser.add_argument("--selection", default="measured", choices=SELECTIONS)
+    parser.add_argument("--selection", default=DEFAULT_SELECTION, choices=SELECTIONS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--finetune-iters", type=int, default=300, help="0 skips fine-tuning")

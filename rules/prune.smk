@@ -73,7 +73,7 @@ rule search_masks:
     output:
         f"{RESULTS}/{{method}}/{{budget}}/catanet_pruning_masks.pth",
     params:
-        selection=PRUNE.get("selection", "measured"),
+        selection=PRUNE.get("selection", "compensated"),
         min_keep=PRUNE.get("min_keep", 0),
         calibration=calibration_args(),
         compensation=compensation_args(),

@@ -16,7 +16,7 @@ from .checkpoint import CheckpointError
 from .data import DataError
 from .evaluate import add_evaluate_options
 from .export import FORMATS
-from .pruning.selection import SELECTIONS
+from .pruning.selection import DEFAULT_SELECTION, SELECTIONS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -429,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores", required=True, help="unit-scores artifact from score-units")
     p.add_argument("--mac-constraint", type=finite_float, required=True,
                    help="r in (0, 1]: pruned full MACs at most r times the teacher's")
-    p.add_argument("--selection", default="measured", choices=SELECTIONS,
+    p.add_argument("--selection", default=DEFAULT_SELECTION, choices=SELECTIONS,
                    help="measured: knapsack candidates, the least distorting on calibration crops "
                         "kept; compensated: the same, each candidate compensated first (with the "
                         "options below); knapsack: the alpha = 1 candidate, unmeasured")

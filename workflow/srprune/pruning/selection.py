@@ -20,13 +20,13 @@ options minimising the total loss under the budget are found by dynamic programm
 rounded to ``1 / RESOLUTION`` of the teacher's MACs; the answer is checked against the exact
 costs, and a smaller capacity taken if rounding let it overrun, so the budget always holds.
 
-**Measured check** (``selection = "measured"``, the default). The losses assume that damage adds
+**Measured check** (``selection = "measured"``). The losses assume that damage adds
 up, which it does not: removing many units interacts. The knapsack solutions for ``alpha`` in
 ``ALPHAS`` (heads from 256 times cheaper to lose than the scores say to 256 times dearer) are
 the candidates; a callback measures each one's actual distortion on calibration data and the
-least distorting one is kept. ``selection = "compensated"`` does the same with a callback
-that compensates each candidate first (what the compensate stage will do to it: removed units
-differ in how well the refit restores them). ``selection = "knapsack"`` keeps ``alpha = 1``
+least distorting one is kept. ``selection = "compensated"`` (the default) does the same with a
+callback that compensates each candidate first (what the compensate stage will do to it: removed
+units differ in how well the refit restores them). ``selection = "knapsack"`` keeps ``alpha = 1``
 unmeasured.
 
 ``min_keep`` units of every head and neuron group are always kept (its best-scored ones).
@@ -43,6 +43,7 @@ from torch import Tensor
 from .adapter import UnitGroup
 
 SELECTIONS = ("measured", "compensated", "knapsack")
+DEFAULT_SELECTION = "compensated"  # validation split of the x4 model, README "Mask search"
 ALPHAS = tuple(2.0 ** k for k in range(-8, 9))
 RESOLUTION = 20000
 
