@@ -104,9 +104,9 @@ def resolve_config(arch: str, state: dict[str, Tensor], info: dict[str, Any],
     if "config" in info:
         return {**info["config"], **overrides}
     spec = get_arch(arch)
-    heads = overrides.get("heads", spec.config_class.heads)
+    hidden = {name: overrides.get(name, default) for name, default in spec.hidden.items()}
     try:
-        inferred = spec.infer_config(state, heads=heads)
+        inferred = spec.infer_config(state, **hidden)
     except ValueError as err:
         raise CheckpointError(f"{source}: {err}") from None
     taken = {k: v for k, v in inferred.items() if k not in overrides}
