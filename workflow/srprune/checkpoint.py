@@ -152,6 +152,13 @@ def model_from_state(state: dict[str, Tensor], info: dict[str, Any], source: str
     return model.eval()
 
 
+def check_same_architecture(student: nn.Module, teacher: nn.Module, student_path: Any,
+                            teacher_path: Any) -> None:
+    """Refuse a student whose architecture or config differs from its teacher's."""
+    if (arch_name(student), model_config(student)) != (arch_name(teacher), model_config(teacher)):
+        raise CheckpointError(f"{student_path} and {teacher_path} are not the same architecture")
+
+
 def check_finite(tensors: dict[str, Any], source: str) -> None:
     """Refuse NaN or infinite values in ``tensors`` (nested dicts too), naming the first entry."""
     for name, value in tensors.items():

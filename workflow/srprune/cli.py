@@ -226,7 +226,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
 def cmd_rebuild(args: argparse.Namespace) -> None:
     from .complexity import count_params
-    from .finetune import rebuild
+    from .pruning.rebuild import rebuild
 
     small = rebuild(args.model, args.out)
     print(f"rebuilt {args.model}: {count_params(small)['total']:,} parameters; wrote {args.out}")
@@ -272,7 +272,8 @@ def _layout(args: argparse.Namespace) -> dict[str, list[str]] | None:
 
 
 def cmd_visual(args: argparse.Namespace) -> None:
-    from .evaluate import load_net, load_pairs, model_upscaler
+    from .data import load_pairs
+    from .evaluate import load_net, model_upscaler
     from .figures import Crop, VisualInputs, visual_comparison
 
     if args.box is not None and args.image is None:

@@ -18,39 +18,25 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 from torch import nn
 
 from .argtypes import filename_template, int_at_least
-from .data import SRDataset, embedded_images, modcrop, to_tensor
+from .data import Pair, load_pairs, to_tensor
+from .device import pick_device
 from .fileio import save_png
 from .imresize import imresize
 from .metrics import psnr_y, ssim_y, to_uint8
+from .models import scale_of
 from .progress import progress_bar
 from .tiling import BLEND_MODES, check_tile_args, tiled_forward
 
 log = logging.getLogger(__name__)
 
 Upscaler = Callable[[np.ndarray], np.ndarray]
-Pair = tuple[str, np.ndarray, np.ndarray]
-
-EMBEDDED_PREFIX = "embedded:"
-
-
-def load_pairs(hr: str | Path, scale: int, lr: str | Path | None = None,
-               filename_tmpl: str = "{}") -> Sequence[Pair]:
-    """``(name, lr, hr)`` uint8 items of a folder pair, or of ``embedded:<split>`` images."""
-    if str(hr).startswith(EMBEDDED_PREFIX):
-        pairs = []
-        for name, img in embedded_images(str(hr)[len(EMBEDDED_PREFIX):]):
-            img = modcrop(img, scale)
-            pairs.append((name, imresize(img, 1 / scale), img))
-        return pairs
-    return SRDataset(hr, scale=scale, lr_dir=lr, filename_tmpl=filename_tmpl)
-
 
 def model_upscaler(model: nn.Module, device: torch.device | str = "cpu",
                    quantize: bool = True, tile: int | None = None, tile_overlap: int = 8,
@@ -58,14 +44,12 @@ def model_upscaler(model: nn.Module, device: torch.device | str = "cpu",
     """Run ``model`` without gradients; output clamped to [0, 1] and, if ``quantize``, uint8.
 
     With ``tile`` the model runs tile by tile (:func:`srprune.tiling.tiled_forward`; ``scale``
-    defaults to ``model.cfg.upscale``).
+    defaults to the model's declared ``scale``).
     """
     forward: Callable[[torch.Tensor], torch.Tensor] = model
     if tile is not None:
         if scale is None:
-            scale = getattr(getattr(model, "cfg", None), "upscale", None)
-            if scale is None:
-                raise ValueError("tiled inference needs the scale (the model has no cfg.upscale)")
+            scale = scale_of(model)
         check_tile_args(tile, tile_overlap, scale, tile_blend)
 
         def forward(x: torch.Tensor) -> torch.Tensor:
@@ -186,11 +170,10 @@ def load_net(model: str, scale: int, device: str,
              model_config: dict[str, Any] | None = None) -> nn.Module:
     """A checkpoint loaded on ``device`` (``auto`` picks one), refused unless it is x``scale``."""
     from .checkpoint import load_model
-    from .train import pick_device
 
     net = load_model(model, **(model_config or {})).to(pick_device(device))
-    if net.cfg.upscale != scale:
-        raise ValueError(f"{model} is an x{net.cfg.upscale} model but --scale is {scale}")
+    if scale_of(net) != scale:
+        raise ValueError(f"{model} is an x{scale_of(net)} model but --scale is {scale}")
     return net
 
 
