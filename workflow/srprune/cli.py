@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import yaml
 
@@ -14,9 +14,9 @@ from .argtypes import (Parser, crop_box, device, filename_template, finite_float
                        height_by_width, int_at_least, lr_size, nonnegative_float, positive_int)
 from .checkpoint import CheckpointError
 from .data import DataError
-from .evaluate import add_evaluate_options
 from .export import FORMATS
 from .pruning.selection import SELECTIONS
+from .tiling import BLEND_MODES
 
 if TYPE_CHECKING:
     import numpy as np
@@ -66,8 +66,45 @@ def _training_args(p: argparse.ArgumentParser, out_help: str) -> None:
                         "start afresh (default: refuse and say what differs)")
 
 
+def parse_dataset(text: str) -> tuple[str, dict[str, Any]]:
+    """``"NAME=HR[,LR[,TMPL]]"`` -> ``(NAME, {"hr", "lr", "filename_tmpl"})``; argparse ``type=``."""
+    name, sep, rest = str(text).partition("=")
+    parts = rest.split(",")
+    if not sep or not name or not parts[0] or len(parts) > 3:
+        raise argparse.ArgumentTypeError(f"expected NAME=HR[,LR[,TMPL]], got {text!r}")
+    spec = {"hr": parts[0], "lr": parts[1] if len(parts) > 1 and parts[1] else None,
+            "filename_tmpl": filename_template(parts[2]) if len(parts) > 2 and parts[2] else "{}"}
+    return name, spec
+
+
+def add_evaluate_options(parser: argparse.ArgumentParser, datasets: bool = False) -> None:
+    """Add ``--tile``, ``--tile-overlap``, ``--tile-blend`` (and, with ``datasets``, a repeatable
+    ``--dataset``) to ``srprune evaluate``'s parser. Pair with :func:`evaluate_options`."""
+    group = parser.add_argument_group("tiled inference and data sets")
+    group.add_argument("--tile", type=int_at_least(1), metavar="PIXELS",
+                       help="run the model on LR tiles of this side (bounded memory); default: whole images")
+    group.add_argument("--tile-overlap", type=int_at_least(0), default=8, metavar="PIXELS",
+                       help="overlap of neighbouring tiles in LR pixels (default 8; must be < --tile)")
+    group.add_argument("--tile-blend", choices=BLEND_MODES, default="uniform",
+                       help="weights of overlapping tile outputs: uniform mean (default, BasicSR's), "
+                            "linear ramp, or crop (each pixel from the tile it is most inside)")
+    if datasets:
+        group.add_argument("--dataset", action="append", type=parse_dataset,
+                           metavar="NAME=HR[,LR[,TMPL]]",
+                           help="evaluate on this data set too (repeatable); results under "
+                                "'datasets' in the JSON")
+
+
+def evaluate_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments for :func:`.evaluate.evaluate_spec` / :func:`.evaluate.evaluate_many` from the options of
+    :func:`add_evaluate_options` (missing attributes take the defaults)."""
+    return {"tile": getattr(args, "tile", None),
+            "tile_overlap": getattr(args, "tile_overlap", 8),
+            "tile_blend": getattr(args, "tile_blend", "uniform")}
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .evaluate import evaluate_many, evaluate_options, evaluate_spec
+    from .evaluate import evaluate_many, evaluate_spec
     from .fileio import save_json
 
     options = dict(quantize=not args.float_output, device=args.device,
