@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .fileio import save_torch
-from .models import arch_name, get_arch, model_config
+from .models import DEFAULT_ARCH, arch_name, get_arch, model_config
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,10 @@ def load_finite(path: str | os.PathLike, **overrides: Any) -> nn.Module:
 def model_from_state(state: dict[str, Tensor], info: dict[str, Any], source: str,
                      arch: str | None = None, **overrides: Any) -> nn.Module:
     """:func:`load_model` for a state dict and description already read by :func:`split_checkpoint`."""
-    arch = arch or info.get("arch", "catanet")
+    if arch and info.get("arch") and get_arch(arch) is not get_arch(info["arch"]):
+        raise CheckpointError(f"{source} is a {info['arch']} checkpoint, not {arch} (--arch, "
+                              f"teacher.arch)")
+    arch = arch or info.get("arch", DEFAULT_ARCH)
     config = resolve_config(arch, state, info, overrides, source)
     try:
         model = get_arch(arch).build(config)

@@ -30,10 +30,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .compare.collect import MissingResultError, ResultFormatError, discover, ratio, read_json
+from .compare.collect import (MissingResultError, ResultFormatError, artifact_file, discover,
+                              ratio, read_json)
 from .compare.plots import figure, method_colors, save_png
 from .data import read_image
 from .metrics import psnr_y, rgb_to_y
+from .models import DEFAULT_ARCH
 
 FINETUNE_WORKDIR = "finetune_work"
 DEFAULT_CROP = 96
@@ -177,7 +179,8 @@ class VisualInputs:
 def visual_comparison(results_dir: str | os.PathLike, dataset: str, inputs: VisualInputs,
                       out: str | os.PathLike, crop: Crop | None = None, image: str | None = None,
                       crop_size: int = DEFAULT_CROP,
-                      layout: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
+                      layout: Mapping[str, Sequence[str]] | None = None,
+                      arch: str = DEFAULT_ARCH) -> dict[str, Any]:
     """Write the visual comparison of ``dataset`` (see the module docstring); returns its record.
 
     Without ``crop`` the best ``crop_size`` window is chosen in ``image`` (default: in every
@@ -213,7 +216,7 @@ def visual_comparison(results_dir: str | os.PathLike, dataset: str, inputs: Visu
             folder = root / method / budget
             macs = read_json(folder / f"eval_rebuilt_{dataset}.json",
                              _PRODUCERS["rebuilt"]).get("macs_full")
-            sr = inputs.upscale(folder / "catanet_rebuilt.pth", lr)
+            sr = inputs.upscale(folder / artifact_file(arch, "rebuilt"), lr)
             panels.append(Panel(f"{method} r={budget}", crop.of(sr), _crop_psnr(sr, hr, crop),
                                 ratio(macs, teacher.get("macs_full"))))
     draw_visual(hr, crop, panels, out, f"{dataset}: rebuilt models against the teacher")

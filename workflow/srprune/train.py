@@ -321,7 +321,7 @@ def check_data_section(data: Any, what: str) -> dict[str, dict[str, Any]]:
 def train_teacher(config: dict[str, Any], out: str | Path, workdir: str | Path,
                   progress: bool = True, fresh_on_change: bool = False) -> dict[str, Any]:
     """Train a model from scratch with L1 loss as ``config`` says; write the chosen model to out."""
-    from .models import create_model
+    from .models import DEFAULT_ARCH, create_model
 
     check_sections(config, ("scale", "arch", "model", "data", "train", "device"),
                    ("scale", "data"), "train config")
@@ -330,7 +330,7 @@ def train_teacher(config: dict[str, Any], out: str | Path, workdir: str | Path,
     settings = TrainSettings.from_dict(config.get("train", {}))
     torch.manual_seed(settings.seed)
     device = pick_device(config.get("device", "auto"))
-    model = create_model(config.get("arch", "catanet"), **{**config.get("model", {}),
+    model = create_model(config.get("arch", DEFAULT_ARCH), **{**config.get("model", {}),
                                                            "upscale": scale}).to(device)
     data = config["data"]
     train_pairs = load_pairs(scale=scale, **data["train"])
@@ -339,7 +339,7 @@ def train_teacher(config: dict[str, Any], out: str | Path, workdir: str | Path,
     val_pairs = list(load_pairs(scale=scale, **data["val"]))
     meta = {"stage": "train", "scale": scale, "train_settings": asdict(settings),
             "data": {k: dict(v) for k, v in data.items()}}
-    fingerprint = {"arch": config.get("arch", "catanet"), "model": config.get("model", {}),
+    fingerprint = {"arch": config.get("arch", DEFAULT_ARCH), "model": config.get("model", {}),
                    "scale": scale, "data": {k: folder_digest(v) for k, v in data.items()}}
     trainer = Trainer(model, l1_loss, sampler, val_pairs, scale, settings, workdir, meta=meta,
                       fingerprint=fingerprint, fresh_on_change=fresh_on_change)

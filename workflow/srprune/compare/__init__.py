@@ -6,7 +6,7 @@ number differently from the file it comes from:
 * ``eval/teacher_<dataset>.json`` and ``eval/bicubic_<dataset>.json`` (``srprune evaluate``);
 * ``latency.json`` (``srprune time-models``: the teacher and every rebuilt model timed side by
   side in one process; see :mod:`srprune.latency`), when present;
-* per method and budget ``<method>/<budget>/catanet_pruning_masks.pth`` (``srprune
+* per method and budget ``<method>/<budget>/<arch>_pruning_masks.pth`` (``srprune
   search-masks``), ``<method>/<budget>/eval_<stage>_<dataset>.json`` for the stages ``pruned``
   (the zeroed teacher), ``compensated`` (its least-squares refit, ``srprune compensate``),
   ``finetuned_feature_kd`` and ``rebuilt``, and, when present,
@@ -88,6 +88,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ..models import DEFAULT_ARCH
 from .collect import (COLUMNS, MissingResultError, ResultFormatError, collect, discover,
                       latency_label, load_masks, read_latency, read_masks)
 from .plots import plot_kept_units, plot_psnr_vs_macs
@@ -97,24 +98,25 @@ from .tables import format_markdown, write_csv, write_markdown
 def compare(results_dir: str | os.PathLike, out_dir: str | os.PathLike,
             datasets: Sequence[str] | None = None,
             layout: Mapping[str, Sequence[str]] | None = None,
-            latency: str | os.PathLike | None = None) -> dict[str, Any]:
+            latency: str | os.PathLike | None = None,
+            arch: str = DEFAULT_ARCH) -> dict[str, Any]:
     """Write ``comparison.csv``, ``comparison.md``, ``psnr_vs_macs_<dataset>.png`` and
     ``kept_units.png`` into ``out_dir``.
 
     Returns ``{"csv": Path, "markdown": Path, "psnr_vs_macs": {dataset: Path},
-    "kept_units": Path}``. ``datasets``, ``layout`` and ``latency`` as in :func:`collect`.
+    "kept_units": Path}``. ``datasets``, ``layout``, ``latency`` and ``arch`` as in :func:`collect`.
     """
     root = Path(results_dir)
     out = Path(out_dir)
     layout = discover(root) if layout is None and root.is_dir() else layout
-    rows = collect(root, datasets, layout, latency=latency)
+    rows = collect(root, datasets, layout, latency=latency, arch=arch)
     paths: dict[str, Any] = {"csv": write_csv(rows, out / "comparison.csv"),
                              "markdown": write_markdown(rows, out / "comparison.md"),
                              "psnr_vs_macs": {}}
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         paths["psnr_vs_macs"][dataset] = plot_psnr_vs_macs(
             rows, out / f"psnr_vs_macs_{dataset}.png", dataset)
-    paths["kept_units"] = plot_kept_units(load_masks(root, layout), out / "kept_units.png")
+    paths["kept_units"] = plot_kept_units(load_masks(root, layout, arch), out / "kept_units.png")
     return paths
 
 

@@ -11,13 +11,14 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
+from ..models import DEFAULT_ARCH
 
-MODEL_STAGES = ("pruned", "compensated", "finetuned_feature_kd", "rebuilt")  # catanet_<stage>.pth
+MODEL_STAGES = ("pruned", "compensated", "finetuned_feature_kd", "rebuilt")  # <arch>_<stage>.pth
 ZEROED_STAGES = ("pruned", "compensated", "finetuned_feature_kd")  # dense, masked units set to 0
 STAGES = ("teacher", "bicubic", *MODEL_STAGES)
 METHOD_ORDER = ("optin", "magnitude", "random")
 NOT_METHODS = {"eval", "logs"}
-MASKS_FILE = "catanet_pruning_masks.pth"
+MASKS_STAGE = "pruning_masks"  # <arch>_pruning_masks.pth
 SPARSITY_FILE = "sparsity.json"
 LATENCY_FILE = "latency.json"
 MEASURED, DENSE = "measured", "dense (teacher's)"
@@ -32,7 +33,7 @@ COLUMNS = ("run", "stage", "method", "budget", "dataset", "params_total", "param
 _PRODUCERS = {
     "teacher": "srprune evaluate --model <teacher> (rule evaluate_teacher)",
     "bicubic": "srprune evaluate --model bicubic (rule evaluate_baseline)",
-    "stage": "srprune evaluate --model catanet_<stage>.pth (rule evaluate_stage)",
+    "stage": "srprune evaluate --model <arch>_<stage>.pth (rule evaluate_stage)",
     "masks": "srprune search-masks (rule search_masks)",
     "latency": "srprune time-models (rule latency)",
 }
@@ -128,13 +129,18 @@ def read_masks(path: str | os.PathLike) -> dict[str, Any]:
     return artifact
 
 
+def artifact_file(arch: str, stage: str) -> str:
+    """The file name of a budget's artifact: ``<arch>_<stage>.pth`` (``catanet_rebuilt.pth``)."""
+    return f"{arch}_{stage}.pth"
+
+
 def load_masks(results_dir: str | os.PathLike,
-               layout: Mapping[str, Sequence[str]] | None = None
+               layout: Mapping[str, Sequence[str]] | None = None, arch: str = DEFAULT_ARCH
                ) -> dict[tuple[str, str], dict[str, Any]]:
     """``{(method, budget): masks artifact}`` for every budget folder (``layout``: which)."""
     root = Path(results_dir)
     layout = discover(root) if layout is None else layout
-    return {(method, budget): read_masks(root / method / budget / MASKS_FILE)
+    return {(method, budget): read_masks(root / method / budget / artifact_file(arch, MASKS_STAGE))
             for method, budgets in layout.items() for budget in budgets}
 
 
@@ -189,14 +195,14 @@ def _set_latency(row: dict[str, Any], data: Mapping[str, Any] | None) -> None:
                latency_source=DENSE if dense else MEASURED)
 
 
-def _masks_consistency(path: Path) -> dict[str, Any]:
+def _masks_consistency(path: Path, arch: str) -> dict[str, Any]:
     """``{stage: masks_consistent}`` from ``sparsity.json`` (empty when there is none)."""
     if not path.is_file():
         return {}
     reports = read_json(path, "srprune inspect (rule inspect)")
     out = {}
     for key, report in reports.items():
-        match = re.fullmatch(r"catanet_(.+)\.pth", Path(key).name)
+        match = re.fullmatch(re.escape(arch) + r"_(.+)\.pth", Path(key).name)
         if match and isinstance(report, dict):
             out[match.group(1)] = report.get("masks_consistent")
     return out
@@ -252,8 +258,11 @@ def _check_masks(masks: Mapping[str, Any], path: Path, teacher: Mapping[str, Any
 def collect(results_dir: str | os.PathLike, datasets: Sequence[str] | None = None,
             layout: Mapping[str, Sequence[str]] | None = None,
             baselines: Sequence[str] = ("bicubic",),
-            latency: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+            latency: str | os.PathLike | None = None,
+            arch: str = DEFAULT_ARCH) -> list[dict[str, Any]]:
     """Rows of the comparison (see the module docstring for the columns).
+
+    ``arch`` names the artifacts (``<arch>_pruning_masks.pth``, ``<arch>_<stage>.pth``).
 
     ``datasets``: the data sets to report (default: every ``eval/teacher_<dataset>.json``).
     ``layout``: ``{method: [budget, ...]}`` expected (default: what :func:`discover` finds).
@@ -271,11 +280,11 @@ def collect(results_dir: str | os.PathLike, datasets: Sequence[str] | None = Non
     run = root.resolve().name
     datasets = _datasets(root) if datasets is None else list(datasets)
     layout = discover(root) if layout is None else {m: list(b) for m, b in layout.items()}
-    masks = load_masks(root, layout)
+    masks = load_masks(root, layout, arch)
     if latency is None and (root / LATENCY_FILE).is_file():
         latency = root / LATENCY_FILE
     timing = None if latency is None else read_latency(latency)
-    consistency = {(m, b): _masks_consistency(root / m / b / SPARSITY_FILE)
+    consistency = {(m, b): _masks_consistency(root / m / b / SPARSITY_FILE, arch)
                    for m, budgets in layout.items() for b in budgets}
     rows: list[dict[str, Any]] = []
     for dataset in datasets:
@@ -292,7 +301,8 @@ def collect(results_dir: str | os.PathLike, datasets: Sequence[str] | None = Non
             for budget in budgets:
                 folder = root / method / budget
                 artifact = masks[(method, budget)]
-                _check_masks(artifact, folder / MASKS_FILE, teacher, teacher_path)
+                _check_masks(artifact, folder / artifact_file(arch, MASKS_STAGE), teacher,
+                             teacher_path)
                 for stage in MODEL_STAGES:
                     path = folder / f"eval_{stage}_{dataset}.json"
                     row = _row(run, stage, method, budget, dataset,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .registry import (ARCHS, Arch, arch_name, arch_of, create_model, get_arch, model_config,
+from .registry import (ARCHS, DEFAULT_ARCH, Arch, arch_name, arch_of, create_model, get_arch, model_config,
                        register_arch, scale_of)
 
 
@@ -21,5 +21,5 @@ def _discover() -> None:
 
 _discover()
 
-__all__ = ["ARCHS", "Arch", "arch_name", "arch_of", "create_model", "get_arch", "model_config",
+__all__ = ["ARCHS", "DEFAULT_ARCH", "Arch", "arch_name", "arch_of", "create_model", "get_arch", "model_config",
            "register_arch", "scale_of"]

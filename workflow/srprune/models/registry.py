@@ -35,6 +35,7 @@ class Arch:
 
 
 ARCHS: dict[str, Arch] = {}
+DEFAULT_ARCH = "catanet"  # of a checkpoint that does not name its architecture
 
 
 def register_arch(arch: Arch) -> Arch:
@@ -54,7 +55,7 @@ def get_arch(name: str) -> Arch:
         raise ValueError(f"unknown architecture {name!r}; known: {sorted(ARCHS)}") from None
 
 
-def create_model(arch: str = "catanet", **config: Any) -> nn.Module:
+def create_model(arch: str = DEFAULT_ARCH, **config: Any) -> nn.Module:
     """Build an architecture by name; unspecified hyper-parameters take their defaults."""
     return get_arch(arch).build(config)
 

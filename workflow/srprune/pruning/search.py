@@ -6,7 +6,7 @@ Artifacts hold plain types and tensors only (``torch.load(..., weights_only=True
   ``out`` terms), the unit kinds scored (``units``) and their groups, the method and its
   settings, the calibration crops themselves, and the teacher's checksum, so the scores can be
   recomputed or recombined;
-* masks (``catanet_pruning_masks.pth``): per group a 0/1 mask and its scores, the method, the
+* masks (``<arch>_pruning_masks.pth``): per group a 0/1 mask and its scores, the method, the
   selection and every candidate it measured, the budget, the teacher's, the pruned model's and the
   floor's (every unit removed) full MACs with the whole-model and the prunable-part ratios, the
   calibration settings and the teacher's checksum.
