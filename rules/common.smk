@@ -8,7 +8,8 @@ from snakemake.exceptions import WorkflowError
 RUN = config["run"]
 SCALE = config["scale"]
 RESULTS = f"results/{RUN}"
-STAGES = ["pruned", "compensated", "finetuned_feature_kd", "rebuilt"]  # catanet_<stage>.pth
+ARCH = config["teacher"]["arch"]  # names the artifacts: <arch>_<stage>.pth
+STAGES = ["pruned", "compensated", "finetuned_feature_kd", "rebuilt"]  # <arch>_<stage>.pth
 DATASETS = config["datasets"]
 EVAL = config.get("evaluate", {})
 PRUNE = config.get("prune", {})
@@ -33,9 +34,10 @@ def data_args(dataset):
 
 
 def teacher_config_arg():
-    """--model-config for hyper-parameters the teacher checkpoint cannot tell."""
+    """--arch, and --model-config for hyper-parameters the teacher checkpoint cannot tell."""
     model_config = config["teacher"].get("model_config") or {}
-    return f"--model-config {shlex.quote(json.dumps(model_config))}" if model_config else ""
+    config_arg = f" --model-config {shlex.quote(json.dumps(model_config))}" if model_config else ""
+    return f"--arch {shlex.quote(ARCH)}{config_arg}"
 
 
 def finetune_settings_arg():

@@ -40,7 +40,7 @@ rule evaluate_baseline:
 
 rule evaluate_stage:
     input:
-        model=f"{RESULTS}/{{method}}/{{budget}}/catanet_{{stage}}.pth",
+        model=f"{RESULTS}/{{method}}/{{budget}}/{ARCH}_{{stage}}.pth",
     output:
         f"{RESULTS}/{{method}}/{{budget}}/eval_{{stage}}_{{dataset}}.json",
     params:

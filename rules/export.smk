@@ -3,7 +3,7 @@
 EXPORT = config.get("export", {})
 EXPORT_SUFFIXES = {"onnx": "onnx", "torchscript": "ts"}
 EXPORTS = [
-    f"{RESULTS}/{method}/{budget}/catanet_rebuilt.{EXPORT_SUFFIXES[fmt]}"
+    f"{RESULTS}/{method}/{budget}/{ARCH}_rebuilt.{EXPORT_SUFFIXES[fmt]}"
     for fmt in EXPORT.get("formats", [])
     for method in METHODS
     for budget in BUDGETS
@@ -12,9 +12,9 @@ EXPORTS = [
 
 rule export:
     input:
-        f"{RESULTS}/{{method}}/{{budget}}/catanet_rebuilt.pth",
+        f"{RESULTS}/{{method}}/{{budget}}/{ARCH}_rebuilt.pth",
     output:
-        f"{RESULTS}/{{method}}/{{budget}}/catanet_rebuilt.{{suffix}}",
+        f"{RESULTS}/{{method}}/{{budget}}/{ARCH}_rebuilt.{{suffix}}",
     params:
         fmt=lambda wildcards: {v: k for k, v in EXPORT_SUFFIXES.items()}[wildcards.suffix],
         size=EXPORT.get("size", "64x64"),

@@ -25,7 +25,7 @@ rule visual:
     input:
         f"{RESULTS}/eval/teacher_{{dataset}}.json",
         f"{RESULTS}/eval/bicubic_{{dataset}}.json",
-        expand(f"{RESULTS}/{{method}}/{{budget}}/catanet_rebuilt.pth", method=METHODS, budget=BUDGETS),
+        expand(f"{RESULTS}/{{method}}/{{budget}}/{ARCH}_rebuilt.pth", method=METHODS, budget=BUDGETS),
         expand(f"{RESULTS}/{{method}}/{{budget}}/eval_rebuilt_{{{{dataset}}}}.json",
                method=METHODS, budget=BUDGETS),
     output:
@@ -42,14 +42,14 @@ rule visual:
         f"{RESULTS}/logs/visual_{{dataset}}.log",
     threads: 1
     shell:
-        "OMP_NUM_THREADS={threads} srprune visual --results {RESULTS:q} --dataset {wildcards.dataset} "
+        "OMP_NUM_THREADS={threads} srprune visual --results {RESULTS:q} --arch {ARCH} --dataset {wildcards.dataset} "
         "{params.data} --scale {SCALE} {params.crop} {params.tile} --methods {params.methods} "
         "--budgets {params.budgets} --device {params.device} --out {output:q} > {log:q} 2>&1"
 
 
 rule recovery_plot:
     input:
-        expand(f"{RESULTS}/{{method}}/{{budget}}/catanet_finetuned_feature_kd.pth",
+        expand(f"{RESULTS}/{{method}}/{{budget}}/{ARCH}_finetuned_feature_kd.pth",
                method=METHODS, budget=BUDGETS),
     output:
         report(f"{RESULTS}/finetune_recovery.png", category="Plots",

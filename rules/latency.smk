@@ -15,7 +15,7 @@ def latency_model_args(input):
 rule latency:
     input:
         teacher=config["teacher"]["weights_path"],
-        models=expand(f"{RESULTS}/{{method}}/{{budget}}/catanet_rebuilt.pth",
+        models=expand(f"{RESULTS}/{{method}}/{{budget}}/{ARCH}_rebuilt.pth",
                       method=METHODS, budget=BUDGETS),
     output:
         f"{RESULTS}/latency.json",

@@ -71,7 +71,7 @@ rule search_masks:
         teacher=config["teacher"]["weights_path"],
         scores=f"{RESULTS}/{{method}}/unit_scores.pth",
     output:
-        f"{RESULTS}/{{method}}/{{budget}}/catanet_pruning_masks.pth",
+        f"{RESULTS}/{{method}}/{{budget}}/{ARCH}_pruning_masks.pth",
     params:
         selection=PRUNE.get("selection", "measured"),
         min_keep=PRUNE.get("min_keep", 0),
@@ -95,9 +95,9 @@ rule search_masks:
 rule export_zeroed:
     input:
         teacher=config["teacher"]["weights_path"],
-        masks=f"{RESULTS}/{{method}}/{{budget}}/catanet_pruning_masks.pth",
+        masks=f"{RESULTS}/{{method}}/{{budget}}/{ARCH}_pruning_masks.pth",
     output:
-        f"{RESULTS}/{{method}}/{{budget}}/catanet_pruned.pth",
+        f"{RESULTS}/{{method}}/{{budget}}/{ARCH}_pruned.pth",
     params:
         model_config=teacher_config_arg(),
     log:
@@ -111,9 +111,9 @@ rule export_zeroed:
 rule compensate:
     input:
         teacher=config["teacher"]["weights_path"],
-        model=f"{RESULTS}/{{method}}/{{budget}}/catanet_pruned.pth",
+        model=f"{RESULTS}/{{method}}/{{budget}}/{ARCH}_pruned.pth",
     output:
-        f"{RESULTS}/{{method}}/{{budget}}/catanet_compensated.pth",
+        f"{RESULTS}/{{method}}/{{budget}}/{ARCH}_compensated.pth",
     params:
         calibration=calibration_args(),
         options=compensation_args(),
