@@ -3,7 +3,7 @@
 rule compare:
     input:
         expand(f"{RESULTS}/eval/{{who}}_{{dataset}}.json",
-               who=["teacher", *EVAL.get("baselines", ["bicubic"])], dataset=DATASETS),
+               who=["teacher", *EVAL["baselines"]], dataset=DATASETS),
         expand(f"{RESULTS}/{{method}}/{{budget}}/eval_{{stage}}_{{dataset}}.json",
                method=METHODS, budget=BUDGETS, stage=STAGES, dataset=DATASETS),
         expand(f"{RESULTS}/{{method}}/{{budget}}/{ARCH}_pruning_masks.pth",

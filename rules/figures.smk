@@ -1,24 +1,17 @@
 # Pictures: the visual comparison per data set (crops of HR, bicubic, teacher and every rebuilt
 # model) and the fine-tuning recovery plot, both in results/<run>/ and in the report.
-VISUAL = config.get("visual", {})
+VISUAL = config["visual"]
 
 
 def visual_crop_args(dataset):
     """--image/--box of `srprune visual` from `visual.crops.<dataset>` (none: chosen crop)."""
-    crop = VISUAL.get("crops", {}).get(dataset, {})
-    args = ["--crop-size", str(VISUAL.get("crop_size", 96))]
+    crop = VISUAL["crops"].get(dataset, {})
+    args = ["--crop-size", str(VISUAL["crop_size"])]
     if "image" in crop:
         args += ["--image", crop["image"]]
     if "box" in crop:
         args += ["--box", ",".join(str(v) for v in crop["box"])]
     return shlex.join(args)
-
-
-def tile_args():
-    """--tile/--tile-overlap of `evaluate.tile`, so the figure's models run as they were scored."""
-    if not EVAL.get("tile", 0):
-        return ""
-    return shlex.join(["--tile", str(EVAL["tile"]), "--tile-overlap", str(EVAL.get("tile_overlap", 8))])
 
 
 rule visual:
@@ -34,10 +27,10 @@ rule visual:
     params:
         data=lambda w: data_args(w.dataset),
         crop=lambda w: visual_crop_args(w.dataset),
-        tile=tile_args(),
+        tile=model_eval_args(),
         methods=" ".join(METHODS),
         budgets=" ".join(BUDGETS),
-        device=EVAL.get("device", "cpu"),
+        device=EVAL["device"],
     log:
         f"{RESULTS}/logs/visual_{{dataset}}.log",
     threads: 1

@@ -1,6 +1,6 @@
 # Recovery and compaction: feature-KD fine-tuning (masks fixed) from the compensated model
 # (`prune.compensate: true`) or the zeroed one, then the physical rebuild.
-FINETUNE_START = "compensated" if PRUNE.get("compensate", True) else "pruned"
+FINETUNE_START = "compensated" if PRUNE["compensate"] else "pruned"
 FINETUNE_WORKDIR = "finetune_work"   # log.csv there feeds the recovery plot (rules/figures.smk)
 
 

@@ -374,14 +374,18 @@ def cmd_time_models(args: argparse.Namespace) -> None:
 
 def _calibration_args(p: argparse.ArgumentParser, seed_help: str) -> None:
     """Options of the calibration crops (training images, never a test set)."""
-    p.add_argument("--calib-hr", default="embedded:train",
+    from .pruning.calibration import Calibration
+
+    p.add_argument("--calib-hr", default=Calibration.hr,
                    help="training images for calibration crops (folder or embedded:train)")
     p.add_argument("--calib-lr", help="their LR folder (default: bicubic-downscale the HR)")
-    p.add_argument("--filename-tmpl", default="{}", type=filename_template,
+    p.add_argument("--filename-tmpl", default=Calibration.filename_tmpl, type=filename_template,
                    help="LR name template, e.g. '{}x2'")
-    p.add_argument("--num-crops", type=positive_int, default=32, help="calibration LR crops")
-    p.add_argument("--crop-size", type=positive_int, default=48, help="side of each LR crop")
-    p.add_argument("--seed", type=int, default=0, help=seed_help)
+    p.add_argument("--num-crops", type=positive_int, default=Calibration.num_crops,
+                   help="calibration LR crops")
+    p.add_argument("--crop-size", type=positive_int, default=Calibration.crop_size,
+                   help="side of each LR crop")
+    p.add_argument("--seed", type=int, default=Calibration.seed, help=seed_help)
 
 
 def _layout_args(p: argparse.ArgumentParser) -> None:
@@ -423,7 +427,8 @@ def _load_options(args: argparse.Namespace) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     """The ``srprune`` parser with one subcommand per stage."""
     from .figures import DEFAULT_CROP
-    from .pruning.importance import OptinSettings
+    from .pruning.adapter import UNIT_KINDS_DEFAULT
+    from .pruning.importance import METHODS, OptinSettings
     from .pruning.search import SCORERS
 
     parser = Parser(prog="srprune", description=__doc__)
@@ -457,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score-units", help="score every head and FFN neuron (OPTIN or a baseline)")
     _teacher_args(p)
-    p.add_argument("--method", default="optin", choices=("optin", "magnitude", "random"))
+    p.add_argument("--method", default=METHODS[0], choices=METHODS)
     p.add_argument("--out", required=True, help="unit-scores artifact (.pth)")
     _calibration_args(p, "calibration crops, token positions, random scores")
     p.add_argument("--tokens", type=positive_int, default=OptinSettings.tokens,
@@ -475,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", type=device, help="cpu, cuda, cuda:N")
     p.add_argument("--part", help="k/n: score only the blocks i with i %% n == k (job k of n); "
                                   "join the n parts with gather-scores")
-    p.add_argument("--units", default="head,neuron",
+    p.add_argument("--units", default=",".join(UNIT_KINDS_DEFAULT),
                    help="unit kinds to score and prune, comma-separated: head, qk_channel, "
                         "v_channel (channels inside heads; need head), neuron")
     p.set_defaults(func=cmd_score_units)
@@ -490,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores", required=True, help="unit-scores artifact from score-units")
     p.add_argument("--mac-constraint", type=finite_float, required=True,
                    help="r in (0, 1]: pruned full MACs at most r times the teacher's")
-    p.add_argument("--selection", default="measured", choices=SELECTIONS,
+    p.add_argument("--selection", default=SELECTIONS[0], choices=SELECTIONS,
                    help="measured: knapsack candidates, the least distorting on calibration crops "
                         "kept; compensated: the same, each candidate compensated first (with the "
                         "options below); knapsack: the alpha = 1 candidate, unmeasured")

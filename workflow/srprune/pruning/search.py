@@ -33,7 +33,7 @@ from .calibration import Calibration
 from .compensate import CompensationSettings, compensate_model
 from .importance import METHODS, OptinSettings, combine, optin_terms, random_scores
 from .registry import adapter_for
-from .selection import Selector
+from .selection import SELECTIONS, Selector
 from .sketch import hybrid_terms, sketch_terms
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ def compensated_distortion(adapter: Adapter, teacher: nn.Module, x: Tensor, refe
 
 @torch.no_grad()
 def search_masks(teacher_path: str | Path, scores_path: str | Path, budget: float,
-                 selection: str = "measured", min_keep: int = 0,
+                 selection: str = SELECTIONS[0], min_keep: int = 0,
                  model_config: dict[str, Any] | None = None,
                  calibration: Calibration | None = None, device: str = "cpu",
                  compensation: CompensationSettings | None = None) -> dict[str, Any]:

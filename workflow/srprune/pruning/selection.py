@@ -42,7 +42,7 @@ from torch import Tensor
 
 from .adapter import UnitGroup
 
-SELECTIONS = ("measured", "compensated", "knapsack")
+SELECTIONS = ("measured", "compensated", "knapsack")  # the first is the default
 ALPHAS = tuple(2.0 ** k for k in range(-8, 9))
 RESOLUTION = 20000
 
