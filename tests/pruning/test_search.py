@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import srprune
-from srprune.cli import build_parser, main
+from srprune.cli import main
 from srprune.pruning.adapter import masked
 from srprune.pruning.calibration import Calibration
 from srprune.pruning.catanet import CATANetAdapter

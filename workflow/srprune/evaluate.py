@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -47,12 +48,10 @@ def model_upscaler(model: nn.Module, device: torch.device | str = "cpu",
     """
     forward: Callable[[torch.Tensor], torch.Tensor] = model
     if tile is not None:
-        if scale is None:
-            scale = scale_of(model)
+        scale = scale_of(model) if scale is None else scale
         check_tile_args(tile, tile_overlap, scale, tile_blend)
-
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            return tiled_forward(model, x, tile, tile_overlap, scale, tile_blend)
+        forward = partial(tiled_forward, model, tile=tile, overlap=tile_overlap, scale=scale,
+                          blend=tile_blend)
 
     def upscale(lr: np.ndarray) -> np.ndarray:
         with torch.no_grad():
