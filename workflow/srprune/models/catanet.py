@@ -720,5 +720,6 @@ register_arch(Arch(
     inferable=("dim", "block_num", "qk_dim", "mlp_dim", "num_tokens", "upscale"),
     macs=catanet_macs,
     hidden={"heads": CATANetConfig.heads},
+    float_buffers=(".means",),  # the TAB's token centres
     shape_hint=PLAIN_STATE_HINT,
 ))

@@ -20,7 +20,8 @@ class Arch:
     ``hidden`` maps the hyper-parameters a state dict cannot tell (CATANet's ``heads``) to their
     defaults; :func:`srprune.checkpoint.resolve_config` passes them to ``infer_config``.
     ``macs(config, (H, W))`` returns ``{"total", "per_module", "per_layer"}`` (see
-    :func:`srprune.complexity.macs_full`). The built model must expose ``cfg`` (an instance of
+    :func:`srprune.complexity.macs_full`). ``float_buffers`` keeps buffers such as CATANet's
+    token centres out of the weight counts of ``srprune inspect``. The built model must expose ``cfg`` (an instance of
     ``config_class`` with ``to_dict()``) and ``scale`` (its upscaling factor).
     """
 
@@ -31,6 +32,7 @@ class Arch:
     inferable: tuple[str, ...]
     macs: Callable[[Any, tuple[int, int]], dict[str, Any]]
     hidden: dict[str, Any] = field(default_factory=dict)
+    float_buffers: tuple[str, ...] = ()  # name suffixes of floating buffers that are not weights
     shape_hint: str = ""  # added to the error when a file that does not describe itself misfits
 
 
