@@ -15,19 +15,19 @@ def calibration_args():
 
 def optin_args():
     """Unit kinds and OPTIN options of `srprune score-units`."""
-    return shlex.join(["--units", ",".join(PRUNE["units"]), *option_args(OPTIN)])
+    options = option_args(OPTIN, ("tokens", "lam", "max_batch", "scorer", "probes"))
+    return shlex.join(["--units", ",".join(PRUNE["units"]), *options])
 
 
-def option_args(section):
-    """``--key value`` of every setting of a config section (``max_batch`` -> ``--max-batch``)."""
-    return [part for key, value in section.items()
-            for part in (f"--{key.replace('_', '-')}", str(value))]
+def option_args(section, keys):
+    """``--key value`` of settings ``keys`` of a config section (``max_batch``: ``--max-batch``)."""
+    return [part for key in keys for part in (f"--{key.replace('_', '-')}", str(section[key]))]
 
 
 def compensation_args():
     """Options of `srprune compensate` (and of the compensated selection of `search-masks`) from
     `prune.compensation`."""
-    return shlex.join(option_args(COMPENSATION))
+    return shlex.join(option_args(COMPENSATION, ("ridge", "target", "batch_size")))
 
 
 rule score_units:
