@@ -25,6 +25,7 @@ rule compare:
     log:
         f"{RESULTS}/logs/compare.log",
     shell:
-        "srprune compare --results {RESULTS:q} --arch {ARCH} --out {RESULTS:q} --datasets {params.datasets} "
+        "srprune compare --results {RESULTS:q} --arch {ARCH} --out {RESULTS:q} "
+        "--datasets {params.datasets} "
         "--methods {params.methods} --budgets {params.budgets} --latency {input.latency:q} "
         "> {log:q} 2>&1"

@@ -35,7 +35,8 @@ rule visual:
         f"{RESULTS}/logs/visual_{{dataset}}.log",
     threads: 1
     shell:
-        "OMP_NUM_THREADS={threads} srprune visual --results {RESULTS:q} --arch {ARCH} --dataset {wildcards.dataset} "
+        "OMP_NUM_THREADS={threads} srprune visual --results {RESULTS:q} --arch {ARCH} "
+        "--dataset {wildcards.dataset} "
         "{params.data} --scale {SCALE} {params.crop} {params.tile} --methods {params.methods} "
         "--budgets {params.budgets} --device {params.device} --out {output:q} > {log:q} 2>&1"
 
