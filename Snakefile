@@ -28,7 +28,7 @@ include: "rules/figures.smk"
 
 
 wildcard_constraints:
-    method="optin|magnitude|random",
+    method="|".join(METHODS),
     budget=r"(0?\.[0-9]+|1(\.0+)?)",
     part="[0-9]+",
     dataset="[A-Za-z0-9_-]+",

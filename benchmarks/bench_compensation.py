@@ -20,7 +20,8 @@ from pathlib import Path
 
 from _common import require_shared, set_threads, training_split
 from srprune import load_model
-from srprune.evaluate import load_pairs, score_model
+from srprune.data import load_pairs
+from srprune.evaluate import score_model
 from srprune.pruning.compensate import TARGETS, CompensationSettings, compensate_checkpoint
 from srprune.pruning.calibration import Calibration
 from srprune.pruning.search import (export_zeroed, save_artifact, score_units,

@@ -33,7 +33,8 @@ from scipy.stats import spearmanr
 from _common import (fmt_seconds, knapsack_masks, peak_rss_mib, require_shared, set_threads,
                      training_split, zeroed_psnr)
 from srprune import load_model
-from srprune.evaluate import load_pairs, score_model
+from srprune.data import load_pairs
+from srprune.evaluate import score_model
 from srprune.pruning.adapter import UNIT_KINDS_DEFAULT, groups_of_kinds
 from srprune.pruning.importance import OptinSettings, combine, optin_terms
 from srprune.pruning.calibration import Calibration

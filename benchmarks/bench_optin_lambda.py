@@ -21,7 +21,8 @@ from pathlib import Path
 from _common import knapsack_masks, require_shared, set_threads, training_split, zeroed_psnr
 from srprune import load_model
 from srprune.checkpoint import read_checkpoint
-from srprune.evaluate import load_pairs, score_model
+from srprune.data import load_pairs
+from srprune.evaluate import score_model
 from srprune.pruning.importance import combine
 from srprune.pruning.registry import adapter_for
 from srprune.pruning.search import check_scores_match, scored_groups

@@ -42,7 +42,8 @@ from typing import Any, Callable
 from _common import fmt_seconds, peak_rss_mib, require_shared, set_threads, training_split
 from srprune import load_model
 from srprune.checkpoint import read_checkpoint
-from srprune.evaluate import load_pairs, score_model
+from srprune.data import load_pairs
+from srprune.evaluate import score_model
 from srprune.finetune import finetune
 from srprune.fileio import save_json
 from srprune.pruning.adapter import KINDS, UNIT_KINDS_DEFAULT

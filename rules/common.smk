@@ -8,19 +8,22 @@ from snakemake.exceptions import WorkflowError
 RUN = config["run"]
 SCALE = config["scale"]
 RESULTS = f"results/{RUN}"
-STAGES = ["pruned", "compensated", "finetuned_feature_kd", "rebuilt"]  # catanet_<stage>.pth
+ARCH = config["teacher"]["arch"]  # names the artifacts: <arch>_<stage>.pth
+STAGES = ["pruned", "compensated", "finetuned_feature_kd", "rebuilt"]  # <arch>_<stage>.pth
 DATASETS = config["datasets"]
-EVAL = config.get("evaluate", {})
-PRUNE = config.get("prune", {})
-CALIB = PRUNE.get("calibration", {})
-OPTIN = PRUNE.get("optin", {})
-COMPENSATION = PRUNE.get("compensation", {})
-SCORE_JOBS = PRUNE.get("score_jobs", 1)
-METHODS = PRUNE.get("methods", ["optin"])
-BUDGETS = [str(b) for b in PRUNE.get("budgets", [0.5])]
-LATENCY = config.get("latency", {})
-FINETUNE = config.get("finetune", {})
-FINETUNE_ON_GPU = str(FINETUNE.get("device", "auto")) != "cpu"
+# Every default lives in config/schema.yaml: validating the config fills them in, so the rules
+# read each setting as it is (the CLI's own defaults are the same; tests/test_defaults.py).
+EVAL = config["evaluate"]
+PRUNE = config["prune"]
+CALIB = PRUNE["calibration"]
+OPTIN = PRUNE["optin"]
+COMPENSATION = PRUNE["compensation"]
+SCORE_JOBS = PRUNE["score_jobs"]
+METHODS = PRUNE["methods"]
+BUDGETS = [str(b) for b in PRUNE["budgets"]]
+LATENCY = config["latency"]
+FINETUNE = config["finetune"]
+FINETUNE_ON_GPU = str(FINETUNE["device"]) != "cpu"
 
 
 def data_args(dataset):
@@ -33,9 +36,10 @@ def data_args(dataset):
 
 
 def teacher_config_arg():
-    """--model-config for hyper-parameters the teacher checkpoint cannot tell."""
+    """--arch, and --model-config for hyper-parameters the teacher checkpoint cannot tell."""
     model_config = config["teacher"].get("model_config") or {}
-    return f"--model-config {shlex.quote(json.dumps(model_config))}" if model_config else ""
+    config_arg = f" --model-config {shlex.quote(json.dumps(model_config))}" if model_config else ""
+    return f"--arch {shlex.quote(ARCH)}{config_arg}"
 
 
 def finetune_settings_arg():
@@ -67,6 +71,6 @@ check_inputs_exist()
 
 def model_eval_args():
     """Tiling options of `srprune evaluate` for models, from the config."""
-    if not EVAL.get("tile", 0):
+    if not EVAL["tile"]:
         return ""
-    return shlex.join(["--tile", str(EVAL["tile"]), "--tile-overlap", str(EVAL.get("tile_overlap", 8))])
+    return shlex.join(["--tile", str(EVAL["tile"]), "--tile-overlap", str(EVAL["tile_overlap"])])

@@ -3,10 +3,10 @@
 rule compare:
     input:
         expand(f"{RESULTS}/eval/{{who}}_{{dataset}}.json",
-               who=["teacher", *EVAL.get("baselines", ["bicubic"])], dataset=DATASETS),
+               who=["teacher", *EVAL["baselines"]], dataset=DATASETS),
         expand(f"{RESULTS}/{{method}}/{{budget}}/eval_{{stage}}_{{dataset}}.json",
                method=METHODS, budget=BUDGETS, stage=STAGES, dataset=DATASETS),
-        expand(f"{RESULTS}/{{method}}/{{budget}}/catanet_pruning_masks.pth",
+        expand(f"{RESULTS}/{{method}}/{{budget}}/{ARCH}_pruning_masks.pth",
                method=METHODS, budget=BUDGETS),
         expand(f"{RESULTS}/{{method}}/{{budget}}/sparsity.json", method=METHODS, budget=BUDGETS),
         latency=f"{RESULTS}/latency.json",
@@ -25,6 +25,7 @@ rule compare:
     log:
         f"{RESULTS}/logs/compare.log",
     shell:
-        "srprune compare --results {RESULTS:q} --out {RESULTS:q} --datasets {params.datasets} "
+        "srprune compare --results {RESULTS:q} --arch {ARCH} --out {RESULTS:q} "
+        "--datasets {params.datasets} "
         "--methods {params.methods} --budgets {params.budgets} --latency {input.latency:q} "
         "> {log:q} 2>&1"

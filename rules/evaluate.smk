@@ -11,7 +11,7 @@ rule evaluate_teacher:
     params:
         data=lambda w: data_args(w.dataset),
         model_config=teacher_config_arg(),
-        device=EVAL.get("device", "cpu"),
+        device=EVAL["device"],
         options=model_eval_args(),
     log:
         f"{RESULTS}/logs/evaluate_teacher_{{dataset}}.log",
@@ -40,12 +40,12 @@ rule evaluate_baseline:
 
 rule evaluate_stage:
     input:
-        model=f"{RESULTS}/{{method}}/{{budget}}/catanet_{{stage}}.pth",
+        model=f"{RESULTS}/{{method}}/{{budget}}/{ARCH}_{{stage}}.pth",
     output:
         f"{RESULTS}/{{method}}/{{budget}}/eval_{{stage}}_{{dataset}}.json",
     params:
         data=lambda w: data_args(w.dataset),
-        device=EVAL.get("device", "cpu"),
+        device=EVAL["device"],
         options=model_eval_args(),
     log:
         f"{RESULTS}/logs/evaluate_{{stage}}_{{method}}_{{budget}}_{{dataset}}.log",

@@ -1,12 +1,12 @@
 # Pictures: the visual comparison per data set (crops of HR, bicubic, teacher and every rebuilt
 # model) and the fine-tuning recovery plot, both in results/<run>/ and in the report.
-VISUAL = config.get("visual", {})
+VISUAL = config["visual"]
 
 
 def visual_crop_args(dataset):
     """--image/--box of `srprune visual` from `visual.crops.<dataset>` (none: chosen crop)."""
-    crop = VISUAL.get("crops", {}).get(dataset, {})
-    args = ["--crop-size", str(VISUAL.get("crop_size", 96))]
+    crop = VISUAL["crops"].get(dataset, {})
+    args = ["--crop-size", str(VISUAL["crop_size"])]
     if "image" in crop:
         args += ["--image", crop["image"]]
     if "box" in crop:
@@ -14,18 +14,11 @@ def visual_crop_args(dataset):
     return shlex.join(args)
 
 
-def tile_args():
-    """--tile/--tile-overlap of `evaluate.tile`, so the figure's models run as they were scored."""
-    if not EVAL.get("tile", 0):
-        return ""
-    return shlex.join(["--tile", str(EVAL["tile"]), "--tile-overlap", str(EVAL.get("tile_overlap", 8))])
-
-
 rule visual:
     input:
         f"{RESULTS}/eval/teacher_{{dataset}}.json",
         f"{RESULTS}/eval/bicubic_{{dataset}}.json",
-        expand(f"{RESULTS}/{{method}}/{{budget}}/catanet_rebuilt.pth", method=METHODS, budget=BUDGETS),
+        expand(f"{RESULTS}/{{method}}/{{budget}}/{ARCH}_rebuilt.pth", method=METHODS, budget=BUDGETS),
         expand(f"{RESULTS}/{{method}}/{{budget}}/eval_rebuilt_{{{{dataset}}}}.json",
                method=METHODS, budget=BUDGETS),
     output:
@@ -34,22 +27,23 @@ rule visual:
     params:
         data=lambda w: data_args(w.dataset),
         crop=lambda w: visual_crop_args(w.dataset),
-        tile=tile_args(),
+        tile=model_eval_args(),
         methods=" ".join(METHODS),
         budgets=" ".join(BUDGETS),
-        device=EVAL.get("device", "cpu"),
+        device=EVAL["device"],
     log:
         f"{RESULTS}/logs/visual_{{dataset}}.log",
     threads: 1
     shell:
-        "OMP_NUM_THREADS={threads} srprune visual --results {RESULTS:q} --dataset {wildcards.dataset} "
+        "OMP_NUM_THREADS={threads} srprune visual --results {RESULTS:q} --arch {ARCH} "
+        "--dataset {wildcards.dataset} "
         "{params.data} --scale {SCALE} {params.crop} {params.tile} --methods {params.methods} "
         "--budgets {params.budgets} --device {params.device} --out {output:q} > {log:q} 2>&1"
 
 
 rule recovery_plot:
     input:
-        expand(f"{RESULTS}/{{method}}/{{budget}}/catanet_finetuned_feature_kd.pth",
+        expand(f"{RESULTS}/{{method}}/{{budget}}/{ARCH}_finetuned_feature_kd.pth",
                method=METHODS, budget=BUDGETS),
     output:
         report(f"{RESULTS}/finetune_recovery.png", category="Plots",

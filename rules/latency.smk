@@ -21,7 +21,7 @@ def latency_model_args(input):
 rule latency:
     input:
         teacher=config["teacher"]["weights_path"],
-        models=expand(f"{RESULTS}/{{method}}/{{budget}}/catanet_rebuilt.pth",
+        models=expand(f"{RESULTS}/{{method}}/{{budget}}/{ARCH}_rebuilt.pth",
                       method=METHODS, budget=BUDGETS),
         onnx=expand(f"{RESULTS}/{{method}}/{{budget}}/catanet_rebuilt.onnx",
                     method=METHODS, budget=BUDGETS) if LATENCY_ONNX else [],
@@ -30,15 +30,15 @@ rule latency:
     params:
         models=lambda wildcards, input: latency_model_args(input),
         model_config=teacher_config_arg(),
-        size=LATENCY.get("size", "reference"),
-        rounds=LATENCY.get("rounds", 20),
-        warmup=LATENCY.get("warmup", 2),
-        device=LATENCY.get("device", "cpu"),
+        size=LATENCY["size"],
+        rounds=LATENCY["rounds"],
+        warmup=LATENCY["warmup"],
+        device=LATENCY["device"],
     log:
         f"{RESULTS}/logs/latency.log",
     threads: lambda wildcards: workflow.cores
     resources:
-        gpu=1 if str(LATENCY.get("device", "cpu")).startswith("cuda") else 0,
+        gpu=1 if str(LATENCY["device"]).startswith("cuda") else 0,
     shell:
         "OMP_NUM_THREADS={threads} srprune time-models --teacher {input.teacher:q} "
         "{params.model_config} {params.models} --size {params.size} --rounds {params.rounds} "

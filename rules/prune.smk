@@ -5,33 +5,29 @@
 
 def calibration_args():
     """Calibration-crop options of `srprune score-units`, `search-masks` and `compensate`."""
-    args = ["--calib-hr", CALIB.get("hr", "embedded:train"),
-            "--filename-tmpl", CALIB.get("filename_tmpl", "{}"),
-            "--num-crops", str(CALIB.get("num_crops", 32)),
-            "--crop-size", str(CALIB.get("crop_size", 48)),
-            "--seed", str(CALIB.get("seed", 0))]
+    args = ["--calib-hr", CALIB["hr"], "--filename-tmpl", CALIB["filename_tmpl"],
+            "--num-crops", str(CALIB["num_crops"]), "--crop-size", str(CALIB["crop_size"]),
+            "--seed", str(CALIB["seed"])]
     if "lr" in CALIB:
         args += ["--calib-lr", CALIB["lr"]]
     return shlex.join(args)
 
 
 def optin_args():
-    """Unit kinds and OPTIN options of `srprune score-units` (CLI defaults where unset)."""
-    args = ["--units", ",".join(PRUNE.get("units", ["head", "neuron"]))]
-    for key in ("tokens", "lam", "max_batch", "scorer", "probes"):
-        if key in OPTIN:
-            args += [f"--{key.replace('_', '-')}", str(OPTIN[key])]
-    return shlex.join(args)
+    """Unit kinds and OPTIN options of `srprune score-units`."""
+    options = option_args(OPTIN, ("tokens", "lam", "max_batch", "scorer", "probes"))
+    return shlex.join(["--units", ",".join(PRUNE["units"]), *options])
+
+
+def option_args(section, keys):
+    """``--key value`` of settings ``keys`` of a config section (``max_batch``: ``--max-batch``)."""
+    return [part for key in keys for part in (f"--{key.replace('_', '-')}", str(section[key]))]
 
 
 def compensation_args():
     """Options of `srprune compensate` (and of the compensated selection of `search-masks`) from
-    `prune.compensation` (CLI defaults otherwise)."""
-    args = []
-    for key in ("ridge", "target", "batch_size"):
-        if key in COMPENSATION:
-            args += [f"--{key.replace('_', '-')}", str(COMPENSATION[key])]
-    return shlex.join(args)
+    `prune.compensation`."""
+    return shlex.join(option_args(COMPENSATION, ("ridge", "target", "batch_size")))
 
 
 rule score_units:
@@ -42,12 +38,12 @@ rule score_units:
     params:
         options=f"{calibration_args()} {optin_args()}",
         model_config=teacher_config_arg(),
-        device=PRUNE.get("device", "cpu"),
+        device=PRUNE["device"],
     log:
         f"{RESULTS}/logs/score_units_{{method}}_part{{part}}.log",
     threads: 1
     resources:
-        gpu=1 if str(PRUNE.get("device", "cpu")).startswith("cuda") else 0,
+        gpu=1 if str(PRUNE["device"]).startswith("cuda") else 0,
     shell:
         "OMP_NUM_THREADS={threads} srprune score-units --teacher {input.teacher:q} "
         "--method {wildcards.method} --part {wildcards.part}/{SCORE_JOBS} {params.options} "
@@ -71,19 +67,19 @@ rule search_masks:
         teacher=config["teacher"]["weights_path"],
         scores=f"{RESULTS}/{{method}}/unit_scores.pth",
     output:
-        f"{RESULTS}/{{method}}/{{budget}}/catanet_pruning_masks.pth",
+        f"{RESULTS}/{{method}}/{{budget}}/{ARCH}_pruning_masks.pth",
     params:
-        selection=PRUNE.get("selection", "compensated"),
-        min_keep=PRUNE.get("min_keep", 0),
+        selection=PRUNE["selection"],
+        min_keep=PRUNE["min_keep"],
         calibration=calibration_args(),
         compensation=compensation_args(),
         model_config=teacher_config_arg(),
-        device=PRUNE.get("device", "cpu"),
+        device=PRUNE["device"],
     log:
         f"{RESULTS}/logs/search_masks_{{method}}_{{budget}}.log",
     threads: 1
     resources:
-        gpu=1 if str(PRUNE.get("device", "cpu")).startswith("cuda") else 0,
+        gpu=1 if str(PRUNE["device"]).startswith("cuda") else 0,
     shell:
         "OMP_NUM_THREADS={threads} srprune search-masks --teacher {input.teacher:q} "
         "--scores {input.scores:q} --mac-constraint {wildcards.budget} "
@@ -95,9 +91,9 @@ rule search_masks:
 rule export_zeroed:
     input:
         teacher=config["teacher"]["weights_path"],
-        masks=f"{RESULTS}/{{method}}/{{budget}}/catanet_pruning_masks.pth",
+        masks=f"{RESULTS}/{{method}}/{{budget}}/{ARCH}_pruning_masks.pth",
     output:
-        f"{RESULTS}/{{method}}/{{budget}}/catanet_pruned.pth",
+        f"{RESULTS}/{{method}}/{{budget}}/{ARCH}_pruned.pth",
     params:
         model_config=teacher_config_arg(),
     log:
@@ -111,19 +107,19 @@ rule export_zeroed:
 rule compensate:
     input:
         teacher=config["teacher"]["weights_path"],
-        model=f"{RESULTS}/{{method}}/{{budget}}/catanet_pruned.pth",
+        model=f"{RESULTS}/{{method}}/{{budget}}/{ARCH}_pruned.pth",
     output:
-        f"{RESULTS}/{{method}}/{{budget}}/catanet_compensated.pth",
+        f"{RESULTS}/{{method}}/{{budget}}/{ARCH}_compensated.pth",
     params:
         calibration=calibration_args(),
         options=compensation_args(),
         model_config=teacher_config_arg(),
-        device=PRUNE.get("device", "cpu"),
+        device=PRUNE["device"],
     log:
         f"{RESULTS}/logs/compensate_{{method}}_{{budget}}.log",
     threads: 1
     resources:
-        gpu=1 if str(PRUNE.get("device", "cpu")).startswith("cuda") else 0,
+        gpu=1 if str(PRUNE["device"]).startswith("cuda") else 0,
     shell:
         "OMP_NUM_THREADS={threads} srprune compensate --teacher {input.teacher:q} "
         "--model {input.model:q} {params.calibration} {params.options} {params.model_config} "

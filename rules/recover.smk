@@ -1,15 +1,15 @@
 # Recovery and compaction: feature-KD fine-tuning (masks fixed) from the compensated model
 # (`prune.compensate: true`) or the zeroed one, then the physical rebuild.
-FINETUNE_START = "compensated" if PRUNE.get("compensate", True) else "pruned"
+FINETUNE_START = "compensated" if PRUNE["compensate"] else "pruned"
 FINETUNE_WORKDIR = "finetune_work"   # log.csv there feeds the recovery plot (rules/figures.smk)
 
 
 rule finetune:
     input:
         teacher=config["teacher"]["weights_path"],
-        student=f"{RESULTS}/{{method}}/{{budget}}/catanet_{FINETUNE_START}.pth",
+        student=f"{RESULTS}/{{method}}/{{budget}}/{ARCH}_{FINETUNE_START}.pth",
     output:
-        f"{RESULTS}/{{method}}/{{budget}}/catanet_finetuned_feature_kd.pth",
+        f"{RESULTS}/{{method}}/{{budget}}/{ARCH}_finetuned_feature_kd.pth",
     params:
         settings=finetune_settings_arg(),
         model_config=teacher_config_arg(),
@@ -27,9 +27,9 @@ rule finetune:
 
 rule rebuild:
     input:
-        f"{RESULTS}/{{method}}/{{budget}}/catanet_finetuned_feature_kd.pth",
+        f"{RESULTS}/{{method}}/{{budget}}/{ARCH}_finetuned_feature_kd.pth",
     output:
-        f"{RESULTS}/{{method}}/{{budget}}/catanet_rebuilt.pth",
+        f"{RESULTS}/{{method}}/{{budget}}/{ARCH}_rebuilt.pth",
     log:
         f"{RESULTS}/logs/rebuild_{{method}}_{{budget}}.log",
     shell:
@@ -38,7 +38,7 @@ rule rebuild:
 
 rule inspect:
     input:
-        expand(f"{RESULTS}/{{{{method}}}}/{{{{budget}}}}/catanet_{{stage}}.pth", stage=STAGES),
+        expand(f"{RESULTS}/{{{{method}}}}/{{{{budget}}}}/{ARCH}_{{stage}}.pth", stage=STAGES),
     output:
         f"{RESULTS}/{{method}}/{{budget}}/sparsity.json",
     log:

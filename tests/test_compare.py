@@ -385,13 +385,13 @@ def test_kept_units_from_plain_masks(tmp_path):
 
 def test_kept_bar_of_channel_groups(tmp_path):
     """A channel group's bar is the channels kept per kept head, against a head's width."""
-    from srprune.compare import _kept_bar
+    from srprune.compare.plots import kept_bar
 
     masks = {"blocks.0.0.iasa_attn": torch.tensor([1.0, 0.0, 1.0]),
              "blocks.0.0.iasa_attn.qk": torch.tensor([1.0, 1, 0, 0, 0, 0, 0, 1, 1]),
              "blocks.0.0.mlp.fn": torch.tensor([1.0, 1.0, 0.0, 0.0])}
-    assert _kept_bar(masks, "blocks.0.0.iasa_attn.qk") == (2 / 3, "2", 3)
-    assert _kept_bar(masks, "blocks.0.0.iasa_attn") == (2 / 3, "2", 3)
-    assert _kept_bar(masks, "blocks.0.0.mlp.fn") == (0.5, "2", 4)
+    assert kept_bar(masks, "blocks.0.0.iasa_attn.qk") == (2 / 3, "2", 3)
+    assert kept_bar(masks, "blocks.0.0.iasa_attn") == (2 / 3, "2", 3)
+    assert kept_bar(masks, "blocks.0.0.mlp.fn") == (0.5, "2", 4)
     path = plot_kept_units({("optin", "0.5"): masks}, tmp_path / "channels.png")
     assert path.read_bytes()[:8] == PNG_SIGNATURE

@@ -9,6 +9,7 @@ import torch
 from srprune import complexity as cx
 from srprune.models import create_model
 from srprune.models.catanet import patch_starts
+from srprune.models.catanet_macs import _patch_grid
 
 # dim 8, 2 heads of q/k width 4 and v width 4 (equal widths: CPU SDPA takes the fused kernel)
 TINY = dict(dim=8, block_num=1, qk_dim=8, mlp_dim=12, heads=2, patch_size=[8], num_tokens=[4],
@@ -82,7 +83,7 @@ def test_patch_grid_matches_model():
     for patch in (3, 5, 8, 16, 28):
         for length in range(1, 70):
             starts, side = patch_starts(length, patch)
-            assert cx._patch_grid(length, patch) == (len(starts), side)
+            assert _patch_grid(length, patch) == (len(starts), side)
 
 
 @pytest.mark.parametrize("device", ["meta", "cpu"])

@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import srprune
-from srprune.evaluate import bicubic_upscaler, load_pairs, score, score_model
+from srprune.data import load_pairs
+from srprune.evaluate import bicubic_upscaler, score, score_model
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights/demo_catanet_x2.pth"
 

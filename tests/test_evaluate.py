@@ -82,7 +82,8 @@ def test_saved_images_are_the_scored_ones(tmp_path, make_images):
     import srprune
     from srprune.cli import main as cli_main
     from srprune.data import read_image
-    from srprune.evaluate import evaluate_many, load_pairs
+    from srprune.data import load_pairs
+    from srprune.evaluate import evaluate_many
     from srprune.metrics import psnr_y
     from srprune.models import create_model
 

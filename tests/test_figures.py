@@ -13,7 +13,8 @@ import srprune
 from srprune.cli import main
 from srprune.compare import MissingResultError, ResultFormatError
 from srprune.data import read_image
-from srprune.evaluate import evaluate_spec, load_pairs, model_upscaler
+from srprune.data import load_pairs
+from srprune.evaluate import evaluate_spec, model_upscaler
 from srprune.figures import (Crop, VisualInputs, best_window, choose_crop, plot_recovery,
                              read_recovery, visual_comparison, window_sums)
 from srprune.metrics import psnr_y

@@ -11,6 +11,7 @@ from srprune.cli import main
 from srprune.complexity import count_params
 from srprune.finetune import finetune
 from srprune.pruning.artifacts import masks_of
+from srprune.pruning.rebuild import rebuild
 from srprune.pruning.adapter import UNIT_KINDS_DEFAULT, groups_of_kinds, kept_counts
 from srprune.train import WorkdirError
 from srprune.pruning.catanet import CATANetAdapter
@@ -142,7 +143,7 @@ def test_masks_of_another_model_are_refused(setup):
     srprune.save_model(student, root / "wrong.pth", {"masks": wrong})
     with pytest.raises(CheckpointError, match="4 units in group 'blocks.0.0.iasa_attn', this "
                                               "model 2"):
-        srprune.finetune.rebuild(root / "wrong.pth", root / "rb.pth")
+        rebuild(root / "wrong.pth", root / "rb.pth")
     with pytest.raises(CheckpointError, match="made for another model"):
         finetune(root / "teacher.pth", root / "wrong.pth", config, root / "x.pth", root / "w",
                  progress=False)

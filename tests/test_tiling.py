@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 import srprune
-from srprune.evaluate import (add_evaluate_options, evaluate_many, evaluate_options, evaluate_spec,
-                              parse_dataset)
+from srprune.cli import add_evaluate_options, evaluate_options, parse_dataset
+from srprune.evaluate import evaluate_many, evaluate_spec
 from srprune.models import create_model
 from srprune.tiling import BLEND_MODES, check_tile_args, tile_starts, tiled_forward
 

@@ -7,7 +7,7 @@ import torch
 import srprune
 from srprune.checkpoint import CheckpointError
 from srprune.complexity import analytic_macs, count_params, macs_full
-from srprune.evaluate import load_pairs
+from srprune.data import load_pairs
 from srprune.data import to_tensor
 from srprune.pruning.adapter import UNIT_KINDS_DEFAULT, KINDS, groups_of_kinds, kept_counts, masked
 from srprune.pruning.catanet import CATANetAdapter

@@ -5,17 +5,15 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 import srprune
-from srprune.cli import build_parser, main
+from srprune.cli import main
 from srprune.pruning.adapter import masked
 from srprune.pruning.calibration import Calibration
 from srprune.pruning.catanet import CATANetAdapter
 from srprune.pruning.compensate import CompensationSettings
 from srprune.pruning.importance import OptinSettings
 from srprune.pruning.search import compensated_distortion
-from srprune.pruning.selection import DEFAULT_SELECTION
 from tiny_catanet import tiny_catanet
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,27 +50,6 @@ def test_scores_artifact_is_plain_and_reproducible(setup):
         assert torch.equal(values, second["scores"][name])
         terms = first["terms"][name]
         assert torch.allclose(values, terms["md"] + lam * first["balance_factor"] * terms["out"])
-
-
-def test_optin_defaults_agree_everywhere():
-    """The measured defaults are the same in OptinSettings, the CLI and the config schema."""
-    schema = yaml.safe_load((ROOT / "config/schema.yaml").read_text())
-    optin = schema["properties"]["prune"]["properties"]["optin"]["properties"]
-    args = build_parser().parse_args(["score-units", "--teacher", "t", "--out", "o"])
-    defaults = OptinSettings()
-    for key in ("lam", "scorer", "probes", "tokens", "max_batch"):
-        assert getattr(args, key) == getattr(defaults, key) == optin[key]["default"], key
-    assert defaults.lam == 0.3  # measured on the validation split, see the importance docstring
-
-
-def test_selection_default_agrees_everywhere():
-    schema = yaml.safe_load((ROOT / "config/schema.yaml").read_text())
-    args = build_parser().parse_args(["search-masks", "--teacher", "t", "--scores", "s",
-                                      "--mac-constraint", "0.5", "--out", "o"])
-    default = schema["properties"]["prune"]["properties"]["selection"]["default"]
-    assert args.selection == default == DEFAULT_SELECTION == "compensated"
-    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
-    assert config["prune"]["selection"] == DEFAULT_SELECTION
 
 
 @pytest.mark.parametrize("method", ["optin", "magnitude", "random"])

@@ -62,7 +62,7 @@ def lr_size(text: str) -> tuple[int, int] | None:
 
 def device(text: str) -> str:
     """cpu, auto, cuda or cuda:N, refused when CUDA is asked for and absent."""
-    from .train import parse_device
+    from .device import parse_device
 
     try:
         parse_device(text)

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .fileio import save_torch
-from .models import arch_name, get_arch, model_config
+from .models import DEFAULT_ARCH, arch_name, get_arch, model_config
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +104,9 @@ def resolve_config(arch: str, state: dict[str, Tensor], info: dict[str, Any],
     if "config" in info:
         return {**info["config"], **overrides}
     spec = get_arch(arch)
-    # CATANet needs ``heads`` to read its shapes; an architecture without that setting does not
-    shape_args = ({"heads": overrides.get("heads", spec.config_class.heads)}
-                  if hasattr(spec.config_class, "heads") else {})
+    hidden = {name: overrides.get(name, default) for name, default in spec.hidden.items()}
     try:
-        inferred = spec.infer_config(state, **shape_args)
+        inferred = spec.infer_config(state, **hidden)
     except ValueError as err:
         raise CheckpointError(f"{source}: {err}") from None
     taken = {k: v for k, v in inferred.items() if k not in overrides}
@@ -136,7 +134,10 @@ def load_finite(path: str | os.PathLike, **overrides: Any) -> nn.Module:
 def model_from_state(state: dict[str, Tensor], info: dict[str, Any], source: str,
                      arch: str | None = None, **overrides: Any) -> nn.Module:
     """:func:`load_model` for a state dict and description already read by :func:`split_checkpoint`."""
-    arch = arch or info.get("arch", "catanet")
+    if arch and info.get("arch") and get_arch(arch) is not get_arch(info["arch"]):
+        raise CheckpointError(f"{source} is a {info['arch']} checkpoint, not {arch} (--arch, "
+                              f"teacher.arch)")
+    arch = arch or info.get("arch", DEFAULT_ARCH)
     config = resolve_config(arch, state, info, overrides, source)
     try:
         model = get_arch(arch).build(config)
@@ -152,6 +153,13 @@ def model_from_state(state: dict[str, Tensor], info: dict[str, Any], source: str
     model.load_state_dict(state, strict=True)
     model.checkpoint_meta = info.get("meta", {})
     return model.eval()
+
+
+def check_same_architecture(student: nn.Module, teacher: nn.Module, student_path: Any,
+                            teacher_path: Any) -> None:
+    """Refuse a student whose architecture or config differs from its teacher's."""
+    if (arch_name(student), model_config(student)) != (arch_name(teacher), model_config(teacher)):
+        raise CheckpointError(f"{student_path} and {teacher_path} are not the same architecture")
 
 
 def check_finite(tensors: dict[str, Any], source: str) -> None:

@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import yaml
 
@@ -14,9 +14,10 @@ from .argtypes import (Parser, crop_box, device, filename_template, finite_float
                        height_by_width, int_at_least, lr_size, nonnegative_float, positive_int)
 from .checkpoint import CheckpointError
 from .data import DataError
-from .evaluate import add_evaluate_options
 from .export import FORMATS
+from .models import DEFAULT_ARCH
 from .pruning.selection import DEFAULT_SELECTION, SELECTIONS
+from .tiling import BLEND_MODES
 
 if TYPE_CHECKING:
     import numpy as np
@@ -66,12 +67,49 @@ def _training_args(p: argparse.ArgumentParser, out_help: str) -> None:
                         "start afresh (default: refuse and say what differs)")
 
 
+def parse_dataset(text: str) -> tuple[str, dict[str, Any]]:
+    """``"NAME=HR[,LR[,TMPL]]"`` -> ``(NAME, {"hr", "lr", "filename_tmpl"})``; argparse ``type=``."""
+    name, sep, rest = str(text).partition("=")
+    parts = rest.split(",")
+    if not sep or not name or not parts[0] or len(parts) > 3:
+        raise argparse.ArgumentTypeError(f"expected NAME=HR[,LR[,TMPL]], got {text!r}")
+    spec = {"hr": parts[0], "lr": parts[1] if len(parts) > 1 and parts[1] else None,
+            "filename_tmpl": filename_template(parts[2]) if len(parts) > 2 and parts[2] else "{}"}
+    return name, spec
+
+
+def add_evaluate_options(parser: argparse.ArgumentParser, datasets: bool = False) -> None:
+    """Add ``--tile``, ``--tile-overlap``, ``--tile-blend`` (and, with ``datasets``, a repeatable
+    ``--dataset``) to ``srprune evaluate``'s parser. Pair with :func:`evaluate_options`."""
+    group = parser.add_argument_group("tiled inference and data sets")
+    group.add_argument("--tile", type=int_at_least(1), metavar="PIXELS",
+                       help="run the model on LR tiles of this side (bounded memory); default: whole images")
+    group.add_argument("--tile-overlap", type=int_at_least(0), default=8, metavar="PIXELS",
+                       help="overlap of neighbouring tiles in LR pixels (default 8; must be < --tile)")
+    group.add_argument("--tile-blend", choices=BLEND_MODES, default="uniform",
+                       help="weights of overlapping tile outputs: uniform mean (default, BasicSR's), "
+                            "linear ramp, or crop (each pixel from the tile it is most inside)")
+    if datasets:
+        group.add_argument("--dataset", action="append", type=parse_dataset,
+                           metavar="NAME=HR[,LR[,TMPL]]",
+                           help="evaluate on this data set too (repeatable); results under "
+                                "'datasets' in the JSON")
+
+
+def evaluate_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments for :func:`.evaluate.evaluate_spec` / :func:`.evaluate.evaluate_many` from the options of
+    :func:`add_evaluate_options` (missing attributes take the defaults)."""
+    return {"tile": getattr(args, "tile", None),
+            "tile_overlap": getattr(args, "tile_overlap", 8),
+            "tile_blend": getattr(args, "tile_blend", "uniform")}
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .evaluate import evaluate_many, evaluate_options, evaluate_spec
+    from .evaluate import evaluate_many, evaluate_spec
     from .fileio import save_json
 
     options = dict(quantize=not args.float_output, device=args.device,
-                   model_config=_model_config(args.model_config), progress=not args.quiet,
+                   model_config=_load_options(args), progress=not args.quiet,
                    save_images=args.save_images, image_suffix=args.image_suffix,
                    **evaluate_options(args))
     if args.dataset:
@@ -135,7 +173,7 @@ def cmd_score_units(args: argparse.Namespace) -> None:
     settings = OptinSettings(tokens=args.tokens, lam=args.lam, seed=args.seed,
                              max_batch=args.max_batch, scorer=args.scorer, probes=args.probes)
     artifact = score_units(args.teacher, args.method, calibration, settings,
-                           _model_config(args.model_config), args.device, part=_part(args.part),
+                           _load_options(args), args.device, part=_part(args.part),
                            units=args.units, progress=not args.quiet)
     save_artifact(artifact, args.out)
     scored = artifact.get("scores") or artifact.get("terms")
@@ -155,7 +193,7 @@ def cmd_compensate(args: argparse.Namespace) -> None:
     from .pruning.compensate import compensate_checkpoint
 
     summary = compensate_checkpoint(args.teacher, args.model, args.out, _calibration(args),
-                                    _compensation(args), _model_config(args.model_config),
+                                    _compensation(args), _load_options(args),
                                     args.device, progress=not args.quiet)
     fit = summary["fit"].values()
     print(f"compensated {len(fit)} layers in {summary['seconds']:.1f} s; mean relative error "
@@ -195,7 +233,7 @@ def cmd_search_masks(args: argparse.Namespace) -> None:
     from .pruning.search import save_artifact, search_masks
 
     artifact = search_masks(args.teacher, args.scores, args.mac_constraint, args.selection,
-                            args.min_keep, _model_config(args.model_config), _calibration(args),
+                            args.min_keep, _load_options(args), _calibration(args),
                             args.device, _compensation(args))
     save_artifact(artifact, args.out)
     kept, total = sum(artifact["kept"].values()), sum(len(m) for m in artifact["masks"].values())
@@ -209,7 +247,7 @@ def cmd_search_masks(args: argparse.Namespace) -> None:
 def cmd_export_zeroed(args: argparse.Namespace) -> None:
     from .pruning.search import export_zeroed
 
-    export_zeroed(args.teacher, args.masks, args.out, _model_config(args.model_config))
+    export_zeroed(args.teacher, args.masks, args.out, _load_options(args))
     print(f"wrote {args.out}")
 
 
@@ -219,14 +257,14 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     config = _read_yaml(args.config) if args.config else {}
     config.update(_model_config(args.settings, "--settings"))
     summary = finetune(args.teacher, args.student, config, args.out, _workdir(args),
-                       _model_config(args.model_config), progress=not args.quiet,
+                       _load_options(args), progress=not args.quiet,
                        fresh_on_change=args.fresh_on_change)
     _print_training(summary, args.out)
 
 
 def cmd_rebuild(args: argparse.Namespace) -> None:
     from .complexity import count_params
-    from .finetune import rebuild
+    from .pruning.rebuild import rebuild
 
     small = rebuild(args.model, args.out)
     print(f"rebuilt {args.model}: {count_params(small)['total']:,} parameters; wrote {args.out}")
@@ -236,7 +274,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .checkpoint import load_model
     from .export import export_model
 
-    model = load_model(args.model, **_model_config(args.model_config))
+    model = load_model(args.model, **_load_options(args))
     export_model(model, args.out, args.format, args.size)
     print(f"exported {args.model} as {args.format} to {args.out}")
 
@@ -244,13 +282,14 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_inspect(args: argparse.Namespace) -> None:
     from .sparsity import inspect_paths
 
-    inspect_paths(args.paths, args.json, _model_config(args.model_config))
+    inspect_paths(args.paths, args.json, _load_options(args))
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
     from .compare import compare
 
-    paths = compare(args.results, args.out, args.datasets, _layout(args), args.latency)
+    paths = compare(args.results, args.out, args.datasets, _layout(args), args.latency,
+                    args.arch)
     print(f"wrote {paths['csv']}, {paths['markdown']}, {paths['kept_units']} and "
           f"{', '.join(str(p) for p in paths['psnr_vs_macs'].values())}")
 
@@ -272,7 +311,8 @@ def _layout(args: argparse.Namespace) -> dict[str, list[str]] | None:
 
 
 def cmd_visual(args: argparse.Namespace) -> None:
-    from .evaluate import load_net, load_pairs, model_upscaler
+    from .data import load_pairs
+    from .evaluate import load_net, model_upscaler
     from .figures import Crop, VisualInputs, visual_comparison
 
     if args.box is not None and args.image is None:
@@ -287,7 +327,7 @@ def cmd_visual(args: argparse.Namespace) -> None:
                           args.scale, upscale)
     crop = None if args.box is None else Crop(args.image, *args.box)
     record = visual_comparison(args.results, args.dataset, inputs, args.out, crop, args.image,
-                               args.crop_size, _layout(args))
+                               args.crop_size, _layout(args), args.arch)
     crop = record["crop"]
     scores = "; ".join(f"{title} {v['psnr']:.2f} dB" for title, v in record["panels"].items()
                        if v["psnr"] is not None)
@@ -321,7 +361,7 @@ def cmd_time_models(args: argparse.Namespace) -> None:
             raise ValueError(f"{option}: every label must be different")
     result = time_models(args.teacher, models, lr_size=args.size, rounds=args.rounds,
                          warmup=args.warmup, threads=args.threads, device=args.device,
-                         seed=args.seed, model_config=_model_config(args.model_config), onnx=onnx)
+                         seed=args.seed, model_config=_load_options(args), onnx=onnx)
     machine = result["machine"]
     print(f"{result['rounds']} interleaved rounds at LR {result['lr_size'][0]}x"
           f"{result['lr_size'][1]}, {machine['threads']} threads, {machine['device_name']} "
@@ -335,14 +375,18 @@ def cmd_time_models(args: argparse.Namespace) -> None:
 
 def _calibration_args(p: argparse.ArgumentParser, seed_help: str) -> None:
     """Options of the calibration crops (training images, never a test set)."""
-    p.add_argument("--calib-hr", default="embedded:train",
+    from .pruning.calibration import Calibration
+
+    p.add_argument("--calib-hr", default=Calibration.hr,
                    help="training images for calibration crops (folder or embedded:train)")
     p.add_argument("--calib-lr", help="their LR folder (default: bicubic-downscale the HR)")
-    p.add_argument("--filename-tmpl", default="{}", type=filename_template,
+    p.add_argument("--filename-tmpl", default=Calibration.filename_tmpl, type=filename_template,
                    help="LR name template, e.g. '{}x2'")
-    p.add_argument("--num-crops", type=positive_int, default=32, help="calibration LR crops")
-    p.add_argument("--crop-size", type=positive_int, default=48, help="side of each LR crop")
-    p.add_argument("--seed", type=int, default=0, help=seed_help)
+    p.add_argument("--num-crops", type=positive_int, default=Calibration.num_crops,
+                   help="calibration LR crops")
+    p.add_argument("--crop-size", type=positive_int, default=Calibration.crop_size,
+                   help="side of each LR crop")
+    p.add_argument("--seed", type=int, default=Calibration.seed, help=seed_help)
 
 
 def _layout_args(p: argparse.ArgumentParser) -> None:
@@ -352,16 +396,40 @@ def _layout_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budgets", nargs="+", help="default: the budget folders found")
 
 
+def _artifact_arch_arg(p: argparse.ArgumentParser) -> None:
+    """``--arch``: the architecture that names a run's artifacts (``<arch>_rebuilt.pth``)."""
+    p.add_argument("--arch", default=DEFAULT_ARCH,
+                   help="architecture naming the artifacts, <arch>_rebuilt.pth (default "
+                        f"{DEFAULT_ARCH})")
+
+
 def _teacher_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", required=True, help="the trained model (checkpoint)")
+    _model_args(p)
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    """``--arch`` and ``--model-config``: what a checkpoint that does not describe itself lacks."""
+    from .models import ARCHS
+
+    p.add_argument("--arch", choices=sorted(ARCHS),
+                   help=f"architecture of the checkpoint (default: the one a self-describing "
+                        f"srprune checkpoint names, else {DEFAULT_ARCH})")
     p.add_argument("--model-config", help="hyper-parameters a BasicSR checkpoint cannot tell, "
                                           "as YAML, e.g. '{heads: 4}'")
+
+
+def _load_options(args: argparse.Namespace) -> dict:
+    """``--arch`` and ``--model-config`` as keyword arguments of :func:`srprune.load_model`."""
+    options = _model_config(args.model_config)
+    return {**options, "arch": args.arch} if args.arch else options
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``srprune`` parser with one subcommand per stage."""
     from .figures import DEFAULT_CROP
-    from .pruning.importance import OptinSettings
+    from .pruning.adapter import UNIT_KINDS_DEFAULT
+    from .pruning.importance import METHODS, OptinSettings
     from .pruning.search import SCORERS
 
     parser = Parser(prog="srprune", description=__doc__)
@@ -384,8 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--float-output", action="store_true",
                    help="score the float output instead of rounding it to uint8 first")
     p.add_argument("--device", default="cpu", type=device, help="cpu, cuda, cuda:1 or auto")
-    p.add_argument("--model-config", help="hyper-parameters a BasicSR checkpoint cannot tell, "
-                                          "as YAML, e.g. '{heads: 4, patch_size: [16, 20]}'")
+    _model_args(p)
     p.add_argument("--save-images", metavar="DIR",
                    help="also write every scored SR output (uint8, whole image) as "
                         "DIR/<name>_<suffix>.png (with --dataset: DIR/<dataset>/...)")
@@ -396,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score-units", help="score every head and FFN neuron (OPTIN or a baseline)")
     _teacher_args(p)
-    p.add_argument("--method", default="optin", choices=("optin", "magnitude", "random"))
+    p.add_argument("--method", default=METHODS[0], choices=METHODS)
     p.add_argument("--out", required=True, help="unit-scores artifact (.pth)")
     _calibration_args(p, "calibration crops, token positions, random scores")
     p.add_argument("--tokens", type=positive_int, default=OptinSettings.tokens,
@@ -414,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", type=device, help="cpu, cuda, cuda:N")
     p.add_argument("--part", help="k/n: score only the blocks i with i %% n == k (job k of n); "
                                   "join the n parts with gather-scores")
-    p.add_argument("--units", default="head,neuron",
+    p.add_argument("--units", default=",".join(UNIT_KINDS_DEFAULT),
                    help="unit kinds to score and prune, comma-separated: head, qk_channel, "
                         "v_channel (channels inside heads; need head), neuron")
     p.set_defaults(func=cmd_score_units)
@@ -438,20 +505,20 @@ def build_parser() -> argparse.ArgumentParser:
     _calibration_args(p, "calibration crops (candidates are measured on them)")
     _compensation_args(p)
     p.add_argument("--device", default="cpu", type=device, help="cpu, cuda, cuda:N")
-    p.add_argument("--out", required=True, help="masks artifact (catanet_pruning_masks.pth)")
+    p.add_argument("--out", required=True, help="masks artifact (<arch>_pruning_masks.pth)")
     p.set_defaults(func=cmd_search_masks)
 
     p = sub.add_parser("export-zeroed", help="the teacher with masked units' weights zeroed")
     _teacher_args(p)
     p.add_argument("--masks", required=True, help="masks artifact from search-masks")
-    p.add_argument("--out", required=True, help="zeroed checkpoint (catanet_pruned.pth)")
+    p.add_argument("--out", required=True, help="zeroed checkpoint (<arch>_pruned.pth)")
     p.set_defaults(func=cmd_export_zeroed)
 
     p = sub.add_parser("compensate", help="refit what the kept units feed (least squares), "
                                           "no training")
     _teacher_args(p)
     p.add_argument("--model", required=True, help="zeroed model from export-zeroed")
-    p.add_argument("--out", required=True, help="catanet_compensated.pth")
+    p.add_argument("--out", required=True, help="<arch>_compensated.pth")
     _calibration_args(p, "calibration crops")
     _compensation_args(p)
     p.add_argument("--device", default="cpu", type=device, help="cpu, cuda, cuda:N")
@@ -463,12 +530,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML with train/loss/data/device sections "
                                     "(see config/config.yaml, finetune)")
     p.add_argument("--settings", help="the same as inline YAML/JSON; overrides --config sections")
-    _training_args(p, "catanet_finetuned_feature_kd.pth")
+    _training_args(p, "<arch>_finetuned_feature_kd.pth")
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("rebuild", help="physically smaller model from a masked checkpoint")
     p.add_argument("--model", required=True, help="fine-tuned (or zeroed) model with its masks")
-    p.add_argument("--out", required=True, help="catanet_rebuilt.pth")
+    p.add_argument("--out", required=True, help="<arch>_rebuilt.pth")
     p.set_defaults(func=cmd_rebuild)
 
     p = sub.add_parser("export", help="ONNX (dynamic sizes) or TorchScript (one size) for deployment")
@@ -477,17 +544,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--size", type=height_by_width, default=(64, 64),
                    help="LR HxW traced (default 64x64); the only size a TorchScript file runs")
-    p.add_argument("--model-config", help="hyper-parameters a BasicSR checkpoint cannot tell")
+    _model_args(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("inspect", help="zeros per tensor, zero heads/neurons per module")
     p.add_argument("paths", nargs="+", metavar="PATH", help="checkpoints (srprune, BasicSR, plain)")
     p.add_argument("--json", help="write every report to this JSON file")
-    p.add_argument("--model-config", help="hyper-parameters a BasicSR checkpoint cannot tell")
+    _model_args(p)
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("compare", help="comparison CSV, Markdown and plots of a results folder")
     _layout_args(p)
+    _artifact_arch_arg(p)
     p.add_argument("--out", required=True, help="folder for comparison.csv/.md and the plots")
     p.add_argument("--datasets", nargs="+", help="default: every evaluated data set")
     p.add_argument("--latency", help="srprune time-models JSON (default: <results>/latency.json "
@@ -497,6 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("visual", help="SR crops of HR, bicubic, teacher and every rebuilt "
                                       "model side by side, with crop PSNR and MAC ratio")
     _layout_args(p)
+    _artifact_arch_arg(p)
     p.add_argument("--dataset", required=True, help="data set name (eval/teacher_<name>.json)")
     p.add_argument("--hr", required=True, help="its HR folder, or embedded:train|val")
     p.add_argument("--lr", help="its LR folder (default: bicubic-downscale the HR images)")

@@ -48,6 +48,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .models import arch_of, scale_of
+
 REFERENCE_HR_SIZE = (720, 1280)  # (height, width) of the 720p output the field reports MACs at
 ROOT_KEY = "(root)"  # MACs of ops a model's own forward runs outside any submodule
 
@@ -304,7 +306,8 @@ def macs_full(model: nn.Module, lr_size: Any, *, method: str = "measured",
     only, so the released x2 model at 640x360 costs about 0.3 s and 0.3 GB; ``device="cpu"``
     runs real arithmetic (same numbers; 20-40 s and 2.5 GB for x4 at 320x180 on 2 cores). Should
     the meta device fail for some model, it falls back to CPU with a warning. ``method="analytic"`` returns
-    :func:`analytic_breakdown` of ``model.cfg`` (CATANet only); the tests check both agree.
+    :func:`analytic_breakdown` of the model's registered architecture; the tests check both
+    agree.
 
     Measured facts (torch 2.13 CPU, released x4 model, 320x180 input, real CPU tensors):
     ``reference`` attention: 75.010 G MACs (= analytic; its q/k width 9 != v width 10, so every
@@ -319,10 +322,7 @@ def macs_full(model: nn.Module, lr_size: Any, *, method: str = "measured",
     """
     hw = _lr_hw(lr_size)
     if method == "analytic":
-        cfg = getattr(model, "cfg", None)
-        if cfg is None:
-            raise ValueError("method='analytic' needs a CATANet-like model with a .cfg")
-        return analytic_breakdown(cfg, hw)
+        return analytic_breakdown(model, hw)
     if method != "measured":
         raise ValueError(f"method must be 'measured' or 'analytic', got {method!r}")
     from torch.utils.flop_counter import FlopCounterMode  # noqa: PLC0415
@@ -344,148 +344,17 @@ def macs_full(model: nn.Module, lr_size: Any, *, method: str = "measured",
 
 
 # --------------------------------------------------------------------------- analytic count
-def _patch_grid(length: int, patch: int) -> tuple[int, int]:
-    """(number of LRSA patches, patch side) along one side of ``length``.
-
-    A side no longer than the patch is one patch spanning it. Otherwise patches start at
-    0, s, 2s, ... (s = patch - 2) while start < length + s - patch (the last one is shifted back
-    to end at the border, which changes no count).
-    """
-    if length <= patch:
-        return 1, length
-    stride = patch - 2
-    return len(range(0, length + stride - patch, stride)), patch
-
-
-def _as_config(cfg: Any):
-    from .models.catanet import CATANetConfig  # noqa: PLC0415
-
-    if isinstance(cfg, CATANetConfig):
-        return cfg
-    if isinstance(cfg, Mapping):
-        return CATANetConfig.from_dict(dict(cfg))
-    if isinstance(getattr(cfg, "cfg", None), CATANetConfig):
-        return cfg.cfg
-    raise TypeError(f"expected a CATANetConfig, a config dict or a CATANet, got {type(cfg).__name__}")
-
-
 def analytic_breakdown(cfg: Any, lr_size: Any) -> dict[str, Any]:
-    """Closed-form MACs of CATANet per layer; same keys and meaning as :func:`macs_full`.
+    """Closed-form MACs per layer of a registered model or config (its architecture's count).
 
-    ``cfg``: a ``CATANetConfig``, its dict, or a CATANet. See :func:`analytic_macs` for the
-    derivation.
+    Same keys and meaning as :func:`macs_full`; the formula is the architecture's registered
+    ``macs`` (for CATANet :mod:`srprune.models.catanet_macs`).
     """
-    cfg = _as_config(cfg)
-    h, w = _lr_hw(lr_size)
-    n = h * w
-    c, s = cfg.dim, cfg.upscale
-    layers: dict[str, int] = {"first_conv": n * 3 * c * 9}
-    for i in range(cfg.block_num):
-        tab, lrsa = f"blocks.{i}.0", f"blocks.{i}.1"
-        heads, k = cfg.tab_heads[i], cfg.num_tokens[i]
-        dq, dv = cfg.tab_qk[i], cfg.tab_v[i]
-        if heads:
-            gs = min(n, cfg.group_size[i])
-            ng = math.ceil(n / gs)
-            layers[tab] = n * k * c                                   # assignment scores
-            layers[f"{tab}.irca_attn.to_k"] = k * c * heads * dq
-            layers[f"{tab}.irca_attn.to_v"] = k * c * heads * dv
-            layers[f"{tab}.iasa_attn.to_q"] = n * c * heads * dq
-            layers[f"{tab}.iasa_attn.to_k"] = n * c * heads * dq
-            layers[f"{tab}.iasa_attn.to_v"] = n * c * heads * dv
-            layers[f"{tab}.iasa_attn.proj"] = n * heads * dv * c
-            layers[f"{tab}.iasa_attn"] = heads * ng * gs * (2 * gs + k) * (dq + dv)
-            layers[f"{tab}.conv1x1"] = n * c * c
-        _ffn(layers, f"{tab}.mlp.fn", n, c, cfg.tab_mlp[i])
-        heads, p = cfg.lrsa_heads[i], cfg.patch_size[i]
-        dq, dv = cfg.lrsa_qk[i], cfg.lrsa_v[i]
-        if heads:
-            (nh, ph), (nw, pw) = _patch_grid(h, p), _patch_grid(w, p)
-            patches, t = nh * nw, ph * pw
-            attn = f"{lrsa}.layer.0.fn"
-            layers[f"{attn}.to_q"] = patches * t * c * heads * dq
-            layers[f"{attn}.to_k"] = patches * t * c * heads * dq
-            layers[f"{attn}.to_v"] = patches * t * c * heads * dv
-            layers[f"{attn}.proj"] = patches * t * heads * dv * c
-            layers[attn] = patches * heads * t * t * (dq + dv)
-        _ffn(layers, f"{lrsa}.layer.1.fn", n, c, cfg.lrsa_mlp[i])
-        layers[f"mid_convs.{i}"] = n * c * c * 9
-    if s == 4:
-        layers["upconv1"] = n * c * 4 * c * 9
-        layers["upconv2"] = 4 * n * c * 4 * c * 9
-    else:
-        layers["upconv"] = n * c * s * s * c * 9
-    layers["last_conv"] = s * s * n * c * 3 * 9
-    per_layer = {name: v for name, v in sorted(layers.items()) if v}
-    per_module: dict[str, int] = {"first_conv": 0}
-    for i in range(cfg.block_num):
-        per_module[f"blocks.{i}.0"] = per_module[f"blocks.{i}.1"] = per_module[f"mid_convs.{i}"] = 0
-    for name in (("upconv1", "upconv2") if s == 4 else ("upconv",)) + ("last_conv",):
-        per_module[name] = 0
-    for name, v in per_layer.items():
-        parts = name.split(".")
-        unit = ".".join(parts[:3]) if parts[0] == "blocks" else ".".join(parts[:2]) \
-            if parts[0] == "mid_convs" else parts[0]
-        per_module[unit] += v
-    return {"total": sum(per_layer.values()), "per_module": per_module, "per_layer": per_layer}
-
-
-def _ffn(layers: dict[str, int], name: str, n: int, c: int, hidden: int) -> None:
-    if hidden:
-        layers[f"{name}.fc1"] = n * c * hidden
-        layers[f"{name}.dwconv.depthwise_conv.0"] = n * hidden * 25
-        layers[f"{name}.fc2"] = n * hidden * c
+    return arch_of(cfg).macs(getattr(cfg, "cfg", cfg), _lr_hw(lr_size))
 
 
 def analytic_macs(cfg: Any, lr_size: Any) -> int:
-    r"""Closed-form MACs of one CATANet forward pass (eval, batch 1) on an H x W input.
-
-    Notation: N = H*W tokens, C = dim, s = upscale; per block and attention module, dq and dv
-    are the q/k and v channels per head (``tab_qk[i]``, ``tab_v[i]``, ``lrsa_qk[i]``,
-    ``lrsa_v[i]``; at full width qk_dim/heads and dim/heads); per block i: h_T = tab_heads[i], h_L = lrsa_heads[i],
-    m_T = tab_mlp[i], m_L = lrsa_mlp[i], K = num_tokens[i], G = group_size[i], p = patch_size[i].
-    Conventions as in the module docstring (1 MAC = multiply-add; biases, norms, activations,
-    softmax, adds and the bilinear base are free).
-
-    Stem and reconstruction (3x3 convs)::
-
-        first_conv      9 * 3 * C * N
-        mid_convs.i     9 * C * C * N                        (per block)
-        upconv          9 * C * (s^2 C) * N                  (s = 1, 2, 3)
-        upconv1/2       9 * C * 4C * N  +  9 * C * 4C * 4N    (s = 4; the second runs at 2H x 2W)
-        last_conv       9 * C * 3 * s^2 N
-
-    ConvFFN of hidden width m on N tokens (fc1, 5x5 depthwise, fc2); nothing when m = 0 (it then
-    only adds fc2's bias)::
-
-        FFN(m) = N*C*m + 25*N*m + N*m*C
-
-    TAB (all of its attention part is skipped when h_T = 0; its FFN is FFN(m_T))::
-
-        assignment scores   N * K * C                     normalize(t) @ normalize(g)^T
-        irca to_k, to_v     K * C * h_T * (dq + dv)       keys/values of the K centres
-        iasa to_q, to_k     2 * N * C * h_T * dq
-        iasa to_v, proj     2 * N * C * h_T * dv
-        conv1x1             N * C * C
-        attention           h_T * ng * gs * (2 gs + K) * (dq + dv)
-
-    with gs = min(N, G) and ng = ceil(N / gs): the queries are padded (by reflection) to ng*gs
-    and cut into ng groups of gs; each group attends to a window of 2*gs keys (QK^T: gs*2gs*dq,
-    AV: gs*2gs*dv per group and head) and, in the same IASA module, all ng*gs padded queries attend
-    to the K centres (ng*gs*K*(dq+dv) per head).
-
-    LRSA (attention skipped when h_L = 0; FFN is FFN(m_L)): along a side L, if L <= p there is one
-    patch of side L, otherwise n_L = |{0, p-2, 2(p-2), ... < L + (p-2) - p}| patches of side p
-    (stride p-2, the last shifted back inside the map). With P = n_H * n_W patches of
-    T = p_H * p_W tokens::
-
-        to_q, to_k          2 * P * T * C * h_L * dq
-        to_v, proj          2 * P * T * C * h_L * dv
-        attention           P * h_L * T^2 * (dq + dv)
-
-    The total is the sum over all of the above. It depends on the input size only through N, the
-    IASA grouping and the LRSA patch grid, never on the pixel values.
-    """
+    """Total of :func:`analytic_breakdown`."""
     return analytic_breakdown(cfg, lr_size)["total"]
 
 
@@ -494,17 +363,17 @@ def complexity_report(model: nn.Module, lr_size: Any = None, scale: int | None =
     """Parameters and MACs of ``model`` as a JSON-serialisable dict of plain types.
 
     ``lr_size`` (H, W) defaults to :func:`reference_lr_size` of ``scale``, which defaults to
-    ``model.cfg.upscale``. Keys: ``lr_size`` [H, W], ``scale``, ``output_size`` [sH, sW] (when the
+    the model's declared ``scale``. Keys: ``lr_size`` [H, W], ``scale``, ``output_size`` [sH, sW] (when the
     scale is known), ``params_total``, ``params_nonzero``, ``macs_thop`` (conv/Linear MACs as thop
     sees them), ``macs_thop_stock`` (thop's stock number, LayerNorm counted as 4 ops/element),
     ``macs_full`` (every MAC, attention included), ``per_module`` (full MACs per unit),
     ``per_module_thop`` and ``per_layer`` (full MACs, exclusive, finest level).
     """
-    if scale is None:
-        scale = getattr(getattr(model, "cfg", None), "upscale", None)
+    if scale is None and hasattr(model, "scale"):
+        scale = scale_of(model)
     if lr_size is None:
         if scale is None:
-            raise ValueError("give lr_size or scale (the model has no cfg.upscale)")
+            raise ValueError("give lr_size or scale (the model declares no scale)")
         lr_size = reference_lr_size(scale)
     hw = _lr_hw(lr_size)
     params = count_params(model)

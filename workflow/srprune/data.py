@@ -336,3 +336,19 @@ def _augment(img: np.ndarray, hflip: bool, vflip: bool, transpose: bool) -> np.n
 def _batch_tensor(batch: np.ndarray) -> torch.Tensor:
     """B x H x W x 3 uint8 -> B x 3 x H x W float32 in [0, 1]."""
     return torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2))).float().div_(255.0)
+
+
+Pair = tuple[str, np.ndarray, np.ndarray]
+EMBEDDED_PREFIX = "embedded:"
+
+
+def load_pairs(hr: str | Path, scale: int, lr: str | Path | None = None,
+               filename_tmpl: str = "{}") -> Sequence[Pair]:
+    """``(name, lr, hr)`` uint8 items of a folder pair, or of ``embedded:<split>`` images."""
+    if str(hr).startswith(EMBEDDED_PREFIX):
+        pairs = []
+        for name, img in embedded_images(str(hr)[len(EMBEDDED_PREFIX):]):
+            img = modcrop(img, scale)
+            pairs.append((name, imresize(img, 1 / scale), img))
+        return pairs
+    return SRDataset(hr, scale=scale, lr_dir=lr, filename_tmpl=filename_tmpl)

@@ -7,50 +7,36 @@ bicubic upsampling of the LR image).
 Options of ``srprune evaluate`` beyond the scores (all off by default, and then the JSON is
 exactly as before): tiled inference (``tile``, ``tile_overlap``, ``tile_blend``; see
 :mod:`srprune.tiling`), and :func:`evaluate_many` for several data sets in one JSON.
-:func:`add_evaluate_options` and :func:`evaluate_options` are the command-line side.
+:func:`srprune.cli.add_evaluate_options` and :func:`srprune.cli.evaluate_options` are the
+command-line side.
 Evaluation times nothing: latency is measured side by side by ``srprune time-models``
 (:mod:`srprune.latency`).
 """
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 from torch import nn
 
-from .argtypes import filename_template, int_at_least
-from .data import SRDataset, embedded_images, modcrop, to_tensor
+from .data import Pair, load_pairs, to_tensor
+from .device import pick_device
 from .fileio import save_png
 from .imresize import imresize
 from .metrics import psnr_y, ssim_y, to_uint8
+from .models import scale_of
 from .progress import progress_bar
-from .tiling import BLEND_MODES, check_tile_args, tiled_forward
+from .tiling import check_tile_args, tiled_forward
 
 log = logging.getLogger(__name__)
 
 Upscaler = Callable[[np.ndarray], np.ndarray]
-Pair = tuple[str, np.ndarray, np.ndarray]
-
-EMBEDDED_PREFIX = "embedded:"
-
-
-def load_pairs(hr: str | Path, scale: int, lr: str | Path | None = None,
-               filename_tmpl: str = "{}") -> Sequence[Pair]:
-    """``(name, lr, hr)`` uint8 items of a folder pair, or of ``embedded:<split>`` images."""
-    if str(hr).startswith(EMBEDDED_PREFIX):
-        pairs = []
-        for name, img in embedded_images(str(hr)[len(EMBEDDED_PREFIX):]):
-            img = modcrop(img, scale)
-            pairs.append((name, imresize(img, 1 / scale), img))
-        return pairs
-    return SRDataset(hr, scale=scale, lr_dir=lr, filename_tmpl=filename_tmpl)
-
 
 def model_upscaler(model: nn.Module, device: torch.device | str = "cpu",
                    quantize: bool = True, tile: int | None = None, tile_overlap: int = 8,
@@ -58,18 +44,14 @@ def model_upscaler(model: nn.Module, device: torch.device | str = "cpu",
     """Run ``model`` without gradients; output clamped to [0, 1] and, if ``quantize``, uint8.
 
     With ``tile`` the model runs tile by tile (:func:`srprune.tiling.tiled_forward`; ``scale``
-    defaults to ``model.cfg.upscale``).
+    defaults to the model's declared ``scale``).
     """
     forward: Callable[[torch.Tensor], torch.Tensor] = model
     if tile is not None:
-        if scale is None:
-            scale = getattr(getattr(model, "cfg", None), "upscale", None)
-            if scale is None:
-                raise ValueError("tiled inference needs the scale (the model has no cfg.upscale)")
+        scale = scale_of(model) if scale is None else scale
         check_tile_args(tile, tile_overlap, scale, tile_blend)
-
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            return tiled_forward(model, x, tile, tile_overlap, scale, tile_blend)
+        forward = partial(tiled_forward, model, tile=tile, overlap=tile_overlap, scale=scale,
+                          blend=tile_blend)
 
     def upscale(lr: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -186,11 +168,10 @@ def load_net(model: str, scale: int, device: str,
              model_config: dict[str, Any] | None = None) -> nn.Module:
     """A checkpoint loaded on ``device`` (``auto`` picks one), refused unless it is x``scale``."""
     from .checkpoint import load_model
-    from .train import pick_device
 
     net = load_model(model, **(model_config or {})).to(pick_device(device))
-    if net.cfg.upscale != scale:
-        raise ValueError(f"{model} is an x{net.cfg.upscale} model but --scale is {scale}")
+    if scale_of(net) != scale:
+        raise ValueError(f"{model} is an x{scale_of(net)} model but --scale is {scale}")
     return net
 
 
@@ -311,41 +292,3 @@ def evaluate_many(model: str, datasets: Mapping[str, Mapping[str, Any] | str], s
             "metric": METRIC}
     return {**head, **_extras(net, scale, tiling),
             "datasets": results}
-
-
-# --------------------------------------------------------------------------- command line
-def parse_dataset(text: str) -> tuple[str, dict[str, Any]]:
-    """``"NAME=HR[,LR[,TMPL]]"`` -> ``(NAME, {"hr", "lr", "filename_tmpl"})``; argparse ``type=``."""
-    name, sep, rest = str(text).partition("=")
-    parts = rest.split(",")
-    if not sep or not name or not parts[0] or len(parts) > 3:
-        raise argparse.ArgumentTypeError(f"expected NAME=HR[,LR[,TMPL]], got {text!r}")
-    spec = {"hr": parts[0], "lr": parts[1] if len(parts) > 1 and parts[1] else None,
-            "filename_tmpl": filename_template(parts[2]) if len(parts) > 2 and parts[2] else "{}"}
-    return name, spec
-
-
-def add_evaluate_options(parser: argparse.ArgumentParser, datasets: bool = False) -> None:
-    """Add ``--tile``, ``--tile-overlap``, ``--tile-blend`` (and, with ``datasets``, a repeatable
-    ``--dataset``) to ``srprune evaluate``'s parser. Pair with :func:`evaluate_options`."""
-    group = parser.add_argument_group("tiled inference and data sets")
-    group.add_argument("--tile", type=int_at_least(1), metavar="PIXELS",
-                       help="run the model on LR tiles of this side (bounded memory); default: whole images")
-    group.add_argument("--tile-overlap", type=int_at_least(0), default=8, metavar="PIXELS",
-                       help="overlap of neighbouring tiles in LR pixels (default 8; must be < --tile)")
-    group.add_argument("--tile-blend", choices=BLEND_MODES, default="uniform",
-                       help="weights of overlapping tile outputs: uniform mean (default, BasicSR's), "
-                            "linear ramp, or crop (each pixel from the tile it is most inside)")
-    if datasets:
-        group.add_argument("--dataset", action="append", type=parse_dataset,
-                           metavar="NAME=HR[,LR[,TMPL]]",
-                           help="evaluate on this data set too (repeatable); results under "
-                                "'datasets' in the JSON")
-
-
-def evaluate_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Keyword arguments for :func:`evaluate_spec` / :func:`evaluate_many` from the options of
-    :func:`add_evaluate_options` (missing attributes take the defaults)."""
-    return {"tile": getattr(args, "tile", None),
-            "tile_overlap": getattr(args, "tile_overlap", 8),
-            "tile_blend": getattr(args, "tile_blend", "uniform")}

@@ -30,10 +30,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .compare import (MissingResultError, ResultFormatError, _figure, _method_colors, _ratio,
-                      _read_json, _save_png, discover)
+from .compare.collect import (MissingResultError, ResultFormatError, artifact_file, discover,
+                              ratio, read_json)
+from .compare.plots import figure, method_colors, save_png
 from .data import read_image
 from .metrics import psnr_y, rgb_to_y
+from .models import DEFAULT_ARCH
 
 FINETUNE_WORKDIR = "finetune_work"
 DEFAULT_CROP = 96
@@ -131,7 +133,7 @@ def draw_visual(hr: np.ndarray, crop: Crop, panels: Sequence[Panel], path: str |
 
     cols = min(len(panels) + 1, 5)
     rows = math.ceil((len(panels) + 1) / cols)
-    fig = _figure(2.6 * cols, 2.9 * rows)
+    fig = figure(2.6 * cols, 2.9 * rows)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     axes[0].imshow(hr)
     axes[0].add_patch(Rectangle((crop.left - 0.5, crop.top - 0.5), crop.width, crop.height,
@@ -144,7 +146,7 @@ def draw_visual(hr: np.ndarray, crop: Crop, panels: Sequence[Panel], path: str |
     for ax in axes:
         ax.set_axis_off()
     fig.suptitle(title, fontsize=10)
-    return _save_png(fig, path)
+    return save_png(fig, path)
 
 
 def _saved_images(record: Mapping[str, Any], path: Path, producer: str) -> Callable[[str], Path]:
@@ -177,7 +179,8 @@ class VisualInputs:
 def visual_comparison(results_dir: str | os.PathLike, dataset: str, inputs: VisualInputs,
                       out: str | os.PathLike, crop: Crop | None = None, image: str | None = None,
                       crop_size: int = DEFAULT_CROP,
-                      layout: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
+                      layout: Mapping[str, Sequence[str]] | None = None,
+                      arch: str = DEFAULT_ARCH) -> dict[str, Any]:
     """Write the visual comparison of ``dataset`` (see the module docstring); returns its record.
 
     Without ``crop`` the best ``crop_size`` window is chosen in ``image`` (default: in every
@@ -186,10 +189,10 @@ def visual_comparison(results_dir: str | os.PathLike, dataset: str, inputs: Visu
     root = Path(results_dir)
     layout = discover(root) if layout is None else layout
     teacher_json = root / "eval" / f"teacher_{dataset}.json"
-    teacher = _read_json(teacher_json, _PRODUCERS["teacher"])
+    teacher = read_json(teacher_json, _PRODUCERS["teacher"])
     bicubic_json = root / "eval" / f"bicubic_{dataset}.json"
     outputs = {"teacher": _saved_images(teacher, teacher_json, _PRODUCERS["teacher"]),
-               "bicubic": _saved_images(_read_json(bicubic_json, _PRODUCERS["bicubic"]),
+               "bicubic": _saved_images(read_json(bicubic_json, _PRODUCERS["bicubic"]),
                                         bicubic_json, _PRODUCERS["bicubic"])}
     hr_of = {name: hr for name, _, hr in inputs.pairs}
     image = crop.image if crop is not None else image
@@ -204,18 +207,18 @@ def visual_comparison(results_dir: str | os.PathLike, dataset: str, inputs: Visu
     hr = hr_of[crop.image]
     crop.check(hr.shape)
     panels = [Panel("HR", crop.of(hr))]
-    for who, ratio in (("bicubic", None), ("teacher", 1.0)):
+    for who, mac_ratio in (("bicubic", None), ("teacher", 1.0)):
         sr = _read_png(outputs[who](crop.image), _PRODUCERS[who])
-        panels.append(Panel(who, crop.of(sr), _crop_psnr(sr, hr, crop), ratio))
+        panels.append(Panel(who, crop.of(sr), _crop_psnr(sr, hr, crop), mac_ratio))
     lr = next(lr for name, lr, _ in inputs.pairs if name == crop.image)
     for method, budgets in layout.items():
         for budget in budgets:
             folder = root / method / budget
-            macs = _read_json(folder / f"eval_rebuilt_{dataset}.json",
-                              _PRODUCERS["rebuilt"]).get("macs_full")
-            sr = inputs.upscale(folder / "catanet_rebuilt.pth", lr)
+            macs = read_json(folder / f"eval_rebuilt_{dataset}.json",
+                             _PRODUCERS["rebuilt"]).get("macs_full")
+            sr = inputs.upscale(folder / artifact_file(arch, "rebuilt"), lr)
             panels.append(Panel(f"{method} r={budget}", crop.of(sr), _crop_psnr(sr, hr, crop),
-                                _ratio(macs, teacher.get("macs_full"))))
+                                ratio(macs, teacher.get("macs_full"))))
     draw_visual(hr, crop, panels, out, f"{dataset}: rebuilt models against the teacher")
     return {"crop": crop, "panels": {p.title: {"psnr": p.psnr, "mac_ratio": p.mac_ratio}
                                      for p in panels}}
@@ -240,10 +243,10 @@ def plot_recovery(results_dir: str | os.PathLike, out: str | os.PathLike,
     """Validation PSNR against iteration for every method (colour) and budget (line style)."""
     root = Path(results_dir)
     layout = discover(root) if layout is None else layout
-    colors = _method_colors(layout)
+    colors = method_colors(layout)
     budgets = list(dict.fromkeys(b for bs in layout.values() for b in bs))
     styles = ["-", "--", ":", "-."]
-    fig = _figure(6.4, 4.2)
+    fig = figure(6.4, 4.2)
     ax = fig.subplots()
     for method, method_budgets in layout.items():
         for budget in method_budgets:
@@ -256,7 +259,7 @@ def plot_recovery(results_dir: str | os.PathLike, out: str | os.PathLike,
     ax.set_title("Recovery during feature-KD fine-tuning")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save_png(fig, out)
+    return save_png(fig, out)
 
 
 __all__ = ["Crop", "Panel", "VisualInputs", "best_window", "choose_crop", "draw_visual",

@@ -34,15 +34,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoint import CheckpointError, load_finite, load_model, save_model
-from .data import PatchSampler, folder_digest
-from .evaluate import load_pairs
+from .checkpoint import check_same_architecture, load_finite, load_model, save_model
+from .data import PatchSampler, folder_digest, load_pairs
+from .device import pick_device
 from .fileio import file_sha256
+from .models import scale_of
 from .pruning.adapter import Adapter, block_output_layers
 from .pruning.artifacts import masks_of
 from .pruning.registry import adapter_for
 from .settings import check_sections, check_weights, from_mapping
-from .train import LossFn, Trainer, TrainSettings, check_data_section, pick_device
+from .train import LossFn, Trainer, TrainSettings, check_data_section
 
 log = logging.getLogger(__name__)
 
@@ -95,14 +96,13 @@ def finetune(teacher_path: str | Path, student_path: str | Path, config: dict[st
     teacher = load_finite(teacher_path, **(model_config or {})).to(device).eval()
     teacher.requires_grad_(False)
     student = load_finite(student_path).to(device)
-    if student.cfg != teacher.cfg:
-        raise CheckpointError(f"{student_path} and {teacher_path} are not the same architecture")
+    check_same_architecture(student, teacher, student_path, teacher_path)
     masks = {name: mask.to(device) for name, mask in masks_of(student, student_path).items()}
     adapter = adapter_for(student)
     adapter.check_masks(student, masks)
     adapter.zero_units(student, masks)
     small = adapter.rebuild(student, masks).train()
-    scale = student.cfg.upscale
+    scale = scale_of(student)
     sampler = PatchSampler(load_pairs(scale=scale, **data["train"]), scale=scale,
                            crop_size=settings.crop_size, batch_size=settings.batch_size,
                            seed=settings.seed)
@@ -124,14 +124,3 @@ def finetune(teacher_path: str | Path, student_path: str | Path, config: dict[st
     save_model(student, out, {**chosen.checkpoint_meta,
                               "masks": {k: v.cpu() for k, v in masks.items()}})
     return summary
-
-
-def rebuild(model_path: str | Path, out: str | Path) -> nn.Module:
-    """Write the physically smaller model of a masked checkpoint (masks read from its meta)."""
-    model = load_model(model_path)
-    masks = masks_of(model, model_path)
-    small = adapter_for(model).rebuild(model, masks)
-    meta = {k: v for k, v in model.checkpoint_meta.items() if k not in ("masks", "groups", "units")}
-    save_model(small, out, {**meta, "stage": "rebuilt", "rebuilt_from": str(model_path),
-                            "kept": {k: int(v.sum()) for k, v in masks.items()}})
-    return small

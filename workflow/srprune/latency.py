@@ -29,6 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from .models import scale_of
 from .settings import check_int
 
 REFERENCE = "teacher"
@@ -184,7 +185,7 @@ def _model_runners(teacher: str, models: Mapping[str, str], device: torch.device
     runners, scales = [], {}
     for label, path in {REFERENCE: teacher, **models}.items():
         net = _load(path, device, model_config if label == REFERENCE else None)
-        scales[label] = net.cfg.upscale
+        scales[label] = scale_of(net)
         params = sum(p.numel() for p in net.parameters())
         runners.append(pytorch_runner(label, net, {"model": str(path), "params": params}))
     if len(set(scales.values())) > 1:
@@ -216,7 +217,7 @@ def time_models(teacher: str, models: Mapping[str, str], *, lr_size: Sequence[in
     ``machine`` (:func:`machine_facts`) and ``models`` (rows of :func:`compare_runners`, the
     teacher first, each with ``model`` and ``params``).
     """
-    from .train import pick_device
+    from .device import pick_device
 
     if threads is not None:
         check_int("threads", threads, 1)

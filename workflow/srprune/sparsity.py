@@ -5,7 +5,8 @@ Two views of one file, both read without running the model:
 * **Per tensor** (any readable state dict: srprune checkpoints, BasicSR files with
   ``params``/``params_ema``, plain state dicts): shape, number of entries and of exact zeros.
   The totals count *parameters* only, approximated from the file alone as every floating tensor
-  except the TAB token centres (names ending in ``.means``, a buffer); non-floating tensors
+  except the floating buffers architectures register as not weights (CATANet's TAB token
+  centres, names ending in ``.means``); non-floating tensors
   (CATANet's ``initted`` flags) are left out too. For CATANet this is exactly
   ``model.parameters()``.
 * **Structured**, when the file loads as a registered model (:func:`srprune.load_model`, with
@@ -39,8 +40,11 @@ from torch import Tensor, nn
 
 from .checkpoint import CheckpointError, model_from_state, read_checkpoint, split_checkpoint
 from .fileio import save_json
+from .models import ARCHS
 
-BUFFER_SUFFIXES = (".means",)  # known floating buffers: CATANet's TAB token centres
+# floating buffers that are not weights, as the architectures register them (CATANet: .means)
+BUFFER_SUFFIXES = tuple(dict.fromkeys(end for arch in ARCHS.values()
+                                      for end in arch.float_buffers))
 PARAM_RULE = "floating tensors except *" + ", *".join(BUFFER_SUFFIXES)
 
 

@@ -31,7 +31,9 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import read_checkpoint, save_model
-from .evaluate import Pair, score_model
+from .data import Pair, PatchSampler, folder_digest, load_pairs
+from .device import pick_device
+from .evaluate import score_model
 from .fileio import save_torch
 from .progress import progress_bar
 from .settings import check_sections, from_mapping
@@ -304,31 +306,6 @@ def l1_loss(model: nn.Module, lr_img: Tensor, hr_img: Tensor) -> tuple[Tensor, d
     return torch.nn.functional.l1_loss(model(lr_img), hr_img), {}
 
 
-def parse_device(name: str) -> torch.device:
-    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when present) as a usable device."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {name!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r}: CUDA is not available here (use cpu or auto)")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} CUDA devices")
-    return device
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` takes the first CUDA GPU when one is present, else the CPU; logs the choice."""
-    device = parse_device(str(name))
-    log.info("using device %s%s", device,
-             f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
-    return device
-
-
 def check_data_section(data: Any, what: str) -> dict[str, dict[str, Any]]:
     """A ``data`` section with ``train`` and ``val`` folders (``hr``, optional ``lr``, template)."""
     if not isinstance(data, dict):
@@ -344,9 +321,7 @@ def check_data_section(data: Any, what: str) -> dict[str, dict[str, Any]]:
 def train_teacher(config: dict[str, Any], out: str | Path, workdir: str | Path,
                   progress: bool = True, fresh_on_change: bool = False) -> dict[str, Any]:
     """Train a model from scratch with L1 loss as ``config`` says; write the chosen model to out."""
-    from .data import PatchSampler, folder_digest
-    from .evaluate import load_pairs
-    from .models import create_model
+    from .models import DEFAULT_ARCH, create_model
 
     check_sections(config, ("scale", "arch", "model", "data", "train", "device"),
                    ("scale", "data"), "train config")
@@ -355,7 +330,7 @@ def train_teacher(config: dict[str, Any], out: str | Path, workdir: str | Path,
     settings = TrainSettings.from_dict(config.get("train", {}))
     torch.manual_seed(settings.seed)
     device = pick_device(config.get("device", "auto"))
-    model = create_model(config.get("arch", "catanet"), **{**config.get("model", {}),
+    model = create_model(config.get("arch", DEFAULT_ARCH), **{**config.get("model", {}),
                                                            "upscale": scale}).to(device)
     data = config["data"]
     train_pairs = load_pairs(scale=scale, **data["train"])
@@ -364,7 +339,7 @@ def train_teacher(config: dict[str, Any], out: str | Path, workdir: str | Path,
     val_pairs = list(load_pairs(scale=scale, **data["val"]))
     meta = {"stage": "train", "scale": scale, "train_settings": asdict(settings),
             "data": {k: dict(v) for k, v in data.items()}}
-    fingerprint = {"arch": config.get("arch", "catanet"), "model": config.get("model", {}),
+    fingerprint = {"arch": config.get("arch", DEFAULT_ARCH), "model": config.get("model", {}),
                    "scale": scale, "data": {k: folder_digest(v) for k, v in data.items()}}
     trainer = Trainer(model, l1_loss, sampler, val_pairs, scale, settings, workdir, meta=meta,
                       fingerprint=fingerprint, fresh_on_change=fresh_on_change)

@@ -44,6 +44,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..settings import from_mapping
+from .catanet_macs import catanet_macs
+from .registry import Arch, register_arch
 
 ATTENTION_IMPLS = ("fast", "reference")
 
@@ -624,6 +626,11 @@ class CATANet(nn.Module):
             self.upconv = nn.Conv2d(dim, dim * s * s, 3, padding=1)
         self.last_conv = nn.Conv2d(dim, 3, 3, padding=1)
 
+    @property
+    def scale(self) -> int:
+        """The upscaling factor."""
+        return self.cfg.upscale
+
     def set_attention_impl(self, impl: str) -> None:
         """Choose ``fast`` (default) or the authors' ``reference`` attention formulation."""
         if impl not in ATTENTION_IMPLS:
@@ -703,3 +710,16 @@ def infer_config(state: dict[str, Tensor], heads: int = CATANetConfig.heads) -> 
     config["qk_dim"] = qk_dim
     config.update(mlp)
     return config
+
+
+register_arch(Arch(
+    name="catanet",
+    config_class=CATANetConfig,
+    build=lambda config: CATANet(CATANetConfig.from_dict(config)),
+    infer_config=infer_config,
+    inferable=("dim", "block_num", "qk_dim", "mlp_dim", "num_tokens", "upscale"),
+    macs=catanet_macs,
+    hidden={"heads": CATANetConfig.heads},
+    float_buffers=(".means",),  # the TAB's token centres
+    shape_hint=PLAIN_STATE_HINT,
+))

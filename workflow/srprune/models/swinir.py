@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..settings import from_mapping
+from .registry import Arch, register_arch
 
 ATTENTION_IMPLS = ("fast", "reference")
 RGB_MEAN = (0.4488, 0.4371, 0.4040)
@@ -343,6 +344,11 @@ class SwinIR(nn.Module):
                                       nn.PixelShuffle(cfg.upscale))
         self.apply(_init_weights)
 
+    @property
+    def scale(self) -> int:
+        """The upscaling factor."""
+        return self.cfg.upscale
+
     def set_attention_impl(self, impl: str) -> None:
         """Choose ``fast`` (default) or the authors' ``reference`` attention formulation."""
         if impl not in ATTENTION_IMPLS:
@@ -460,8 +466,8 @@ def padded_size(cfg: SwinIRConfig, lr_size: tuple[int, int]) -> tuple[int, int]:
     return tuple(w * math.ceil(int(side) / w) for side in lr_size)
 
 
-def analytic_macs(cfg: SwinIRConfig, lr_size: tuple[int, int]) -> int:
-    r"""Closed-form MACs of one SwinIR forward pass (eval, batch 1) on an h x w input.
+def swinir_macs(cfg: SwinIRConfig, lr_size: tuple[int, int]) -> dict[str, Any]:
+    r"""Closed-form MACs of one SwinIR forward pass (eval, batch 1) on an h x w input, per layer.
 
     Conventions of :mod:`srprune.complexity` (1 MAC = one multiply-add; biases, norms, GELU,
     softmax, the bias and mask additions, rolls, padding and PixelShuffle are free). Everything
@@ -479,12 +485,42 @@ def analytic_macs(cfg: SwinIRConfig, lr_size: tuple[int, int]) -> int:
         upsample.0            9 * C * 3 s^2 * N
 
     For the released x4 model per head and token: 1,800 + 600 + 1,280 = 3,680 (spec).
+    Returns ``{"total", "per_module", "per_layer"}`` like ``complexity.macs_full``: layers are
+    each Swin layer's ``attn`` and ``mlp`` and the convolutions; modules are ``conv_first``,
+    each ``layers.i`` (residual group with its conv), ``conv_after_body`` and ``upsample``.
     """
     h, w = padded_size(cfg, lr_size)
     n, c, window = h * w, cfg.embed_dim, cfg.window
-    total = 9 * 3 * c * n + 9 * c * c * n * (len(cfg.depths) + 1) + 9 * c * 3 * cfg.upscale ** 2 * n
-    groups = [g for g, depth in enumerate(cfg.depths) for _ in range(depth)]
-    for group, heads, hidden in zip(groups, cfg.layer_heads, cfg.layer_mlp):
-        d = cfg.head_width(group)
-        total += 4 * n * c * heads * d + n * window ** 2 * heads * 2 * d + 2 * n * c * hidden
-    return total
+    layers = {"conv_first": 9 * 3 * c * n}
+    modules = {"conv_first": layers["conv_first"]}
+    index = 0
+    for group, depth in enumerate(cfg.depths):
+        d, prefix = cfg.head_width(group), f"layers.{group}"
+        for j in range(depth):
+            heads, hidden = cfg.layer_heads[index], cfg.layer_mlp[index]
+            block = f"{prefix}.residual_group.blocks.{j}"
+            layers[f"{block}.attn"] = 4 * n * c * heads * d + n * window ** 2 * heads * 2 * d
+            layers[f"{block}.mlp"] = 2 * n * c * hidden
+            index += 1
+        layers[f"{prefix}.conv"] = 9 * c * c * n
+        modules[prefix] = sum(v for k, v in layers.items() if k.startswith(prefix + "."))
+    layers["conv_after_body"] = modules["conv_after_body"] = 9 * c * c * n
+    layers["upsample.0"] = modules["upsample"] = 9 * c * 3 * cfg.upscale ** 2 * n
+    per_layer = {k: v for k, v in layers.items() if v}
+    return {"total": sum(per_layer.values()), "per_module": modules, "per_layer": per_layer}
+
+
+def analytic_macs(cfg: SwinIRConfig, lr_size: tuple[int, int]) -> int:
+    """Total of :func:`swinir_macs`."""
+    return swinir_macs(cfg, lr_size)["total"]
+
+
+register_arch(Arch(
+    name="swinir",
+    config_class=SwinIRConfig,
+    build=lambda config: SwinIR(SwinIRConfig.from_dict(config)),
+    infer_config=infer_config,
+    inferable=("embed_dim", "depths", "num_heads", "window_size", "img_size", "mlp_ratio",
+               "upscale", "layer_heads", "layer_mlp"),
+    macs=swinir_macs,
+))

@@ -33,6 +33,8 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint import CheckpointError
+from ..complexity import analytic_macs, reference_lr_size
+from ..models import arch_of, scale_of
 
 KINDS = ("head", "neuron", "qk_channel", "v_channel")
 CHANNEL_KINDS = ("qk_channel", "v_channel")
@@ -99,13 +101,28 @@ class Adapter(ABC):
     def groups(self, model: nn.Module) -> list[UnitGroup]:
         """Prunable groups in forward order; every group is scored on its own."""
 
-    @abstractmethod
     def reference_lr_size(self, model: nn.Module) -> tuple[int, int]:
-        """The input size (H, W) at which MACs are counted and budgets are set."""
+        """The input size (H, W) at which MACs are counted and budgets are set.
 
-    @abstractmethod
+        Default: the field's reference, the input whose output is 1280x720 at the model's scale.
+        """
+        return reference_lr_size(scale_of(model))
+
+    def narrowed_config(self, model: nn.Module, kept: dict[str, int]) -> Any:
+        """The config of the model with ``kept[g]`` units left in group g (omitted: all).
+
+        The one model-specific piece of the default :meth:`macs`, :meth:`params` and
+        :meth:`rebuild`; an adapter that overrides all three need not give it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} gives no narrowed_config: override "
+                                  f"it, or macs, params and rebuild")
+
     def macs(self, model: nn.Module, kept: dict[str, int], lr_size: tuple[int, int]) -> int:
-        """Full MACs (attention included) of the model with ``kept[g]`` units left in group g."""
+        """Full MACs (attention included) of the model with ``kept[g]`` units left in group g.
+
+        Default: the architecture's registered closed-form count of :meth:`narrowed_config`.
+        """
+        return analytic_macs(self.narrowed_config(model, kept), lr_size)
 
     @abstractmethod
     def set_masks(self, model: nn.Module, masks: dict[str, Tensor] | None) -> None:
@@ -115,11 +132,13 @@ class Adapter(ABC):
     def trajectory(self, model: nn.Module, x: Tensor) -> tuple[list[Tensor], Tensor]:
         """Output of every layer as tokens (B x N x C), in order, and the model output."""
 
-    @abstractmethod
     def cache(self, model: nn.Module, x: Tensor) -> Any:
-        """Teacher activations needed to restart the forward at any group (opaque)."""
+        """Teacher activations needed to restart the forward at any group (opaque).
 
-    @abstractmethod
+        Default: the input itself (:meth:`run_from` then runs the whole forward).
+        """
+        return x
+
     def run_from(self, model: nn.Module, cache: Any, group: UnitGroup,
                  masks: Tensor) -> tuple[list[Tensor], Tensor]:
         """Forward from ``group`` on with V masked variants of it at once.
@@ -127,7 +146,15 @@ class Adapter(ABC):
         ``masks`` is (V, units) for ``group``; the cached batch of B inputs is repeated V times
         (variant-major: sample ``v * B + b``). Returns the token outputs of layers
         ``group.layer`` to the last, each (V*B) x N x C, and the model output, (V*B) x ...
+
+        Default (with the default :meth:`cache`): the whole masked forward on the repeated
+        input, one mask row per sample; an adapter restarts from cached activations to save
+        the layers before the group.
         """
+        x = cache.repeat(masks.shape[0], *[1] * (cache.dim() - 1))
+        with masked(self, model, {group.name: masks.repeat_interleave(cache.shape[0], dim=0)}):
+            feats, out = self.trajectory(model, x)
+        return feats[group.layer:], out
 
     @abstractmethod
     def local_layers(self, model: nn.Module, cache: Any) -> list[Tensor]:
@@ -146,13 +173,28 @@ class Adapter(ABC):
         u those channels in every part (:func:`unit_channels`).
         """
 
-    @abstractmethod
     def params(self, model: nn.Module, kept: dict[str, int]) -> int:
-        """Parameters of the physically rebuilt model with ``kept[g]`` units left in group g."""
+        """Parameters of the physically rebuilt model with ``kept[g]`` units left in group g.
 
-    @abstractmethod
+        Default: :meth:`narrowed_config` built on the meta device (shapes only), counted.
+        """
+        with torch.device("meta"):
+            narrow = arch_of(model).build(self.narrowed_config(model, kept).to_dict())
+        return sum(p.numel() for p in narrow.parameters())
+
+    @torch.no_grad()
     def rebuild(self, model: nn.Module, masks: dict[str, Tensor]) -> nn.Module:
-        """A physically smaller model of the same class without the masked units."""
+        """A physically smaller model of the same class without the masked units.
+
+        Default: :meth:`narrowed_config` built on the model's device, loaded strictly with the
+        model's weights less the masked units' slices (:meth:`sliced_state`).
+        """
+        self.check_masks(model, masks)
+        state = self.sliced_state(model, masks)
+        config = self.narrowed_config(model, kept_counts(masks)).to_dict()
+        small = arch_of(model).build(config).to(next(model.parameters()).device)
+        small.load_state_dict({key: state[key] for key in small.state_dict()}, strict=True)
+        return small.train(model.training)
 
     # ---------------------------------------------------------------- compensation
     @abstractmethod

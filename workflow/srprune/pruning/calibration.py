@@ -5,8 +5,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ..data import PatchSampler
-from ..evaluate import load_pairs
+from ..data import PatchSampler, load_pairs
 
 
 @dataclass

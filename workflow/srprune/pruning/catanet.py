@@ -27,12 +27,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
-from ..complexity import analytic_macs, reference_lr_size
 from ..models.catanet import CATANet, CATANetConfig, map_to_tokens
-from .adapter import Adapter, ResidualTap, UnitGroup, kept_counts
+from .adapter import Adapter, ResidualTap, UnitGroup
+from .registry import register_adapter
 
 # group suffix -> (config field of its width, kind)
 GROUP_FIELDS = {
@@ -75,6 +74,7 @@ def _mask_target(name: str) -> tuple[str, str]:
     return (name, "unit_mask") if end is None else (name[:-len(end)], CHANNEL_FIELDS[end][2])
 
 
+@register_adapter("catanet")
 class CATANetAdapter(Adapter):
     """Prunes CATANet's TAB and LRSA heads, their q/k and v channels, and ConvFFN neurons."""
 
@@ -92,9 +92,6 @@ class CATANetAdapter(Adapter):
                                          parent=name, per_parent=getattr(cfg, fields[suffix])[i])
                                for end, (fields, channel_kind, _) in CHANNEL_FIELDS.items()]
         return groups
-
-    def reference_lr_size(self, model: CATANet) -> tuple[int, int]:
-        return reference_lr_size(model.cfg.upscale)
 
     def widths(self, model: CATANet, kept: dict[str, int]) -> dict[str, list[int]]:
         """Per-block width lists of the config with ``kept`` units left.
@@ -119,10 +116,6 @@ class CATANetAdapter(Adapter):
                 if count not in (full, 0 if heads == 0 else full):
                     widths[field][block] = _per_head(name, count, heads)
         return widths
-
-    def macs(self, model: CATANet, kept: dict[str, int], lr_size: tuple[int, int]) -> int:
-        cfg = {**model.cfg.to_dict(), **self.widths(model, kept)}
-        return analytic_macs(cfg, lr_size)
 
     def set_masks(self, model: CATANet, masks: dict[str, Tensor] | None) -> None:
         for group in self.groups(model):
@@ -240,21 +233,8 @@ class CATANetAdapter(Adapter):
         return ResidualTap(weight.split(".fn.")[0])
 
     def narrowed_config(self, model: CATANet, kept: dict[str, int]) -> CATANetConfig:
+        """The config with the per-block widths of :meth:`widths`."""
         return CATANetConfig.from_dict({**model.cfg.to_dict(), **self.widths(model, kept)})
-
-    def params(self, model: CATANet, kept: dict[str, int]) -> int:
-        with torch.device("meta"):
-            narrow = CATANet(self.narrowed_config(model, kept))
-        return sum(p.numel() for p in narrow.parameters())
-
-    @torch.no_grad()
-    def rebuild(self, model: CATANet, masks: dict[str, Tensor]) -> CATANet:
-        self.check_masks(model, masks)
-        state = self.sliced_state(model, masks)
-        small = CATANet(self.narrowed_config(model, kept_counts(masks))).to(
-            next(model.parameters()).device)
-        small.load_state_dict({key: state[key] for key in small.state_dict()}, strict=True)
-        return small.train(model.training)
 
 
 def _per_head(name: str, kept: int, heads: int) -> int:

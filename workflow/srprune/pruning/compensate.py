@@ -46,8 +46,9 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import CheckpointError, load_finite, save_model
+from ..checkpoint import CheckpointError, check_same_architecture, load_finite, save_model
 from ..fileio import file_sha256
+from ..models import scale_of
 from ..progress import progress_bar
 from ..settings import check_int
 from .adapter import Adapter, ResidualTap, masked
@@ -317,9 +318,8 @@ def compensate_checkpoint(teacher_path: str | Path, model_path: str | Path, out:
     if student.checkpoint_meta.get("teacher_sha256") != file_sha256(teacher_path):
         raise CheckpointError(f"the masks of {model_path} were not chosen for {teacher_path} "
                               f"(teacher checksum differs or is not recorded)")
-    if student.cfg != teacher.cfg:
-        raise CheckpointError(f"{model_path} and {teacher_path} are not the same architecture")
-    x = calibration.crops(teacher.cfg.upscale)
+    check_same_architecture(student, teacher, model_path, teacher_path)
+    x = calibration.crops(scale_of(teacher))
     start = time.perf_counter()
     fit = compensate_model(adapter_for(student), student.to(device), teacher.to(device), masks,
                            x, settings, progress)

@@ -6,7 +6,7 @@ Artifacts hold plain types and tensors only (``torch.load(..., weights_only=True
   ``out`` terms), the unit kinds scored (``units``) and their groups, the method and its
   settings, the calibration crops themselves, and the teacher's checksum, so the scores can be
   recomputed or recombined;
-* masks (``catanet_pruning_masks.pth``): per group a 0/1 mask and its scores, the method, the
+* masks (``<arch>_pruning_masks.pth``): per group a 0/1 mask and its scores, the method, the
   selection and every candidate it measured, the budget, the teacher's, the pruned model's and the
   floor's (every unit removed) full MACs with the whole-model and the prunable-part ratios, the
   calibration settings and the teacher's checksum.
@@ -24,7 +24,8 @@ from torch import Tensor, nn
 
 from ..checkpoint import CheckpointError, check_finite, load_finite, read_checkpoint, save_model
 from ..fileio import file_sha256, save_torch
-from ..models import arch_name
+from ..models import arch_name, scale_of
+from ..models import model_config as config_of
 from .adapter import (UNIT_KINDS_DEFAULT, Adapter, UnitGroup, check_unit_kinds,
                       groups_of_kinds, kept_counts, masked)
 from .artifacts import check_artifact
@@ -73,13 +74,13 @@ def score_units(teacher_path: str | Path, method: str, calibration: Calibration,
     groups = part_groups(all_groups, part)
     artifact: dict[str, Any] = {
         "kind": "unit_scores", "method": method, "teacher_sha256": file_sha256(teacher_path),
-        "teacher": str(teacher_path), "arch": arch_name(model), "model_config": model.cfg.to_dict(),
+        "teacher": str(teacher_path), "arch": arch_name(model), "model_config": config_of(model),
         "units": list(units), "groups": [asdict(g) for g in all_groups],
         "part": list(part) if part else None,
     }
     names = {g.name for g in groups}
     if method == "optin":
-        x = calibration.crops(model.cfg.upscale)
+        x = calibration.crops(scale_of(model))
         model.to(device)
         terms = SCORERS[settings.scorer](adapter, model, x.to(device), settings, progress=progress,
                                          groups=groups)
@@ -193,7 +194,7 @@ def search_masks(teacher_path: str | Path, scores_path: str | Path, budget: floa
                         min_keep, distortion_scores=scores["method"] == "optin")
     measure = None
     if selection != "knapsack":
-        x = calibration_crops(scores, calibration, model.cfg.upscale).to(device)
+        x = calibration_crops(scores, calibration, scale_of(model)).to(device)
         reference = torch.cat(list(batched(model, x)))
         check_finite({"output": reference}, f"{teacher_path} on the calibration crops")
         measure = lambda masks: output_distortion(adapter, model, x, reference, masks)  # noqa: E731

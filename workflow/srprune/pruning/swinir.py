@@ -23,6 +23,7 @@ from torch import Tensor
 from ..complexity import reference_lr_size
 from ..models.swinir import Features, SwinIR, SwinIRConfig, analytic_macs, to_windows
 from .adapter import Adapter, ResidualTap, UnitGroup, kept_counts
+from .registry import register_adapter
 
 KIND_FIELDS = {"attn": ("head", "layer_heads"), "mlp": ("neuron", "layer_mlp")}
 
@@ -52,6 +53,7 @@ def _tokens(t: Tensor) -> Tensor:
     return t.flatten(1, 2)
 
 
+@register_adapter("swinir")
 class SwinIRAdapter(Adapter):
     """Prunes every Swin layer's attention heads and MLP neurons."""
 
