@@ -9,7 +9,7 @@ import torch
 
 import srprune
 from srprune.complexity import macs_full, reference_lr_size
-from srprune.finetune import rebuild as rebuild_checkpoint
+from srprune.pruning.rebuild import rebuild as rebuild_checkpoint
 from srprune.models import create_model
 from srprune.pruning.adapter import full_kept, kept_counts, masked
 from srprune.pruning.calibration import Calibration
