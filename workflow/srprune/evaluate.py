@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 Upscaler = Callable[[np.ndarray], np.ndarray]
 
+
 def model_upscaler(model: nn.Module, device: torch.device | str = "cpu",
                    quantize: bool = True, tile: int | None = None, tile_overlap: int = 8,
                    tile_blend: str = "uniform", scale: int | None = None) -> Upscaler:
