@@ -106,6 +106,15 @@ def test_real_use_config_names_what_is_missing(workflow_copy):
     assert "prune.calibration.hr: data/DIV2K/DIV2K_train_HR" in text
 
 
+def test_swinir_release_config_says_where_to_get_the_checkpoint(workflow_copy):
+    result = snakemake("-n", "--cores", "1", "--configfile", "config/swinir_light_x4.yaml",
+                       cwd=workflow_copy)
+    text = result.stdout + result.stderr
+    assert result.returncode != 0 and "missing inputs named in the config" in text
+    assert ("teacher.weights_path: weights/SwinIR-S_x4.pth (get it from https://github.com/"
+            "JingyunLiang/SwinIR/releases/download/v0.0/") in text
+
+
 def test_optin_settings_reach_score_units(tmp_path):
     """prune.optin's scorer, probes and lam appear on the score-units command line."""
     config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
