@@ -52,7 +52,8 @@ def check_inputs_exist():
     missing = []
     teacher = config["teacher"]["weights_path"]
     if not os.path.isfile(teacher):
-        missing.append(f"teacher.weights_path: {teacher}")
+        source = config["teacher"].get("source")
+        missing.append(f"teacher.weights_path: {teacher}" + (f" (get it from {source})" if source else ""))
     folders = {f"datasets.{name}": spec for name, spec in DATASETS.items()}
     folders["prune.calibration"] = CALIB
     folders.update({f"finetune.data.{k}": v for k, v in FINETUNE.get("data", {}).items()})

@@ -1,17 +1,26 @@
-"""The committed demo teacher loads on its own and beats bicubic on the embedded validation set."""
+"""The committed demo teachers load on their own and beat bicubic on the embedded validation set."""
 from __future__ import annotations
 
 from pathlib import Path
+
+import pytest
 
 import srprune
 from srprune.data import load_pairs
 from srprune.evaluate import bicubic_upscaler, score, score_model
 
-WEIGHTS = Path(__file__).resolve().parents[1] / "weights/demo_catanet_x2.pth"
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 
 
-def test_demo_teacher_beats_bicubic_by_one_db():
-    model = srprune.load_model(WEIGHTS)
+SHORT = pytest.mark.xfail(strict=True, reason="the SwinIR demo teacher (600 iterations) beats "
+                         "bicubic by 0.5 dB; retrain it longer (weights/README.md)")
+
+
+@pytest.mark.parametrize("name, arch", [("demo_catanet_x2.pth", "CATANet"),
+                                        pytest.param("demo_swinir_x2.pth", "SwinIR", marks=SHORT)])
+def test_demo_teacher_beats_bicubic_by_one_db(name, arch):
+    model = srprune.load_model(WEIGHTS / name)
+    assert type(model).__name__ == arch
     assert model.cfg.upscale == 2 and model.checkpoint_meta["stage"] == "train"
     pairs = load_pairs("embedded:val", 2)
     teacher = score_model(model, pairs, 2, ssim=False)["psnr"]

@@ -49,6 +49,27 @@ def tiny_teacher(path: Path) -> None:
     srprune.save_model(teacher, path)
 
 
+def tiny_swinir_teacher(path: Path) -> None:
+    """A one-group, two-layer x2 SwinIR (window 4, so shifted windows too) saved at ``path``."""
+    torch.manual_seed(0)
+    teacher = create_model("swinir", upscale=2, img_size=8, window_size=4, embed_dim=8,
+                           depths=[2], num_heads=[2], mlp_ratio=1.0)
+    srprune.save_model(teacher, path)
+
+
+def tiny_config(root: Path, teacher: str, images: str, methods: list[str],
+                budgets: list[float], train: dict) -> dict:
+    """config/config.yaml of ``root`` rewritten for a tiny run named ``tiny`` on ``images``."""
+    config = yaml.safe_load((root / "config/config.yaml").read_text())
+    config.update(run="tiny", teacher={"weights_path": teacher}, datasets={"mine": {"hr": images}})
+    config["prune"].update(methods=methods, budgets=budgets,
+                           calibration={"hr": images, "num_crops": 2, "crop_size": 8})
+    config["finetune"] = {"device": "cpu", "train": {"crop_size": 8, **train},
+                          "data": {"train": {"hr": images}, "val": {"hr": images}}}
+    (root / "config/config.yaml").write_text(yaml.safe_dump(config))
+    return config
+
+
 def test_dry_run_of_the_default_config():
     result = snakemake("-n", "--forceall", "--cores", "2", cwd=ROOT)
     assert result.returncode == 0, result.stderr
@@ -85,6 +106,15 @@ def test_real_use_config_names_what_is_missing(workflow_copy):
     assert "prune.calibration.hr: data/DIV2K/DIV2K_train_HR" in text
 
 
+def test_swinir_release_config_says_where_to_get_the_checkpoint(workflow_copy):
+    result = snakemake("-n", "--cores", "1", "--configfile", "config/swinir_light_x4.yaml",
+                       cwd=workflow_copy)
+    text = result.stdout + result.stderr
+    assert result.returncode != 0 and "missing inputs named in the config" in text
+    assert ("teacher.weights_path: weights/SwinIR-S_x4.pth (get it from https://github.com/"
+            "JingyunLiang/SwinIR/releases/download/v0.0/") in text
+
+
 def test_optin_settings_reach_score_units(tmp_path):
     """prune.optin's scorer, probes and lam appear on the score-units command line."""
     config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
@@ -110,16 +140,8 @@ def test_invalid_config_is_rejected(workflow_copy):
 def test_tiny_run_writes_evaluation_json(workflow_copy, make_images):
     tiny_teacher(workflow_copy / "teacher.pth")
     make_images(workflow_copy / "hr", 2, (24, 20))
-    config = yaml.safe_load((workflow_copy / "config/config.yaml").read_text())
-    config.update(run="tiny", teacher={"weights_path": "teacher.pth"},
-                  datasets={"mine": {"hr": "hr"}})
-    config["prune"].update(methods=["optin", "magnitude"], budgets=[0.9, 0.8],
-                           calibration={"hr": "hr", "num_crops": 2, "crop_size": 8})
-    config["finetune"] = {"device": "cpu",
-                          "train": {"iters": 4, "batch_size": 2, "crop_size": 8, "val_every": 2,
-                                    "save_every": 2},
-                          "data": {"train": {"hr": "hr"}, "val": {"hr": "hr"}}}
-    (workflow_copy / "config/config.yaml").write_text(yaml.safe_dump(config))
+    config = tiny_config(workflow_copy, "teacher.pth", "hr", ["optin", "magnitude"], [0.9, 0.8],
+                         {"iters": 4, "batch_size": 2, "val_every": 2, "save_every": 2})
     result = snakemake("--cores", "2", cwd=workflow_copy)
     assert result.returncode == 0, result.stderr[-3000:]
     teacher_json = json.loads((workflow_copy / "results/tiny/eval/teacher_mine.json").read_text())
@@ -214,14 +236,9 @@ def test_paths_with_spaces(tmp_path, make_images):
     (root / "the teacher").mkdir()
     tiny_teacher(root / "the teacher/teacher x2.pth")
     make_images(root / "hr images", 2, (24, 20))
-    config = yaml.safe_load((root / "config/config.yaml").read_text())
-    config.update(run="tiny", teacher={"weights_path": "the teacher/teacher x2.pth"},
-                  datasets={"mine": {"hr": "hr images"}})
-    config["prune"].update(methods=["magnitude"], budgets=[0.8], selection="knapsack",
-                           calibration={"hr": "hr images", "num_crops": 2, "crop_size": 8})
-    config["finetune"] = {"device": "cpu",
-                          "train": {"iters": 1, "batch_size": 1, "crop_size": 8, "val_every": 1},
-                          "data": {"train": {"hr": "hr images"}, "val": {"hr": "hr images"}}}
+    config = tiny_config(root, "the teacher/teacher x2.pth", "hr images", ["magnitude"], [0.8],
+                         {"iters": 1, "batch_size": 1, "val_every": 1})
+    config["prune"]["selection"] = "knapsack"
     (root / "config/config.yaml").write_text(yaml.safe_dump(config))
     plan = snakemake("-n", "-p", "--forceall", "--cores", "1", cwd=root)
     assert plan.returncode == 0, plan.stderr[-3000:]
@@ -251,3 +268,38 @@ def test_finetuning_starts_from_the_model_prune_compensate_names(workflow_copy, 
     assert ("rule compensate:" in text) == compensate
     start = "catanet_compensated.pth" if compensate else "catanet_pruned.pth"
     assert f"--student results/demo/optin/0.5/{start}" in text
+
+
+def test_tiny_swinir_run(workflow_copy, make_images):
+    """The same rules run a SwinIR teacher: swinir_<stage>.pth artifacts, rebuilt equals tuned."""
+    tiny_swinir_teacher(workflow_copy / "teacher.pth")
+    make_images(workflow_copy / "hr", 2, (24, 20))
+    config = tiny_config(workflow_copy, "teacher.pth", "hr", ["optin", "random"], [0.7],
+                         {"iters": 2, "batch_size": 2, "val_every": 1, "save_every": 1})
+    config["teacher"]["arch"] = "swinir"
+    config["latency"].update(size="16x16", rounds=2, warmup=1)
+    (workflow_copy / "config/config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake("--cores", "2", cwd=workflow_copy)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = workflow_copy / "results/tiny"
+    assert not list(run.rglob("catanet_*"))
+    rows = list(csv.DictReader(open(run / "comparison.csv")))
+    teacher_row = next(r for r in rows if r["stage"] == "teacher")
+    for method in ("optin", "random"):
+        folder = run / method / "0.7"
+        masks = torch.load(folder / "swinir_pruning_masks.pth", weights_only=True)
+        assert masks["achieved_mac_ratio"] <= 0.7 and masks["method"] == method
+        tuned = json.loads((folder / "eval_finetuned_feature_kd_mine.json").read_text())
+        rebuilt = json.loads((folder / "eval_rebuilt_mine.json").read_text())
+        assert abs(rebuilt["psnr"] - tuned["psnr"]) <= 0.001
+        assert rebuilt["macs_full"] == masks["macs_pruned"]
+        assert rebuilt["params"] < int(teacher_row["params_total"])
+        model = srprune.load_model(folder / "swinir_rebuilt.pth")
+        assert type(model).__name__ == "SwinIR"
+        sparsity = json.loads((folder / "sparsity.json").read_text())
+        assert next(v for k, v in sparsity.items() if k.endswith("swinir_compensated.pth"))[
+            "masks_consistent"]
+    stages = {(r["stage"], r["method"]) for r in rows}
+    assert {("rebuilt", "optin"), ("compensated", "random"), ("bicubic", "")} <= stages
+    for picture in ("kept_units.png", "visual_mine.png", "finetune_recovery.png"):
+        assert (run / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
