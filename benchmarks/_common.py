@@ -177,13 +177,18 @@ def training_split(root: Path | None = None) -> dict[str, Path]:
              "train": sorted((shared / "data/T91/HR").glob("*.png"))
              + [p for i, p in enumerate(bsd) if i % 10]}
     folders = {}
-    for name, files in parts.items():
+    for name, files in parts.items():   # idempotent: other benchmark processes may share root
         folder = root / name
         folder.mkdir(parents=True, exist_ok=True)
+        links = {f"{path.parent.parent.name}_{path.name}": path for path in files}
         for stale in folder.iterdir():
-            stale.unlink()
-        for path in files:
-            (folder / f"{path.parent.parent.name}_{path.name}").symlink_to(path)
+            if stale.name not in links or stale.resolve() != links[stale.name]:
+                stale.unlink(missing_ok=True)
+        for link, path in links.items():
+            try:
+                (folder / link).symlink_to(path)
+            except FileExistsError:
+                pass
         folders[name] = folder
     return folders
 
