@@ -182,7 +182,7 @@ def training_split(root: Path | None = None) -> dict[str, Path]:
         folder.mkdir(parents=True, exist_ok=True)
         links = {f"{path.parent.parent.name}_{path.name}": path for path in files}
         for stale in folder.iterdir():
-            if stale.name not in links or stale.resolve() != links[stale.name]:
+            if stale.name not in links or Path(os.readlink(stale)) != links[stale.name]:
                 stale.unlink(missing_ok=True)
         for link, path in links.items():
             try:
