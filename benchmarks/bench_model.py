@@ -155,8 +155,10 @@ def time_shares(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------- main
-def compare(model: nn.Module, side: int, rounds: int) -> None:
-    """Interleaved rounds at LR side x side; prints times, speed-up, GMAC/s and shares."""
+def interleaved(model: nn.Module, side: int, rounds: int
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, list[float]], list[float]]:
+    """The seeded input, both formulations' (warm-up) outputs, their times in interleaved
+    rounds, and the per-round speed-ups of ``fast`` over ``reference``."""
     x = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(side))
     outs = {impl: forward(model, x, impl) for impl in ("reference", "fast")}  # warm-up
     times: dict[str, list[float]] = {"reference": [], "fast": []}
@@ -164,6 +166,12 @@ def compare(model: nn.Module, side: int, rounds: int) -> None:
         for impl in times:
             times[impl].append(timed(lambda: forward(model, x, impl)))
     ratios = [r / f for r, f in zip(times["reference"], times["fast"])]
+    return x, outs, times, ratios
+
+
+def compare(model: nn.Module, side: int, rounds: int) -> None:
+    """Interleaved rounds at LR side x side; prints times, speed-up, GMAC/s and shares."""
+    x, outs, times, ratios = interleaved(model, side, rounds)
     matmul = matmul_gmacs()
     macs = macs_full(model, (side, side))["total"]
     ref, fast = statistics.median(times["reference"]), statistics.median(times["fast"])

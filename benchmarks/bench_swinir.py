@@ -22,7 +22,7 @@ import statistics
 import torch
 from torch import nn
 
-from bench_model import SHARED, cpu_name, forward, matmul_gmacs, timed
+from bench_model import SHARED, cpu_name, interleaved, matmul_gmacs
 from srprune.models import create_model
 from srprune.models.swinir import analytic_macs, infer_config
 
@@ -42,13 +42,7 @@ def released_x4() -> tuple[nn.Module, str]:
 
 def compare(model: nn.Module, side: int, rounds: int) -> None:
     """Interleaved rounds at LR side x side; prints times, the speed-up and GMAC/s."""
-    x = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(side))
-    outs = {impl: forward(model, x, impl) for impl in ("reference", "fast")}  # warm-up
-    times: dict[str, list[float]] = {"reference": [], "fast": []}
-    for _ in range(rounds):
-        for impl in times:
-            times[impl].append(timed(lambda: forward(model, x, impl)))
-    ratios = [r / f for r, f in zip(times["reference"], times["fast"])]
+    _, outs, times, ratios = interleaved(model, side, rounds)
     macs = analytic_macs(model.cfg, (side, side))
     diff = (outs["fast"] - outs["reference"]).abs().max().item()
     print(f"LR {side}x{side} ({macs / 1e9:.2f} GMAC at the padded size): speed-up of ours over "
