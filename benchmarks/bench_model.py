@@ -189,6 +189,13 @@ def compare(model: nn.Module, side: int, rounds: int) -> None:
           + ", ".join(f"{share} {value:.0%}" for share, value in shares.items()))
 
 
+def run_header(model: str, source: str) -> str:
+    """The model and its weights, torch, the CPU and its capability, threads and load."""
+    return (f"{model}, {source}; torch {torch.__version__}; CPU {cpu_name()}, capability "
+            f"{torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} thread(s), "
+            f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs at start")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128], help="LR sides")
@@ -199,9 +206,7 @@ def main() -> None:
         parser.error("--rounds, --threads and --sizes must be positive")
     torch.set_num_threads(args.threads)
     model, source = released_x4()
-    print(f"CATANet x4 released size, {source}; torch {torch.__version__}; CPU {cpu_name()}, "
-          f"capability {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} "
-          f"thread(s), load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs at start")
+    print(run_header("CATANet x4 released size", source))
     for side in args.sizes:
         compare(model, side, args.rounds)
 

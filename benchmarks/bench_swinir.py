@@ -16,13 +16,12 @@ the padded size, attention included).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 
 import torch
 from torch import nn
 
-from bench_model import SHARED, cpu_name, interleaved, matmul_gmacs
+from bench_model import SHARED, interleaved, matmul_gmacs, run_header
 from srprune.models import create_model
 from srprune.models.swinir import analytic_macs, infer_config
 
@@ -65,9 +64,7 @@ def main() -> None:
         parser.error("--rounds and --threads must be positive, --sizes at least 5")
     torch.set_num_threads(args.threads)
     model, source = released_x4()
-    print(f"SwinIR-light x4, {source}; torch {torch.__version__}; CPU {cpu_name()}, capability "
-          f"{torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} thread(s), load "
-          f"average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs at start")
+    print(run_header("SwinIR-light x4", source))
     for side in args.sizes:
         compare(model, side, args.rounds)
 
