@@ -136,3 +136,14 @@ def test_a_pruned_state_dict_infers_its_widths():
     cfg = infer_config(model.state_dict())
     assert (cfg["layer_heads"], cfg["layer_mlp"], cfg["num_heads"], cfg["img_size"],
             cfg["window_size"], cfg["mlp_ratio"]) == ([3, 0, 1], [24, 7, 0], [3], 8, 4, 2.0)
+
+
+def test_fast_attention_runs_the_fused_kernel_in_every_layer():
+    """A 3-D additive mask would send PyTorch's CPU SDPA to its unfused math path (3x slower)."""
+    from torch.profiler import profile
+    model = create_model("swinir", **SMALL, img_size=16).eval()
+    with torch.no_grad(), profile() as prof:
+        model(torch.rand(2, 3, 16, 16))
+    calls = {e.key: e.count for e in prof.key_averages()}
+    assert calls.get("aten::_scaled_dot_product_flash_attention_for_cpu") == sum(SMALL["depths"])
+    assert "aten::_scaled_dot_product_attention_math" not in calls
