@@ -35,6 +35,7 @@ from _common import (fmt_seconds, knapsack_masks, peak_rss_mib, require_shared, 
 from srprune import load_model
 from srprune.data import load_pairs
 from srprune.evaluate import score_model
+from srprune.fileio import file_sha256
 from srprune.pruning.adapter import UNIT_KINDS_DEFAULT, groups_of_kinds
 from srprune.pruning.importance import OptinSettings, combine, optin_terms
 from srprune.pruning.calibration import Calibration
@@ -71,6 +72,102 @@ def spearman_table(groups, exact, sketch, lam: float) -> None:
               + "".join(f"{c:>18.3f}" for c in cells))
 
 
+def kind_names(groups) -> dict[str, list[str]]:
+    return {"head": [g.name for g in groups if g.kind == "head"],
+            "neuron": [g.name for g in groups if g.kind == "neuron"],
+            "all": [g.name for g in groups]}
+
+
+def subset_scores(terms: dict[str, dict[str, torch.Tensor]], images: slice, lam: float
+                  ) -> dict[str, torch.Tensor]:
+    """Combined OPTIN scores from the per-image terms of ``images`` only."""
+    part = {name: {"md": t["md_images"][:, images].mean(1), "out": t["out_images"][:, images].mean(1)}
+            for name, t in terms.items()}
+    return combine(part, lam)[0]
+
+
+def stability(args, shared: Path, teacher: Path, calib_hr: Path) -> None:
+    """Split-half rank stability of exact OPTIN scores, and the default search against the
+    exact scorer on every crop: scores, masks (compensated selection), Set5 PSNR, wall times."""
+    from bench_pruning_quality import cached, digest, psnr_of, run_budget
+    from srprune.pruning.compensate import CompensationSettings
+    from srprune.pruning.search import save_artifact, score_units
+    from srprune.pruning.selection import DEFAULT_SELECTION
+
+    workdir = args.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    settings = OptinSettings(tokens=args.tokens, lam=args.lam, seed=args.seed,
+                             max_batch=args.max_batch)
+    model = load_model(teacher)
+    adapter = adapter_for(model)
+    groups = groups_of_kinds(adapter.groups(model), UNIT_KINDS_DEFAULT)
+    crops = Calibration(hr=str(calib_hr), num_crops=args.num_crops, crop_size=args.crop_size,
+                        seed=args.seed)
+    key = digest([vars(crops), settings.to_dict(), file_sha256(teacher)])
+    path, all_s = cached(workdir / f"terms_per_image_{key}.pth",
+                         lambda: optin_terms(adapter, model, crops.crops(SCALE), settings,
+                                             per_image=True), torch.save)
+    terms = torch.load(path, weights_only=True)
+    print(f"exact per-image terms of {sum(g.count for g in groups)} units on {args.num_crops} LR "
+          f"crops {args.crop_size}x{args.crop_size} of {calib_hr}: {fmt_seconds(all_s)}"
+          f" (when made)", flush=True)
+    names = kind_names(groups)
+    full = subset_scores(terms, slice(None), args.lam)
+    print(f"\nSpearman of exact scores (lam {args.lam:g}) between disjoint sets of crops: split "
+          f"halves (crops 0..n-1 against n..2n-1), and crops 0..n-1 against the other "
+          f"{args.num_crops} - n")
+    print(f"{'n':>3} " + "".join(f"{'halves ' + k:>14}" for k in names)
+          + "".join(f"{'vs rest ' + k:>15}" for k in names))
+    n = 1
+    while 2 * n <= args.num_crops:
+        a = subset_scores(terms, slice(0, n), args.lam)
+        b = subset_scores(terms, slice(n, 2 * n), args.lam)
+        halves = [spearmanr(flat(a, v), flat(b, v))[0] for v in names.values()]
+        rest = subset_scores(terms, slice(n, None), args.lam)
+        vs_rest = [spearmanr(flat(a, v), flat(rest, v))[0] for v in names.values()]
+        print(f"{n:>3} " + "".join(f"{c:>14.3f}" for c in halves)
+              + "".join(f"{c:>15.3f}" for c in vs_rest), flush=True)
+        n *= 2
+
+    split = training_split(args.split_root)
+    calibration = Calibration(hr=str(split["train"]), num_crops=args.select_crops,
+                              crop_size=args.select_crop_size, seed=args.seed)
+    compensation = CompensationSettings()
+    default = replace(crops, num_crops=args.default_crops)
+    reference = workdir / f"scores_exact_all_{key}.pth"
+    if not reference.exists():
+        artifact = score_units(teacher, "optin", crops, settings, progress=False)
+        save_artifact(artifact, reference)
+    pairs = load_pairs(shared / SET5_HR, SCALE, shared / SET5_LR, "{}x4")
+    base = score_model(model, pairs, SCALE, ssim=False)["psnr"]
+    print(f"\nthe search: exact scores on the first {args.default_crops} crops (timed now), then "
+          f"masks per budget ({DEFAULT_SELECTION} selection on {args.select_crops} crops "
+          f"{args.select_crop_size}x{args.select_crop_size}), against the same with the exact "
+          f"scores of all {args.num_crops} crops; Set5 x{SCALE} teacher {base:.3f} dB")
+    start = time.perf_counter()
+    fast = score_units(teacher, "optin", default, settings, progress=False)
+    score_s = time.perf_counter() - start
+    fast_path = workdir / f"scores_default_{key}_{args.default_crops}.pth"
+    save_artifact(fast, fast_path)
+    print(f"scoring {fmt_seconds(score_s)}; Spearman against all crops: " + ", ".join(
+        f"{k} {spearmanr(flat(fast['scores'], v), flat(full, v))[0]:.3f}"
+        for k, v in names.items()), flush=True)
+    print(f"{'r':>4} {'default comp.':>14} {'all-crops comp.':>16} {'diff':>7} "
+          f"{'same masks':>10} {'search s':>9} {'score+search s':>15}")
+    for budget in args.budgets:
+        tag = f"{budget:g}_{digest([vars(calibration), vars(compensation)])}"
+        mine = run_budget(teacher, fast_path, budget, DEFAULT_SELECTION, calibration,
+                          compensation, workdir, f"default{args.default_crops}_{key}_{tag}")
+        ref = run_budget(teacher, reference, budget, DEFAULT_SELECTION, calibration,
+                         compensation, workdir, f"all_{key}_{tag}")
+        psnr = [psnr_of(run["compensated"], pairs, "set5") for run in (mine, ref)]
+        same = float((flat(mine["masks"]["masks"], names["all"])
+                      == flat(ref["masks"]["masks"], names["all"])).float().mean())
+        print(f"{budget:>4g} {psnr[0]:>14.3f} {psnr[1]:>16.3f} {psnr[0] - psnr[1]:>+7.3f} "
+              f"{same:>10.3f} {mine['search_s']:>9.0f} {score_s + mine['search_s']:>15.0f}",
+              flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-crops", type=int, default=32, help="calibration LR crops")
@@ -84,12 +181,24 @@ def main() -> None:
     parser.add_argument("--split-root", type=Path,
                         default=Path(tempfile.gettempdir()) / "srprune_bench_split")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--stability", action="store_true",
+                        help="split-half rank stability of exact scores over --num-crops crops, "
+                             "and the default search against exact scores of all of them")
+    parser.add_argument("--default-crops", type=int, default=4,
+                        help="--stability: crops the default search scores on (the first ones)")
+    parser.add_argument("--select-crops", type=int, default=32,
+                        help="--stability: calibration crops of the selection and compensation")
+    parser.add_argument("--select-crop-size", type=int, default=48)
+    parser.add_argument("--workdir", type=Path,
+                        default=Path(tempfile.gettempdir()) / "srprune_bench_mask_search")
     args = parser.parse_args()
 
     shared = require_shared(WEIGHTS, SET5_HR, SET5_LR)
     teacher = shared / WEIGHTS
     print(set_threads(args.threads))
     calib_hr = training_split(args.split_root)["train"]
+    if args.stability:
+        return stability(args, shared, teacher, calib_hr)
     calibration = Calibration(hr=str(calib_hr), num_crops=args.num_crops,
                               crop_size=args.crop_size, seed=args.seed)
     settings = OptinSettings(tokens=args.tokens, lam=args.lam, seed=args.seed,

@@ -72,6 +72,19 @@ def test_batched_terms_equal_naive_terms(request, arch, x):
         assert (terms["md"] > 0).all() and (terms["out"] > 0).all(), name
 
 
+def test_per_image_terms_are_each_images_own_terms(catanet, x):
+    """Each image's output term equals a run on that image alone; the means are the terms.
+
+    (A run on one image draws other token positions, so its MD differs; only ``out`` compares.)"""
+    adapter, model = catanet
+    both = optin_terms(adapter, model, x, SETTINGS, progress=False, per_image=True)
+    for i in range(x.shape[0]):
+        alone = optin_terms(adapter, model, x[i:i + 1], SETTINGS, progress=False)
+        for name, terms in both.items():
+            assert torch.allclose(terms["md_images"].mean(1), terms["md"])
+            assert torch.allclose(terms["out_images"][:, i], alone[name]["out"], rtol=1e-4)
+
+
 def test_scores_are_deterministic_and_seeded(catanet, x, catanet_terms):
     adapter, model = catanet
     again = optin_terms(adapter, model, x, SETTINGS, progress=False)

@@ -40,7 +40,8 @@ def second_order(adapter, model, x, settings, eps=1e-4):
             mask[unit] -= eps
             with masked(adapter, model, {group.name: mask}):
                 feats, output = adapter.trajectory(model, x)
-            md[unit], out[unit] = distortion(ref, group, feats[group.layer:], output, 1)
+            md[unit], out[unit] = (t.mean() for t in distortion(ref, group, feats[group.layer:],
+                                                                output, 1))
         values[group.name] = {"md": md / eps ** 2, "out": out / eps ** 2}
     return values
 

@@ -123,14 +123,15 @@ def teacher_reference(adapter: Adapter, model: nn.Module, x: Tensor,
 
 def distortion(ref: Reference, group: UnitGroup, feats: list[Tensor], output: Tensor,
                variants: int) -> tuple[Tensor, Tensor]:
-    """(MD summed over the scored layers, output MSE) per variant; ``feats`` start at the group."""
-    md = torch.zeros(variants)
+    """(MD summed over the scored layers, output MSE) per variant and image (variants x images);
+    ``feats`` start at the group. A unit's terms are their means over the images."""
+    md = torch.zeros(variants, ref.output.shape[0])
     for j in later_layers(group, len(ref.grams)):
         g = gram(feats[j - group.layer], ref.positions[j])
         diff = (g.unflatten(0, (variants, -1)) - ref.grams[j].unsqueeze(0)).pow(2)
-        md += diff.sum(dim=(2, 3)).mean(dim=1).cpu()
+        md += diff.sum(dim=(2, 3)).cpu()
     out = (output.unflatten(0, (variants, -1)) - ref.output.unsqueeze(0)).pow(2)
-    return md, out.flatten(1).mean(dim=1).cpu()
+    return md, out.flatten(2).mean(dim=2).cpu()
 
 
 def one_off_masks(count: int, units: Iterable[int]) -> Tensor:
@@ -143,9 +144,14 @@ def one_off_masks(count: int, units: Iterable[int]) -> Tensor:
 
 @torch.no_grad()
 def optin_terms(adapter: Adapter, model: nn.Module, x: Tensor, settings: OptinSettings,
-                progress: bool = True, groups: list[UnitGroup] | None = None
-                ) -> dict[str, dict[str, Tensor]]:
-    """Raw trajectory (``md``) and output (``out``) terms of every unit, batched and cached."""
+                progress: bool = True, groups: list[UnitGroup] | None = None,
+                per_image: bool = False) -> dict[str, dict[str, Tensor]]:
+    """Raw trajectory (``md``) and output (``out``) terms of every unit, batched and cached.
+
+    ``per_image`` also returns each image's terms (``md_images``, ``out_images``: units x
+    images, whose means over images are ``md`` and ``out``), to measure how stable the scores
+    are across calibration crops.
+    """
     model.eval()
     ref = teacher_reference(adapter, model, x, settings)
     cache = adapter.cache(model, x)
@@ -155,7 +161,7 @@ def optin_terms(adapter: Adapter, model: nn.Module, x: Tensor, settings: OptinSe
     bar = progress_bar(total=sum(g.count for g in groups), desc="optin scores", unit="unit",
                        disable=not progress)
     for group in groups:
-        md, out = torch.zeros(group.count), torch.zeros(group.count)
+        md, out = torch.zeros(group.count, x.shape[0]), torch.zeros(group.count, x.shape[0])
         for start in range(0, group.count, per_forward):
             units = range(start, min(group.count, start + per_forward))
             masks = one_off_masks(group.count, units).to(x.device)
@@ -163,7 +169,9 @@ def optin_terms(adapter: Adapter, model: nn.Module, x: Tensor, settings: OptinSe
             md[start:units.stop], out[start:units.stop] = distortion(ref, group, feats, output,
                                                                      len(units))
             bar.update(len(units))
-        terms[group.name] = {"md": md, "out": out}
+        terms[group.name] = {"md": md.mean(1), "out": out.mean(1)}
+        if per_image:
+            terms[group.name].update(md_images=md, out_images=out)
     bar.close()
     return terms
 
@@ -180,8 +188,8 @@ def naive_optin_terms(adapter: Adapter, model: nn.Module, x: Tensor,
         for unit in range(group.count):
             with masked(adapter, model, {group.name: one_off_masks(group.count, [unit])[0]}):
                 feats, output = adapter.trajectory(model, x)
-            md[unit:unit + 1], out[unit:unit + 1] = distortion(ref, group, feats[group.layer:],
-                                                               output, 1)
+            md[unit], out[unit] = (t.mean() for t in distortion(ref, group, feats[group.layer:],
+                                                                output, 1))
         terms[group.name] = {"md": md, "out": out}
     return terms
 

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..complexity import reference_lr_size
-from ..models.swinir import Features, SwinIR, SwinIRConfig, analytic_macs, to_windows
-from .adapter import Adapter, ResidualTap, UnitGroup, kept_counts
+from ..models.swinir import Features, SwinIR, SwinIRConfig, to_windows
+from .adapter import Adapter, ResidualTap, UnitGroup
 from .registry import register_adapter
 
 KIND_FIELDS = {"attn": ("head", "layer_heads"), "mlp": ("neuron", "layer_mlp")}
@@ -67,9 +66,6 @@ class SwinIRAdapter(Adapter):
                 k += 1
         return groups
 
-    def reference_lr_size(self, model: SwinIR) -> tuple[int, int]:
-        return reference_lr_size(model.cfg.upscale)
-
     def narrowed_config(self, model: SwinIR, kept: dict[str, int]) -> SwinIRConfig:
         """The config with ``kept[g]`` units left in group g (groups left out keep theirs)."""
         cfg = model.cfg.to_dict()
@@ -79,14 +75,6 @@ class SwinIRAdapter(Adapter):
             cfg[field] = list(cfg[field])
             cfg[field][index[name]] = int(count)
         return SwinIRConfig.from_dict(cfg)
-
-    def macs(self, model: SwinIR, kept: dict[str, int], lr_size: tuple[int, int]) -> int:
-        return analytic_macs(self.narrowed_config(model, kept), lr_size)
-
-    def params(self, model: SwinIR, kept: dict[str, int]) -> int:
-        with torch.device("meta"):
-            narrow = SwinIR(self.narrowed_config(model, kept))
-        return sum(p.numel() for p in narrow.parameters())
 
     def set_masks(self, model: SwinIR, masks: dict[str, Tensor] | None) -> None:
         for group in self.groups(model):
@@ -153,15 +141,6 @@ class SwinIRAdapter(Adapter):
         d = model.get_submodule(name).head_width
         return [(f"{name}.qkv.weight", 0, d), (f"{name}.qkv.bias", 0, d),
                 (f"{name}.relative_position_bias_table", 1, 1), (f"{name}.proj.weight", 1, d)]
-
-    @torch.no_grad()
-    def rebuild(self, model: SwinIR, masks: dict[str, Tensor]) -> SwinIR:
-        self.check_masks(model, masks)
-        state = self.sliced_state(model, masks)
-        small = SwinIR(self.narrowed_config(model, kept_counts(masks))).to(
-            next(model.parameters()).device)
-        small.load_state_dict({key: state[key] for key in small.state_dict()}, strict=True)
-        return small.train(model.training)
 
     # ---------------------------------------------------------------- compensation
     def block_count(self, model: SwinIR) -> int:
