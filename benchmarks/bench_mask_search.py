@@ -106,7 +106,7 @@ def stability(args, shared: Path, teacher: Path, calib_hr: Path) -> None:
     key = digest([vars(crops), settings.to_dict(), file_sha256(teacher)])
     path, all_s = cached(workdir / f"terms_per_image_{key}.pth",
                          lambda: optin_terms(adapter, model, crops.crops(SCALE), settings,
-                                             per_image=True), torch.save)
+                                             groups=groups, per_image=True), torch.save)
     terms = torch.load(path, weights_only=True)
     print(f"exact per-image terms of {sum(g.count for g in groups)} units on {args.num_crops} LR "
           f"crops {args.crop_size}x{args.crop_size} of {calib_hr}: {fmt_seconds(all_s)}"
