@@ -12,12 +12,8 @@ from srprune.evaluate import bicubic_upscaler, score, score_model
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 
 
-SHORT = pytest.mark.xfail(strict=True, reason="the SwinIR demo teacher (600 iterations) beats "
-                         "bicubic by 0.5 dB; retrain it longer (weights/README.md)")
-
-
 @pytest.mark.parametrize("name, arch", [("demo_catanet_x2.pth", "CATANet"),
-                                        pytest.param("demo_swinir_x2.pth", "SwinIR", marks=SHORT)])
+                                        ("demo_swinir_x2.pth", "SwinIR")])
 def test_demo_teacher_beats_bicubic_by_one_db(name, arch):
     model = srprune.load_model(WEIGHTS / name)
     assert type(model).__name__ == arch
