@@ -3,10 +3,11 @@
 # its least-squares compensation per budget.
 
 
-def calibration_args():
-    """Calibration-crop options of `srprune score-units`, `search-masks` and `compensate`."""
+def calibration_args(crops=CALIB):
+    """Calibration-crop options of `srprune search-masks` and `compensate` (`score-units`: the
+    number and size of `crops` from `prune.optin`)."""
     args = ["--calib-hr", CALIB["hr"], "--filename-tmpl", CALIB["filename_tmpl"],
-            "--num-crops", str(CALIB["num_crops"]), "--crop-size", str(CALIB["crop_size"]),
+            "--num-crops", str(crops["num_crops"]), "--crop-size", str(crops["crop_size"]),
             "--seed", str(CALIB["seed"])]
     if "lr" in CALIB:
         args += ["--calib-lr", CALIB["lr"]]
@@ -36,7 +37,7 @@ rule score_units:
     output:
         f"{RESULTS}/{{method}}/unit_scores.part{{part}}of{SCORE_JOBS}.pth",
     params:
-        options=f"{calibration_args()} {optin_args()}",
+        options=f"{calibration_args(OPTIN)} {optin_args()}",
         model_config=teacher_config_arg(),
         device=PRUNE["device"],
     log:

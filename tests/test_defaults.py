@@ -11,7 +11,7 @@ import yaml
 from srprune.cli import build_parser
 from srprune.export import FORMATS
 from srprune.pruning.adapter import KINDS, UNIT_KINDS_DEFAULT
-from srprune.pruning.calibration import Calibration
+from srprune.pruning.calibration import SCORE_CROP_SIZE, SCORE_CROPS, Calibration
 from srprune.pruning.compensate import TARGETS, CompensationSettings
 from srprune.pruning.importance import METHODS, OptinSettings
 from srprune.pruning.search import SCORERS
@@ -42,7 +42,7 @@ SEARCH = ("search-masks", "--teacher", "t", "--scores", "s", "--mac-constraint",
 @pytest.mark.parametrize("settings, path, argv", [
     (OptinSettings, ("prune", "optin"), SCORE),
     (CompensationSettings, ("prune", "compensation"), SEARCH),
-    (Calibration, ("prune", "calibration"), SCORE),
+    (Calibration, ("prune", "calibration"), SEARCH),
 ])
 def test_schema_defaults_are_the_settings_defaults(settings, path, argv):
     schema, args, defaults = section(*path), parse(*argv), settings()
@@ -52,7 +52,15 @@ def test_schema_defaults_are_the_settings_defaults(settings, path, argv):
         assert getattr(args, option.get(field.name, field.name)) == value, field.name
         if "default" in schema.get(field.name, {}):
             assert schema[field.name]["default"] == value, field.name
-    assert set(schema) <= {f.name for f in fields(settings)}
+    assert set(schema) - {"num_crops", "crop_size"} <= {f.name for f in fields(settings)}
+
+
+def test_scoring_uses_its_own_smaller_crops():
+    """score-units samples SCORE_CROPS crops of SCORE_CROP_SIZE (prune.optin), the other stages
+    prune.calibration's."""
+    schema, score, search = section("prune", "optin"), parse(*SCORE), parse(*SEARCH)
+    assert schema["num_crops"]["default"] == score.num_crops == SCORE_CROPS < search.num_crops
+    assert schema["crop_size"]["default"] == score.crop_size == SCORE_CROP_SIZE < search.crop_size
 
 
 def test_optin_lambda_is_the_measured_one():

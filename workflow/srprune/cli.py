@@ -373,18 +373,21 @@ def cmd_time_models(args: argparse.Namespace) -> None:
         save_json(result, args.json)
 
 
-def _calibration_args(p: argparse.ArgumentParser, seed_help: str) -> None:
-    """Options of the calibration crops (training images, never a test set)."""
-    from .pruning.calibration import Calibration
+def _calibration_args(p: argparse.ArgumentParser, seed_help: str, scoring: bool = False) -> None:
+    """Options of the calibration crops (training images, never a test set); ``scoring``: the
+    smaller default crops of OPTIN scoring."""
+    from .pruning.calibration import SCORE_CROP_SIZE, SCORE_CROPS, Calibration
 
     p.add_argument("--calib-hr", default=Calibration.hr,
                    help="training images for calibration crops (folder or embedded:train)")
     p.add_argument("--calib-lr", help="their LR folder (default: bicubic-downscale the HR)")
     p.add_argument("--filename-tmpl", default=Calibration.filename_tmpl, type=filename_template,
                    help="LR name template, e.g. '{}x2'")
-    p.add_argument("--num-crops", type=positive_int, default=Calibration.num_crops,
+    p.add_argument("--num-crops", type=positive_int,
+                   default=SCORE_CROPS if scoring else Calibration.num_crops,
                    help="calibration LR crops")
-    p.add_argument("--crop-size", type=positive_int, default=Calibration.crop_size,
+    p.add_argument("--crop-size", type=positive_int,
+                   default=SCORE_CROP_SIZE if scoring else Calibration.crop_size,
                    help="side of each LR crop")
     p.add_argument("--seed", type=int, default=Calibration.seed, help=seed_help)
 
@@ -465,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     _teacher_args(p)
     p.add_argument("--method", default=METHODS[0], choices=METHODS)
     p.add_argument("--out", required=True, help="unit-scores artifact (.pth)")
-    _calibration_args(p, "calibration crops, token positions, random scores")
+    _calibration_args(p, "calibration crops, token positions, random scores", scoring=True)
     p.add_argument("--tokens", type=positive_int, default=OptinSettings.tokens,
                    help="token positions K per Gram matrix")
     p.add_argument("--lam", type=nonnegative_float, default=OptinSettings.lam,

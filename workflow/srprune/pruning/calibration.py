@@ -8,6 +8,14 @@ from torch import Tensor
 from ..data import PatchSampler, load_pairs
 
 
+# OPTIN scoring costs one masked forward per unit and crop, so it samples fewer, smaller crops
+# than selection and compensation (``prune.optin.num_crops`` / ``crop_size``); chosen by the
+# split-half rank stability of exact scores (README, "Mask search";
+# ``benchmarks/bench_mask_search.py --stability``).
+SCORE_CROPS = 4
+SCORE_CROP_SIZE = 32
+
+
 @dataclass
 class Calibration:
     """LR calibration crops taken from training images, seeded."""
