@@ -7,6 +7,7 @@ import torch
 import srprune
 from srprune.checkpoint import CheckpointError
 from srprune.cli import main
+from srprune.models.catanet import LRSA, TAB
 from srprune.pruning.adapter import UnitGroup, masked
 from srprune.pruning.catanet import CATANetAdapter
 from srprune.pruning.compensate import (CompensationSettings, compensate_checkpoint,
@@ -292,3 +293,26 @@ def test_a_large_ridge_gives_back_the_zeroed_weights():
         got, zeroed = student.get_parameter(name), teacher.get_parameter(name)
         assert torch.allclose(got[:, consumer.keep], zeroed[:, consumer.keep], atol=1e-5), name
         assert not got[:, ~consumer.keep].any()
+
+
+@pytest.mark.parametrize("target", ["stream", "output"])
+def test_a_shared_memo_runs_the_teacher_once_and_changes_nothing(target):
+    """Candidates compensated with one memo get the weights they get alone."""
+    teacher = tiny_catanet()
+    x, settings = inputs(6), CompensationSettings(target=target, batch_size=4)
+    calls = []
+    hooks = [m.register_forward_pre_hook(lambda *_: calls.append(1))
+             for m in teacher.modules() if isinstance(m, (TAB, LRSA))]
+    memo, runs = {}, []
+    for seed in (4, 5):
+        masks = model_masks(teacher, seed=seed)
+        alone, shared = zeroed_student(teacher, masks), zeroed_student(teacher, masks)
+        compensate_model(ADAPTER, alone, teacher, masks, x, settings, progress=False)
+        calls.clear()
+        compensate_model(ADAPTER, shared, teacher, masks, x, settings, progress=False, memo=memo)
+        runs.append(len(calls))
+        for (name, a), b in zip(alone.named_parameters(), shared.parameters()):
+            assert torch.equal(a, b), name
+    for hook in hooks:
+        hook.remove()
+    assert runs[0] > 0 and runs[1] < runs[0]

@@ -212,19 +212,38 @@ def _write(layer: nn.Linear, keep: Tensor, theta: Tensor) -> None:
         layer.bias.copy_(theta[columns])
 
 
+TeacherMemo = dict[tuple[str, Any], Any]
+
+
+def _memo(memo: TeacherMemo | None, key: tuple[str, Any], make: Callable[[], Any]) -> Any:
+    """``make()``, kept in ``memo`` under ``key`` (None: not kept)."""
+    if memo is None:
+        return make()
+    if key not in memo:
+        memo[key] = make()
+    return memo[key]
+
+
 @dataclass
 class Streams:
-    """The student's and the teacher's streams into block ``block``, one pair per batch."""
+    """The student's and the teacher's streams into block ``block``, one pair per batch.
+
+    ``memo`` keeps what the teacher computes (its streams and recorded layers), which does not
+    depend on the masks: compensating several candidates against one teacher on the same
+    batches runs the teacher once (the compensated selection).
+    """
 
     block: int
     student: list[Tensor]
     teacher: list[Tensor]
+    memo: TeacherMemo | None = None
 
     @classmethod
     def start(cls, adapter: Adapter, student: nn.Module, teacher: nn.Module,
-              batches: list[Tensor]) -> "Streams":
+              batches: list[Tensor], memo: TeacherMemo | None = None) -> "Streams":
         return cls(0, [adapter.enter(student, x) for x in batches],
-                   [adapter.enter(teacher, x) for x in batches])
+                   _memo(memo, ("block", 0), lambda: [adapter.enter(teacher, x) for x in batches]),
+                   memo)
 
     def advance(self, adapter: Adapter, student: nn.Module, teacher: nn.Module,
                 masks: dict[str, Tensor], block: int) -> None:
@@ -232,7 +251,9 @@ class Streams:
         while self.block < block:
             with masked(adapter, student, masks):
                 self.student = [adapter.run_block(student, self.block, s) for s in self.student]
-            self.teacher = [adapter.run_block(teacher, self.block, t) for t in self.teacher]
+            teacher_in, i = self.teacher, self.block
+            self.teacher = _memo(self.memo, ("block", i + 1), lambda: [
+                adapter.run_block(teacher, i, t) for t in teacher_in])
             self.block += 1
 
 
@@ -258,10 +279,12 @@ def fit_consumer(adapter: Adapter, student: nn.Module, teacher: nn.Module,
     equations = NormalEquations(int(keep.sum()), layer.out_features, layer.bias is not None,
                                 layer.weight.device)
     block = streams.block
-    for s, t in zip(streams.student, streams.teacher):
+    wanted = _memo(streams.memo, ("taps", (consumer.weight, tap is not None)), lambda: [
+        record(lambda: adapter.run_block(teacher, block, t), teacher_taps)
+        for t in streams.teacher])
+    for s, want in zip(streams.student, wanted):
         with masked(adapter, student, masks):
             got = record(lambda: adapter.run_block(student, block, s), student_taps)
-        want = record(lambda: adapter.run_block(teacher, block, t), teacher_taps)
         target = want["y"] if tap is None else want["y"] + drift(student, tap, want["r"], got["r"])
         equations.add(got["x"][..., keep], target)
     current = _theta(layer, keep)
@@ -274,20 +297,23 @@ def fit_consumer(adapter: Adapter, student: nn.Module, teacher: nn.Module,
 @torch.no_grad()
 def compensate_model(adapter: Adapter, student: nn.Module, teacher: nn.Module,
                      masks: dict[str, Tensor], x: Tensor, settings: CompensationSettings,
-                     progress: bool = True) -> dict[str, dict[str, float]]:
+                     progress: bool = True, memo: TeacherMemo | None = None
+                     ) -> dict[str, dict[str, float]]:
     """Refit every consumer of pruned units of ``student`` in place, first to last.
 
     ``x`` are the calibration inputs (run ``settings.batch_size`` at a time). Both models'
     streams are kept at the entry of the current block, so each consumer's fit runs its own
     block only, on the inputs the already-compensated student gives it. Returns, per consumer
     weight, the relative error of its target before and after the refit (consumers with nothing
-    left to fit are left out).
+    left to fit are left out). ``memo`` (a dict, empty at first) keeps the teacher's part for
+    later calls with the same teacher, ``x`` and settings.
     """
     student.eval()
     teacher.eval()
     device = next(student.parameters()).device
     masks = {name: mask.to(device) for name, mask in masks.items()}
-    streams = Streams.start(adapter, student, teacher, list(x.to(device).split(settings.batch_size)))
+    streams = Streams.start(adapter, student, teacher, list(x.to(device).split(settings.batch_size)),
+                            memo)
     fit = {}
     for consumer in progress_bar(consumers(adapter, student, masks), desc="compensate",
                                  unit="layer", disable=not progress):

@@ -30,7 +30,7 @@ from .adapter import (UNIT_KINDS_DEFAULT, Adapter, UnitGroup, check_unit_kinds,
                       groups_of_kinds, kept_counts, masked)
 from .artifacts import check_artifact
 from .calibration import Calibration
-from .compensate import CompensationSettings, compensate_model
+from .compensate import CompensationSettings, TeacherMemo, compensate_model
 from .importance import METHODS, OptinSettings, combine, optin_terms, random_scores
 from .registry import adapter_for
 from .selection import DEFAULT_SELECTION, Selector
@@ -162,11 +162,13 @@ def batched(model: nn.Module, x: Tensor, batch: int = 16) -> Iterator[Tensor]:
 
 @torch.no_grad()
 def compensated_distortion(adapter: Adapter, teacher: nn.Module, x: Tensor, reference: Tensor,
-                           masks: dict[str, Tensor], settings: CompensationSettings) -> float:
-    """:func:`output_distortion` of the teacher zeroed by ``masks`` and compensated on ``x``."""
+                           masks: dict[str, Tensor], settings: CompensationSettings,
+                           memo: TeacherMemo | None = None) -> float:
+    """:func:`output_distortion` of the teacher zeroed by ``masks`` and compensated on ``x``
+    (``memo``: the teacher's part of the compensation, shared by the candidates)."""
     student = copy.deepcopy(teacher)
     adapter.zero_units(student, masks)
-    compensate_model(adapter, student, teacher, masks, x, settings, progress=False)
+    compensate_model(adapter, student, teacher, masks, x, settings, progress=False, memo=memo)
     return output_distortion(adapter, student, x, reference, masks)
 
 
@@ -199,9 +201,9 @@ def search_masks(teacher_path: str | Path, scores_path: str | Path, budget: floa
         check_finite({"output": reference}, f"{teacher_path} on the calibration crops")
         measure = lambda masks: output_distortion(adapter, model, x, reference, masks)  # noqa: E731
         if selection == "compensated":
-            settings = compensation or CompensationSettings()
+            settings, memo = compensation or CompensationSettings(), {}
             measure = lambda masks: compensated_distortion(  # noqa: E731
-                adapter, model, x, reference, masks, settings)
+                adapter, model, x, reference, masks, settings, memo)
     chosen, candidates = selector.select(budget, selection, measure)
     adapter.check_masks(model, chosen.masks)
     total, floor, pruned = selector.total, selector.floor, chosen.macs
