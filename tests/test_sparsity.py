@@ -275,3 +275,14 @@ def test_zero_channels_per_head_and_mask_checks(model, tmp_path):
     assert report["masks_consistent"] is True
     assert "same number" in report["masks_invalid"]
     assert "INVALID" in format_table(report)
+
+
+def test_swinir_stored_attention_masks_are_not_counted_as_parameters(tmp_path):
+    """SwinIR keeps float ``attn_mask`` buffers in its checkpoints: not weights."""
+    model = srprune.create_model("swinir", embed_dim=12, depths=[2], num_heads=[2], upscale=2,
+                                 img_size=16)
+    path = tmp_path / "swinir.pth"
+    srprune.save_model(model, path)
+    report = inspect_checkpoint(path)
+    assert report["totals"]["params"] == sum(p.numel() for p in model.parameters())
+    assert "layers.0.residual_group.blocks.1.attn_mask" in report["totals"]["excluded"]

@@ -537,4 +537,5 @@ register_arch(Arch(
     inferable=("embed_dim", "depths", "num_heads", "window_size", "img_size", "mlp_ratio",
                "upscale", "layer_heads", "layer_mlp"),
     macs=swinir_macs,
+    float_buffers=("attn_mask",),  # the shifted layers' stored masks (the forward recomputes them)
 ))
