@@ -91,23 +91,23 @@ def stability(args, shared: Path, teacher: Path, calib_hr: Path) -> None:
     exact scorer on every crop: scores, masks (compensated selection), Set5 PSNR, wall times."""
     from bench_pruning_quality import cached, digest, psnr_of, run_budget
     from srprune.pruning.compensate import CompensationSettings
-    from srprune.pruning.search import save_artifact, score_units
+    from srprune.pruning.search import finish_scores, save_artifact, score_units
     from srprune.pruning.selection import DEFAULT_SELECTION
+    from srprune.checkpoint import read_checkpoint
 
     workdir = args.workdir
     workdir.mkdir(parents=True, exist_ok=True)
     settings = OptinSettings(tokens=args.tokens, lam=args.lam, seed=args.seed,
                              max_batch=args.max_batch)
     model = load_model(teacher)
-    adapter = adapter_for(model)
-    groups = groups_of_kinds(adapter.groups(model), UNIT_KINDS_DEFAULT)
+    groups = groups_of_kinds(adapter_for(model).groups(model), UNIT_KINDS_DEFAULT)
     crops = Calibration(hr=str(calib_hr), num_crops=args.num_crops, crop_size=args.crop_size,
                         seed=args.seed)
     key = digest([vars(crops), settings.to_dict(), file_sha256(teacher)])
-    path, all_s = cached(workdir / f"terms_per_image_{key}.pth",
-                         lambda: optin_terms(adapter, model, crops.crops(SCALE), settings,
-                                             groups=groups, per_image=True), torch.save)
-    terms = torch.load(path, weights_only=True)
+    reference, all_s = cached(workdir / f"scores_exact_all_{key}.pth",
+                              lambda: score_units(teacher, "optin", crops, settings,
+                                                  progress=False, per_image=True), save_artifact)
+    terms = read_checkpoint(reference)["terms"]
     print(f"exact per-image terms of {sum(g.count for g in groups)} units on {args.num_crops} LR "
           f"crops {args.crop_size}x{args.crop_size} of {calib_hr}: {fmt_seconds(all_s)}"
           f" (when made)", flush=True)
@@ -134,38 +134,43 @@ def stability(args, shared: Path, teacher: Path, calib_hr: Path) -> None:
                               crop_size=args.select_crop_size, seed=args.seed)
     compensation = CompensationSettings()
     default = replace(crops, num_crops=args.default_crops)
-    reference = workdir / f"scores_exact_all_{key}.pth"
-    if not reference.exists():
-        artifact = score_units(teacher, "optin", crops, settings, progress=False)
-        save_artifact(artifact, reference)
     pairs = load_pairs(shared / SET5_HR, SCALE, shared / SET5_LR, "{}x4")
     base = score_model(model, pairs, SCALE, ssim=False)["psnr"]
-    print(f"\nthe search: exact scores on the first {args.default_crops} crops (timed now), then "
+    print(f"\nthe search: exact scores on the first {args.default_crops} crops, then "
           f"masks per budget ({DEFAULT_SELECTION} selection on {args.select_crops} crops "
           f"{args.select_crop_size}x{args.select_crop_size}), against the same with the exact "
           f"scores of all {args.num_crops} crops; Set5 x{SCALE} teacher {base:.3f} dB")
-    start = time.perf_counter()
-    fast = score_units(teacher, "optin", default, settings, progress=False)
-    score_s = time.perf_counter() - start
-    fast_path = workdir / f"scores_default_{key}_{args.default_crops}.pth"
-    save_artifact(fast, fast_path)
-    print(f"scoring {fmt_seconds(score_s)}; Spearman against all crops: " + ", ".join(
+    fast_path, score_s = cached(workdir / f"scores_default_{key}_{args.default_crops}.pth",
+                                lambda: score_units(teacher, "optin", default, settings,
+                                                    progress=False), save_artifact)
+    fast = read_checkpoint(fast_path)
+    print(f"scoring {fmt_seconds(score_s)} (when made); Spearman against all crops: " + ", ".join(
         f"{k} {spearmanr(flat(fast['scores'], v), flat(full, v))[0]:.3f}"
         for k, v in names.items()), flush=True)
-    print(f"{'r':>4} {'default comp.':>14} {'all-crops comp.':>16} {'diff':>7} "
-          f"{'same masks':>10} {'search s':>9} {'score+search s':>15}")
+    # the exact scorer's own spread: the same number of other crops (n..2n-1), from their terms
+    n = args.default_crops
+    other = {**fast, "terms": {name: {"md": t["md_images"][:, n:2 * n].mean(1),
+                                      "out": t["out_images"][:, n:2 * n].mean(1)}
+                               for name, t in terms.items()}}
+    other_path = workdir / f"scores_other_{key}_{n}.pth"
+    save_artifact(finish_scores(other), other_path)
+    runs = {"default": fast_path, "all crops": reference, f"crops {n}..{2 * n - 1}": other_path}
+    print(f"Set5 x{SCALE} PSNR of the compensated masks from the scores of: the default search "
+          f"(crops 0..{n - 1}), exact on all {args.num_crops} crops, exact on crops "
+          f"{n}..{2 * n - 1} (as many other crops: how much the exact scorer itself varies)")
+    print(f"{'r':>4} " + "".join(f"{label:>14}" for label in runs)
+          + f" {'default - all':>14} {'same masks':>10} {'search s':>9} {'score+search s':>15}")
     for budget in args.budgets:
         tag = f"{budget:g}_{digest([vars(calibration), vars(compensation)])}"
-        mine = run_budget(teacher, fast_path, budget, DEFAULT_SELECTION, calibration,
-                          compensation, workdir, f"default{args.default_crops}_{key}_{tag}")
-        ref = run_budget(teacher, reference, budget, DEFAULT_SELECTION, calibration,
-                         compensation, workdir, f"all_{key}_{tag}")
-        psnr = [psnr_of(run["compensated"], pairs, "set5") for run in (mine, ref)]
-        same = float((flat(mine["masks"]["masks"], names["all"])
-                      == flat(ref["masks"]["masks"], names["all"])).float().mean())
-        print(f"{budget:>4g} {psnr[0]:>14.3f} {psnr[1]:>16.3f} {psnr[0] - psnr[1]:>+7.3f} "
-              f"{same:>10.3f} {mine['search_s']:>9.0f} {score_s + mine['search_s']:>15.0f}",
-              flush=True)
+        done = [run_budget(teacher, path, budget, DEFAULT_SELECTION, calibration, compensation,
+                           workdir, f"{stem}_{key}_{tag}")
+                for path, stem in zip(runs.values(), (f"default{n}", "all", f"other{n}"))]
+        psnr = [psnr_of(run["compensated"], pairs, "set5") for run in done]
+        same = float((flat(done[0]["masks"]["masks"], names["all"])
+                      == flat(done[1]["masks"]["masks"], names["all"])).float().mean())
+        print(f"{budget:>4g} " + "".join(f"{p:>14.3f}" for p in psnr)
+              + f" {psnr[0] - psnr[1]:>+14.3f} {same:>10.3f} {done[0]['search_s']:>9.0f} "
+              f"{score_s + done[0]['search_s']:>15.0f}", flush=True)
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from srprune.pruning.calibration import Calibration
 from srprune.pruning.catanet import CATANetAdapter
 from srprune.pruning.compensate import CompensationSettings
 from srprune.pruning.importance import OptinSettings
-from srprune.pruning.search import compensated_distortion
+from srprune.pruning.search import compensated_distortion, score_units
 from tiny_catanet import tiny_catanet
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,6 +50,20 @@ def test_scores_artifact_is_plain_and_reproducible(setup):
         assert torch.equal(values, second["scores"][name])
         terms = first["terms"][name]
         assert torch.allclose(values, terms["md"] + lam * first["balance_factor"] * terms["out"])
+
+
+def test_per_image_terms_are_kept_on_request(setup):
+    root, teacher = setup
+    calibration = Calibration(hr=str(root / "train"), num_crops=3, crop_size=12)
+    settings = OptinSettings(tokens=16)
+    artifact = score_units(teacher, "optin", calibration, settings, progress=False, per_image=True)
+    for terms in artifact["terms"].values():
+        assert terms["md_images"].shape[1] == 3
+        assert torch.allclose(terms["md_images"].mean(1), terms["md"])
+        assert torch.allclose(terms["out_images"].mean(1), terms["out"])
+    with pytest.raises(ValueError, match="exact scorer"):
+        score_units(teacher, "optin", calibration, OptinSettings(tokens=16, scorer="sketch"),
+                    progress=False, per_image=True)
 
 
 @pytest.mark.parametrize("method", ["optin", "magnitude", "random"])

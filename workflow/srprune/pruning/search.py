@@ -55,11 +55,13 @@ def score_units(teacher_path: str | Path, method: str, calibration: Calibration,
                 settings: OptinSettings, model_config: dict[str, Any] | None = None,
                 device: str = "cpu", progress: bool = True,
                 part: tuple[int, int] | None = None,
-                units: tuple[str, ...] | list[str] | str = UNIT_KINDS_DEFAULT) -> dict[str, Any]:
+                units: tuple[str, ...] | list[str] | str = UNIT_KINDS_DEFAULT,
+                per_image: bool = False) -> dict[str, Any]:
     """Score the units of kinds ``units`` of the teacher with ``method``; returns the artifact.
 
     ``part = (k, n)`` scores only the blocks of job k of n (for a cluster); :func:`gather_scores`
-    joins the n parts into the artifact a single job writes.
+    joins the n parts into the artifact a single job writes. ``per_image`` (exact OPTIN scorer
+    only) also keeps every crop's terms (:func:`.importance.optin_terms`).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -82,8 +84,11 @@ def score_units(teacher_path: str | Path, method: str, calibration: Calibration,
     if method == "optin":
         x = calibration.crops(scale_of(model))
         model.to(device)
+        extra = {"per_image": True} if per_image else {}
+        if per_image and settings.scorer != "exact":
+            raise ValueError(f"per-image terms need the exact scorer, not {settings.scorer!r}")
         terms = SCORERS[settings.scorer](adapter, model, x.to(device), settings, progress=progress,
-                                         groups=groups)
+                                         groups=groups, **extra)
         artifact.update(calibration=asdict(calibration), calibration_crops=x,
                         settings=settings.to_dict(), terms=terms)
     elif method == "magnitude":
