@@ -64,6 +64,7 @@ def tiny_config(root: Path, teacher: str, images: str, methods: list[str],
     config.update(run="tiny", teacher={"weights_path": teacher}, datasets={"mine": {"hr": images}})
     config["prune"].update(methods=methods, budgets=budgets,
                            calibration={"hr": images, "num_crops": 2, "crop_size": 8})
+    config["prune"]["optin"].update(num_crops=2, crop_size=8)
     config["finetune"] = {"device": "cpu", "train": {"crop_size": 8, **train},
                           "data": {"train": {"hr": images}, "val": {"hr": images}}}
     (root / "config/config.yaml").write_text(yaml.safe_dump(config))
@@ -116,15 +117,24 @@ def test_swinir_release_config_says_where_to_get_the_checkpoint(workflow_copy):
 
 
 def test_optin_settings_reach_score_units(tmp_path):
-    """prune.optin's scorer, probes and lam appear on the score-units command line."""
+    """prune.optin's scorer, probes, lam and scoring crops appear on the score-units command
+    line; search-masks and compensate keep prune.calibration's crops."""
     config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
-    config["prune"]["optin"].update(scorer="sketch", probes=3, lam=0.25)
+    config["prune"]["optin"].update(scorer="sketch", probes=3, lam=0.25, num_crops=3,
+                                    crop_size=24)
+    config["prune"]["calibration"].update(num_crops=9, crop_size=40)
     (tmp_path / "optin.yaml").write_text(yaml.safe_dump(config))
     result = snakemake("-n", "-p", "--forceall", "--cores", "1", "--configfile",
                        str(tmp_path / "optin.yaml"), cwd=ROOT)
     text = result.stdout + result.stderr
     assert result.returncode == 0, text[-2000:]
     assert "--lam 0.25" in text and "--scorer sketch --probes 3" in text
+    lines = text.splitlines()
+    for command, crops in (("score-units", "--num-crops 3 --crop-size 24"),
+                           ("search-masks", "--num-crops 9 --crop-size 40"),
+                           ("srprune compensate", "--num-crops 9 --crop-size 40")):
+        assert all(crops in line for line in lines if command in line), command
+        assert any(command in line for line in lines), command
     config["prune"]["optin"]["scorer"] = "fast"
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
     bad = snakemake("-n", "--cores", "1", "--configfile", str(tmp_path / "bad.yaml"), cwd=ROOT)
