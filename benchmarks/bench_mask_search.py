@@ -57,25 +57,24 @@ def flat(values: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:
     return torch.cat([values[name] for name in names])
 
 
+def kind_names(groups) -> dict[str, list[str]]:
+    """Group names per kind of unit (heads, neurons) and all of them."""
+    return {"head": [g.name for g in groups if g.kind == "head"],
+            "neuron": [g.name for g in groups if g.kind == "neuron"],
+            "all": [g.name for g in groups]}
+
+
 def spearman_table(groups, exact, sketch, lam: float) -> None:
     """Spearman of ``sketch`` against exact: md, out and the combined score, per kind and all."""
     columns = {key: ({n: t[key] for n, t in exact.items()}, {n: t[key] for n, t in sketch.items()})
                for key in ("md", "out")}
     columns[f"score (lam {lam:g})"] = (combine(exact, lam)[0], combine(sketch, lam)[0])
-    kinds = {"head": [g.name for g in groups if g.kind == "head"],
-             "neuron": [g.name for g in groups if g.kind == "neuron"],
-             "all": [g.name for g in groups]}
+    kinds = kind_names(groups)
     print(f"{'Spearman':<10}" + "".join(f"{key:>18}" for key in columns))
     for kind, names in kinds.items():
         cells = [spearmanr(flat(a, names), flat(b, names))[0] for a, b in columns.values()]
         print(f"{kind + ' (' + str(sum(len(exact[n]['md']) for n in names)) + ')':<10}"
               + "".join(f"{c:>18.3f}" for c in cells))
-
-
-def kind_names(groups) -> dict[str, list[str]]:
-    return {"head": [g.name for g in groups if g.kind == "head"],
-            "neuron": [g.name for g in groups if g.kind == "neuron"],
-            "all": [g.name for g in groups]}
 
 
 def subset_scores(terms: dict[str, dict[str, torch.Tensor]], images: slice, lam: float
