@@ -48,12 +48,14 @@ from srprune.finetune import finetune
 from srprune.fileio import save_json
 from srprune.pruning.adapter import KINDS, UNIT_KINDS_DEFAULT
 from srprune.pruning.compensate import CompensationSettings, compensate_checkpoint
-from srprune.pruning.importance import METHODS, OptinSettings
+from srprune.pruning.importance import OptinSettings
+from srprune.pruning.methods import METHODS
+from srprune.pruning.methods import method as get_method
 from srprune.fileio import file_sha256
 from srprune.pruning.calibration import Calibration
 from srprune.pruning.search import (export_zeroed, finish_scores, save_artifact, score_units,
                                     search_masks)
-from srprune.pruning.selection import DEFAULT_SELECTION, SELECTIONS
+from srprune.pruning.selection import DEFAULT_SELECTION, DEFAULT_STEPS, SELECTIONS
 
 WEIGHTS = "weights/catanet_x4_third_party.pth"
 SET5_HR, SET5_LR = "data/Set5/HR", "data/Set5/LR_bicubic/X4"
@@ -94,12 +96,12 @@ def given_scores(path: Path, lam: float) -> dict[str, Any]:
 
 def run_budget(teacher: Path, scores: Path, budget: float, selection: str,
                calibration: Calibration, compensation: CompensationSettings, workdir: Path,
-               stem: str) -> dict[str, Any]:
+               stem: str, steps: int) -> dict[str, Any]:
     """Masks, zeroed and compensated model of one budget (cached); their paths and times."""
     masks_path, search_s = cached(
-        workdir / f"masks_{stem}.pth",
+        workdir / f"masks_{stem}_s{steps}.pth",
         lambda: search_masks(teacher, scores, budget, selection, calibration=calibration,
-                             compensation=compensation),
+                             compensation=compensation, steps=steps),
         save_artifact)
     zeroed = workdir / f"zeroed_{stem}.pth"
     if not zeroed.exists():
@@ -151,6 +153,8 @@ def main() -> None:
                         help="OPTIN scores artifact of the heads unit set, made earlier")
     parser.add_argument("--lam", type=float, default=OptinSettings.lam)
     parser.add_argument("--selection", default=DEFAULT_SELECTION, choices=SELECTIONS)
+    parser.add_argument("--search-steps", type=int, default=DEFAULT_STEPS,
+                        help="local moves of the per-module weights")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--finetune-iters", type=int, default=300, help="0 skips fine-tuning")
@@ -184,15 +188,18 @@ def main() -> None:
         for method in args.methods:
             scoring = replace(settings, scorer=args.channels_scorer) \
                 if unit_set == "channels" else settings
+            own_crops = get_method(method).scoring_crops
             key = digest([method, units, vars(calibration),
                           [scoring.to_dict(), vars(optin_calibration), str(args.optin_scores)]
-                          if method == "optin" else args.seed, file_sha256(teacher)])
+                          if method == "optin" else args.seed, file_sha256(teacher)]
+                         + ([vars(compensation)] if method == "obs" else []))
             scores, score_s = cached(
                 args.workdir / f"scores_{method}_{unit_set}_{key}.pth",
                 lambda: given_scores(args.optin_scores, args.lam)
                 if method == "optin" and unit_set == "heads" and args.optin_scores
-                else score_units(teacher, method, optin_calibration, scoring, progress=False,
-                                 units=units), save_artifact)
+                else score_units(teacher, method, optin_calibration if own_crops else calibration,
+                                 scoring, progress=False, units=units,
+                                 compensation=compensation), save_artifact)
             if method == "optin":
                 made = read_checkpoint(scores)
                 print(f"OPTIN scores ({unit_set}): {made['settings']}, calibration "
@@ -202,7 +209,7 @@ def main() -> None:
                 stem = f"{method}_{unit_set}_r{budget:g}_{key}" + (
                     "" if args.selection == "measured" else f"_{args.selection}")
                 done = run_budget(teacher, scores, budget, args.selection, calibration,
-                                  compensation, args.workdir, stem)
+                                  compensation, args.workdir, stem, args.search_steps)
                 compensated[(method, unit_set, budget)] = done["compensated"]
                 row = {"units": unit_set, "method": method, "r": budget,
                        "ratio": done["masks"]["achieved_mac_ratio"],

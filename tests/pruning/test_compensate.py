@@ -100,7 +100,8 @@ def test_zeros_hold_and_the_rebuilt_model_equals_the_compensated_one(empty):
 
 
 def layer_data(student, teacher, masks, x, weight):
-    """(student's kept inputs, teacher's outputs) of the layer owning ``weight``, by own hooks."""
+    """(student's inputs, teacher's outputs, teacher's inputs) of the layer owning ``weight``,
+    by own hooks."""
     name = weight.rsplit(".", 1)[0]
     seen = {}
 
@@ -108,13 +109,14 @@ def layer_data(student, teacher, masks, x, weight):
         seen.setdefault(key, value)  # returns None: the hook leaves the output as it is
 
     hooks = [student.get_submodule(name).register_forward_hook(lambda m, a, o: keep("x", a[0])),
-             teacher.get_submodule(name).register_forward_hook(lambda m, a, o: keep("y", o))]
+             teacher.get_submodule(name).register_forward_hook(lambda m, a, o: keep("y", o)),
+             teacher.get_submodule(name).register_forward_hook(lambda m, a, o: keep("t", a[0]))]
     masked_output(ADAPTER, student, masks, x)
     with torch.no_grad():
         teacher(x)
     for hook in hooks:
         hook.remove()
-    return seen["x"].reshape(-1, seen["x"].shape[-1]), seen["y"].reshape(-1, seen["y"].shape[-1])
+    return tuple(seen[k].reshape(-1, seen[k].shape[-1]) for k in ("x", "y", "t"))
 
 
 def test_each_layer_is_fitted_on_what_the_compensated_student_feeds_it():
@@ -129,7 +131,7 @@ def test_each_layer_is_fitted_on_what_the_compensated_student_feeds_it():
     found = consumers(ADAPTER, student, masks)
     assert len(found) >= 3
     for consumer in found:
-        inp, out = layer_data(student, teacher, masks, x, consumer.weight)
+        inp, out, teacher_in = layer_data(student, teacher, masks, x, consumer.weight)
         layer = student.get_submodule(consumer.weight.rsplit(".", 1)[0])
         z = inp[:, consumer.keep].double()
         bias = layer.bias is not None
@@ -138,7 +140,7 @@ def test_each_layer_is_fitted_on_what_the_compensated_student_feeds_it():
         gram = z.T @ z
         k = int(consumer.keep.sum())
         penalty = torch.zeros(len(gram), dtype=torch.float64)
-        penalty[:k] = ridge * gram.diagonal()[:k].mean()
+        penalty[:k] = ridge * teacher_in.double().pow(2).sum(0).mean()  # the teacher's, all columns
         before = teacher.get_submodule(consumer.weight.rsplit(".", 1)[0])  # the zeroed weights
         prior = torch.zeros(len(gram), out.shape[1], dtype=torch.float64)
         prior[:k] = before.weight[:, consumer.keep].T.double()

@@ -13,7 +13,8 @@ from srprune.pruning.calibration import Calibration
 from srprune.pruning.catanet import CATANetAdapter
 from srprune.pruning.compensate import CompensationSettings
 from srprune.pruning.importance import OptinSettings
-from srprune.pruning.search import compensated_distortion, score_units
+from srprune.pruning.methods import METHODS
+from srprune.pruning.search import Compensated, score_units
 from tiny_catanet import tiny_catanet
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,7 +67,7 @@ def test_per_image_terms_are_kept_on_request(setup):
                     progress=False, per_image=True)
 
 
-@pytest.mark.parametrize("method", ["optin", "magnitude", "random"])
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("budget", [0.9, 0.6])
 def test_masks_meet_the_budget_and_zeroed_equals_masked(setup, method, budget, capsys):
     root, teacher = setup
@@ -103,7 +104,7 @@ def test_compensated_selection_keeps_the_least_distorting_compensated_candidate(
               "--calib-hr", str(root / "train"), "--num-crops", "3", "--crop-size", "12"]
     for selection in ("measured", "compensated"):
         assert main(["search-masks", *common, "--selection", selection, "--ridge", "0.01",
-                     "--out", str(root / f"sel_{selection}.pth")]) == 0
+                     "--search-steps", "0", "--out", str(root / f"sel_{selection}.pth")]) == 0
     measured, compensated = (torch.load(root / f"sel_{s}.pth", weights_only=True)
                              for s in ("measured", "compensated"))
     assert compensated["selection"] == "compensated"
@@ -116,8 +117,8 @@ def test_compensated_selection_keeps_the_least_distorting_compensated_candidate(
     settings = CompensationSettings(ridge=0.01)
     distortions = [c["distortion"] for c in compensated["candidates"]]
     assert len(distortions) == len(measured["candidates"]) > 1
-    assert compensated_distortion(adapter, model, crops, reference, compensated["masks"],
-                                  settings) == pytest.approx(min(distortions), rel=1e-6)
+    measure = Compensated(adapter, model, crops, reference, settings)
+    assert measure(compensated["masks"])[0] == pytest.approx(min(distortions), rel=1e-6)
     # compensation lowers every candidate's error below its uncompensated one
     for before, after in zip(measured["candidates"], compensated["candidates"]):
         assert after["alpha"] == before["alpha"] and after["distortion"] < before["distortion"]
@@ -161,7 +162,7 @@ def test_sketch_scorer_through_the_cli(setup, capsys):
     assert exit_.value.code == 2 and "--probes: must be >= 1" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("method", ["optin", "magnitude", "random"])
+@pytest.mark.parametrize("method", METHODS)
 def test_scoring_split_into_jobs_equals_one_job(setup, method):
     root, _ = setup
     whole = torch.load(score(setup, method, f"whole_{method}.pth"), weights_only=True)
@@ -171,6 +172,8 @@ def test_scoring_split_into_jobs_equals_one_job(setup, method):
     assert list(joined["scores"]) == list(whole["scores"])
     for name, values in whole["scores"].items():
         assert torch.equal(joined["scores"][name], values), name
+    for name, curve in whole.get("curves", {}).items():
+        assert all(torch.equal(joined["curves"][name][k], curve[k]) for k in curve), name
     assert joined["part"] is None
 
 

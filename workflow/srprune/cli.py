@@ -174,7 +174,8 @@ def cmd_score_units(args: argparse.Namespace) -> None:
                              max_batch=args.max_batch, scorer=args.scorer, probes=args.probes)
     artifact = score_units(args.teacher, args.method, calibration, settings,
                            _load_options(args), args.device, part=_part(args.part),
-                           units=args.units, progress=not args.quiet)
+                           units=args.units, progress=not args.quiet,
+                           compensation=_compensation(args))
     save_artifact(artifact, args.out)
     scored = artifact.get("scores") or artifact.get("terms")
     print(f"scored {sum(len(s) for s in scored.values())} units of {len(scored)} groups with "
@@ -234,14 +235,16 @@ def cmd_search_masks(args: argparse.Namespace) -> None:
 
     artifact = search_masks(args.teacher, args.scores, args.mac_constraint, args.selection,
                             args.min_keep, _load_options(args), _calibration(args),
-                            args.device, _compensation(args))
+                            args.device, _compensation(args), args.search_steps,
+                            args.search_seed, args.compensated_out)
     save_artifact(artifact, args.out)
     kept, total = sum(artifact["kept"].values()), sum(len(m) for m in artifact["masks"].values())
     print(f"{artifact['method']}/{args.selection}: kept {kept} of {total} units; full MACs "
           f"{artifact['macs_pruned'] / 1e9:.3f} G of {artifact['macs_teacher'] / 1e9:.3f} G "
           f"(ratio {artifact['achieved_mac_ratio']:.4f}, prunable part "
           f"{artifact['prunable_mac_ratio']:.4f}, budget {args.mac_constraint}; "
-          f"{len(artifact['candidates'])} candidates); wrote {args.out}")
+          f"{len(artifact['candidates'])} candidates); wrote {args.out}"
+          + (f" and {args.compensated_out}" if args.compensated_out else ""))
 
 
 def cmd_export_zeroed(args: argparse.Namespace) -> None:
@@ -432,8 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``srprune`` parser with one subcommand per stage."""
     from .figures import DEFAULT_CROP
     from .pruning.adapter import UNIT_KINDS_DEFAULT
-    from .pruning.importance import METHODS, OptinSettings
-    from .pruning.search import SCORERS
+    from .pruning.importance import OptinSettings
+    from .pruning.methods import DEFAULT_METHOD, METHOD_CLASSES, SCORERS
+    from .pruning.selection import DEFAULT_STEPS
 
     parser = Parser(prog="srprune", description=__doc__)
     _verbosity_args(parser)
@@ -464,9 +468,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_options(p, datasets=True)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("score-units", help="score every head and FFN neuron (OPTIN or a baseline)")
+    p = sub.add_parser("score-units", help="score every head and FFN neuron (obs, OPTIN or a "
+                                           "baseline)")
     _teacher_args(p)
-    p.add_argument("--method", default=METHODS[0], choices=METHODS)
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=METHOD_CLASSES,
+                   help="; ".join(f"{name}: {cls.summary}" for name, cls in METHOD_CLASSES.items()))
     p.add_argument("--out", required=True, help="unit-scores artifact (.pth)")
     _calibration_args(p, "calibration crops, token positions, random scores", scoring=True)
     p.add_argument("--tokens", type=positive_int, default=OptinSettings.tokens,
@@ -487,6 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--units", default=",".join(UNIT_KINDS_DEFAULT),
                    help="unit kinds to score and prune, comma-separated: head, qk_channel, "
                         "v_channel (channels inside heads; need head), neuron")
+    _compensation_args(p)
     p.set_defaults(func=cmd_score_units)
 
     p = sub.add_parser("gather-scores", help="join the unit scores of parallel scoring jobs")
@@ -505,10 +512,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "options below); knapsack: the alpha = 1 candidate, unmeasured")
     p.add_argument("--min-keep", type=int_at_least(0), default=0,
                    help="units always kept per group")
+    p.add_argument("--search-steps", type=int_at_least(0), default=DEFAULT_STEPS,
+                   help="local moves of the per-module weights after the head-weight sweep, each "
+                        "a measured candidate (measured and compensated selections)")
+    p.add_argument("--search-seed", type=int, default=0, help="seed of the local moves")
     _calibration_args(p, "calibration crops (candidates are measured on them)")
     _compensation_args(p)
     p.add_argument("--device", default="cpu", type=device, help="cpu, cuda, cuda:N")
     p.add_argument("--out", required=True, help="masks artifact (<arch>_pruning_masks.pth)")
+    p.add_argument("--compensated-out", help="also write the chosen candidate's compensated model "
+                                             "(<arch>_compensated.pth; compensated selection)")
     p.set_defaults(func=cmd_search_masks)
 
     p = sub.add_parser("export-zeroed", help="the teacher with masked units' weights zeroed")

@@ -11,10 +11,14 @@ inputs that the already-compensated student produces, so errors do not compound.
 For a consumer W (out x in) with kept input columns K and bias b (where the layer has one), over
 every calibration token: X = the student's (masked) input columns K, Y = the target; solve
 
-    min ||X W_K^T + 1 b^T - Y||^2 + ridge * mean(diag(X^T X)) * ||W_K - W0_K||^2
+    min ||X W_K^T + 1 b^T - Y||^2 + ridge * mean(diag(X_t^T X_t)) * ||W_K - W0_K||^2
 
 from normal equations summed batch by batch (float64, so memory does not grow with the number of
-crops; the bias is not regularised). The ridge pulls towards the zeroed model's own weights W0,
+crops; the bias is not regularised; X_t is the teacher's input to the layer, so the penalty is one
+constant per layer whatever the units kept, and :mod:`.obs` predicts the refit of any kept set
+exactly). The equations cover every input column (the layer's own groups unmasked while its
+inputs are recorded) and are solved over the kept ones; :func:`reselect_and_compensate` also
+chooses, per module, which units to keep from them. The ridge pulls towards the zeroed model's own weights W0,
 not towards zero, so a large ridge gives back the zeroed model and a small budget cut (r = 0.9)
 is not overfitted to the crops. The solve is a pseudo-inverse: with ``ridge = 0`` and fewer
 samples than columns it gives the minimum-norm answer, never NaN. A consumer with every column
@@ -37,6 +41,7 @@ the demo 1e-3). Numbers: README, "Compensation (no training)".
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -54,6 +59,7 @@ from ..settings import check_int
 from .adapter import Adapter, ResidualTap, masked
 from .artifacts import masks_of
 from .calibration import Calibration
+from .obs import Quadratic, removal_curve
 from .registry import adapter_for
 
 TARGETS = ("stream", "output")
@@ -77,10 +83,12 @@ class CompensationSettings:
 
 @dataclass(frozen=True)
 class Consumer:
-    """A layer fed by pruned units: its weight's name and which input columns are kept."""
+    """A layer fed by pruned units: its weight's name, which input columns are kept, and the
+    groups owning its columns with the columns each unit owns."""
 
     weight: str
     keep: Tensor
+    owners: tuple[tuple[str, int], ...] = ()
 
 
 def consumers(adapter: Adapter, model: nn.Module, masks: dict[str, Tensor]) -> list[Consumer]:
@@ -93,6 +101,7 @@ def consumers(adapter: Adapter, model: nn.Module, masks: dict[str, Tensor]) -> l
     if unknown:
         raise ValueError(f"the masks name groups this model does not have: {unknown}")
     keep: dict[str, Tensor] = {}
+    owners: dict[str, list[tuple[str, int]]] = {}
     for group in groups.values():
         mask = masks.get(group.name)
         if mask is not None and tuple(mask.shape) != (group.count,):
@@ -107,7 +116,9 @@ def consumers(adapter: Adapter, model: nn.Module, masks: dict[str, Tensor]) -> l
                 raise ValueError(f"{group.name} owns {columns.numel()} columns of {name}, which "
                                  f"has {model.get_parameter(name).shape[1]}")
             keep[name] = keep[name] & columns if name in keep else columns
-    return [Consumer(name, cols) for name, cols in keep.items() if not bool(cols.all())]
+            owners.setdefault(name, []).append((group.name, width))
+    return [Consumer(name, cols, tuple(owners[name])) for name, cols in keep.items()
+            if not bool(cols.all())]
 
 
 class NormalEquations:
@@ -128,19 +139,6 @@ class NormalEquations:
         self.zz += z.T @ z
         self.zy += z.T @ y
         self.yy += float((y * y).sum())
-
-    def solve(self, ridge: float, prior: Tensor) -> Tensor:
-        """The ridge solution (columns + bias) x outputs, shrunk towards ``prior``.
-
-        Minimises ||Z theta - Y||^2 + ridge * mean(diag) * ||W - W_prior||^2 (the bias is free);
-        minimum-norm where singular.
-        """
-        a, b = self.zz.clone(), self.zy.clone()
-        if self.columns:
-            penalty = ridge * float(a.diagonal()[:self.columns].mean())
-            a.diagonal()[:self.columns] += penalty
-            b[:self.columns] += penalty * prior[:self.columns].double()
-        return torch.linalg.pinv(a, hermitian=True) @ b
 
     def error(self, theta: Tensor) -> float:
         """||Z theta - Y||^2 / ||Y||^2 over the samples added (0 when Y is 0)."""
@@ -194,9 +192,13 @@ def drift(model: nn.Module, tap: ResidualTap, teacher: Tensor, student: Tensor) 
     return diff
 
 
-def _theta(layer: nn.Linear, keep: Tensor) -> Tensor:
-    """The layer's current kept columns (transposed) and bias, as the solver's unknowns."""
-    theta = layer.weight.detach()[:, keep].T
+def layer_theta(layer: nn.Linear, keep: Tensor | None = None) -> Tensor:
+    """The layer's weight (transposed; columns not in ``keep`` as 0) and bias, as the solver's
+    unknowns over every input column."""
+    weight = layer.weight.detach()
+    if keep is not None:
+        weight = weight * keep.to(weight)
+    theta = weight.T
     if layer.bias is not None:
         theta = torch.cat([theta, layer.bias.detach()[None]])
     return theta
@@ -204,6 +206,7 @@ def _theta(layer: nn.Linear, keep: Tensor) -> Tensor:
 
 @torch.no_grad()
 def _write(layer: nn.Linear, keep: Tensor, theta: Tensor) -> None:
+    """Write the solution over the kept columns (and bias); the other columns become 0."""
     columns = int(keep.sum())
     weight = torch.zeros_like(layer.weight)
     weight[:, keep] = theta[:columns].T.to(weight)
@@ -257,41 +260,119 @@ class Streams:
             self.block += 1
 
 
+def _teacher_taps(record_run: Callable[[], Any], taps: dict[str, tuple[nn.Module, bool]]
+                  ) -> dict[str, Tensor]:
+    """:func:`record` of the teacher, its consumer input reduced to per-column sums of squares
+    (all the ridge needs; the memo keeps them for every candidate)."""
+    seen = record(record_run, taps)
+    seen["xx"] = seen.pop("x").flatten(0, -2).double().pow(2).sum(dim=0)
+    return seen
+
+
+def ridge_penalty(settings: CompensationSettings, wanted: list[dict[str, Tensor]]) -> float:
+    """``ridge`` times the mean diagonal of the teacher's X^T X: one constant per layer, whatever
+    the units kept, so that :mod:`.obs` predicts the refit exactly."""
+    diagonal = sum(w["xx"] for w in wanted)
+    return settings.ridge * float(diagonal.mean()) if diagonal.numel() else 0.0
+
+
+def reselectable(consumer: Consumer, masks: dict[str, Tensor], parents: set[str]) -> str | None:
+    """The group whose kept units :func:`fit_consumer` may choose anew: the only owner of the
+    consumer's columns, when it has masks and no channel groups inside it (else None)."""
+    if len(consumer.owners) != 1:
+        return None
+    name = consumer.owners[0][0]
+    return name if name in masks and name not in parents else None
+
+
 @torch.no_grad()
 def fit_consumer(adapter: Adapter, student: nn.Module, teacher: nn.Module,
                  masks: dict[str, Tensor], consumer: Consumer, streams: Streams,
-                 settings: CompensationSettings) -> dict[str, float] | None:
-    """Refit one consumer of ``student`` in place; its relative error before and after.
+                 settings: CompensationSettings, reselect: str | None = None
+                 ) -> tuple[dict[str, float] | None, dict[str, Tensor]]:
+    """Refit one consumer of ``student`` in place: (its relative error before and after, masks).
 
-    ``streams`` are both models' inputs to the consumer's block (only that block is run). None
-    when nothing is left to fit (no kept column and no bias): the layer stays as it is.
+    ``streams`` are both models' inputs to the consumer's block (only that block is run). The
+    consumer's inputs are recorded with its own groups unmasked, so the normal equations cover
+    every column; the refit solves them over the kept ones. With ``reselect`` (a group name,
+    :func:`reselectable`), that group keeps as many units as its mask does, but the ones whose
+    removal the refit absorbs best (:func:`.obs.removal_curve` on these equations), and the
+    masks returned say which; ``student`` must then still hold the group's weights (a masked
+    copy of the teacher, not a zeroed one). The error is None when nothing is left to fit (no
+    kept column and no bias): the layer stays as it is.
     """
     layer = adapter.consumer_layer(student, consumer.weight)
-    keep = consumer.keep.to(layer.weight.device)
+    teacher_layer = adapter.consumer_layer(teacher, consumer.weight)
     tap = adapter.residual(student, consumer.weight) if settings.target == "stream" else None
-    if not int(keep.sum()) and layer.bias is None:
-        return None
+    owners = {name for name, _ in consumer.owners}
+    lifted = {name: mask for name, mask in masks.items() if name not in owners}
     student_taps = {"x": (layer, False)}
-    teacher_taps = {"y": (adapter.consumer_layer(teacher, consumer.weight), True)}
+    teacher_taps = {"y": (teacher_layer, True), "x": (teacher_layer, False)}
     if tap is not None:
         student_taps["r"] = (student.get_submodule(tap.module), False)
         teacher_taps["r"] = (teacher.get_submodule(tap.module), False)
-    equations = NormalEquations(int(keep.sum()), layer.out_features, layer.bias is not None,
+    equations = NormalEquations(layer.in_features, layer.out_features, layer.bias is not None,
                                 layer.weight.device)
     block = streams.block
     wanted = _memo(streams.memo, ("taps", (consumer.weight, tap is not None)), lambda: [
-        record(lambda: adapter.run_block(teacher, block, t), teacher_taps)
+        _teacher_taps(lambda: adapter.run_block(teacher, block, t), teacher_taps)
         for t in streams.teacher])
     for s, want in zip(streams.student, wanted):
-        with masked(adapter, student, masks):
+        with masked(adapter, student, lifted):
             got = record(lambda: adapter.run_block(student, block, s), student_taps)
         target = want["y"] if tap is None else want["y"] + drift(student, tap, want["r"], got["r"])
-        equations.add(got["x"][..., keep], target)
-    current = _theta(layer, keep)
-    before = equations.error(current)
-    theta = equations.solve(settings.ridge, current)
+        equations.add(got["x"], target)
+    quad = Quadratic.ridge(equations.zz, equations.zy, equations.yy, layer.in_features,
+                           ridge_penalty(settings, wanted), layer_theta(teacher_layer).double())
+    keep = consumer.keep.to(layer.weight.device)
+    if reselect is not None:
+        masks, keep = _reselect(adapter, student, masks, reselect, quad, consumer)
+    if not int(keep.sum()) and layer.bias is None:
+        return None, masks
+    before = equations.error(layer_theta(layer, consumer.keep.to(layer.weight.device)))
+    theta = quad.keep(keep).solve()
     _write(layer, keep, theta)
-    return {"before": before, "after": equations.error(theta)}
+    return {"before": before, "after": equations.error(layer_theta(layer))}, masks
+
+
+def _reselect(adapter: Adapter, model: nn.Module, masks: dict[str, Tensor], name: str,
+              quad: Quadratic, consumer: Consumer) -> tuple[dict[str, Tensor], Tensor]:
+    """Masks with group ``name``'s kept units chosen by the refit's error, and the consumer's
+    kept columns."""
+    width = dict(consumer.owners)[name]
+    mask = masks[name]
+    units = mask.numel()
+    _, keep = removal_curve(quad, units, width)
+    chosen = keep[int(mask.bool().sum())].to(mask)
+    masks = {**masks, name: chosen}
+    return masks, chosen.bool().repeat_interleave(width).to(quad.a.device)
+
+
+def _compensate(adapter: Adapter, student: nn.Module, teacher: nn.Module,
+                masks: dict[str, Tensor], x: Tensor, settings: CompensationSettings,
+                progress: bool, memo: TeacherMemo | None, reselect: bool
+                ) -> tuple[dict[str, dict[str, float]], dict[str, Tensor]]:
+    student.eval()
+    teacher.eval()
+    device = next(student.parameters()).device
+    masks = {name: mask.to(device) for name, mask in masks.items()}
+    parents = {g.parent for g in adapter.groups(student) if g.parent and g.name in masks}
+    streams = Streams.start(adapter, student, teacher, list(x.to(device).split(settings.batch_size)),
+                            memo)
+    fit = {}
+    for consumer in progress_bar(consumers(adapter, student, masks), desc="compensate",
+                                 unit="layer", disable=not progress):
+        block = adapter.block_of(consumer.weight)
+        if block < streams.block:
+            raise RuntimeError(f"{type(adapter).__name__}.slices lists consumer {consumer.weight} "
+                               f"of block {block} after block {streams.block}'s (not forward order)")
+        streams.advance(adapter, student, teacher, masks, block)
+        group = reselectable(consumer, masks, parents) if reselect else None
+        result, masks = fit_consumer(adapter, student, teacher, masks, consumer, streams,
+                                     settings, group)
+        if result is not None:
+            fit[consumer.weight] = result
+    return fit, masks
 
 
 @torch.no_grad()
@@ -308,24 +389,26 @@ def compensate_model(adapter: Adapter, student: nn.Module, teacher: nn.Module,
     left to fit are left out). ``memo`` (a dict, empty at first) keeps the teacher's part for
     later calls with the same teacher, ``x`` and settings.
     """
-    student.eval()
-    teacher.eval()
-    device = next(student.parameters()).device
-    masks = {name: mask.to(device) for name, mask in masks.items()}
-    streams = Streams.start(adapter, student, teacher, list(x.to(device).split(settings.batch_size)),
-                            memo)
-    fit = {}
-    for consumer in progress_bar(consumers(adapter, student, masks), desc="compensate",
-                                 unit="layer", disable=not progress):
-        block = adapter.block_of(consumer.weight)
-        if block < streams.block:
-            raise RuntimeError(f"{type(adapter).__name__}.slices lists consumer {consumer.weight} "
-                               f"of block {block} after block {streams.block}'s (not forward order)")
-        streams.advance(adapter, student, teacher, masks, block)
-        result = fit_consumer(adapter, student, teacher, masks, consumer, streams, settings)
-        if result is not None:
-            fit[consumer.weight] = result
-    return fit
+    return _compensate(adapter, student, teacher, masks, x, settings, progress, memo, False)[0]
+
+
+@torch.no_grad()
+def reselect_and_compensate(adapter: Adapter, teacher: nn.Module, masks: dict[str, Tensor],
+                            x: Tensor, settings: CompensationSettings, progress: bool = True,
+                            memo: TeacherMemo | None = None
+                            ) -> tuple[nn.Module, dict[str, Tensor], dict[str, dict[str, float]]]:
+    """Compensate with each module's kept units chosen by what its refit leaves.
+
+    Keeps each group's kept count of ``masks`` but, module by module in forward order, chooses
+    the units whose removal the refit of their consumer absorbs best, from the inputs of the
+    already pruned and compensated student and the teacher's targets (:func:`fit_consumer`).
+    Groups with channel groups inside them, and consumers of several groups, keep the units
+    ``masks`` gives. Returns (the zeroed, compensated student; the masks; the fit record).
+    """
+    student = copy.deepcopy(teacher)
+    fit, masks = _compensate(adapter, student, teacher, masks, x, settings, progress, memo, True)
+    adapter.zero_units(student, masks)
+    return student, masks, fit
 
 
 def compensate_checkpoint(teacher_path: str | Path, model_path: str | Path, out: str | Path,

@@ -54,9 +54,6 @@ from ..progress import progress_bar
 from ..settings import check_int
 from .adapter import Adapter, UnitGroup, masked
 
-METHODS = ("optin", "magnitude", "random")
-
-
 @dataclass
 class OptinSettings:
     """Settings of the OPTIN score; defaults are documented in the module docstring."""

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import asdict
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -30,16 +31,15 @@ from .adapter import (UNIT_KINDS_DEFAULT, Adapter, UnitGroup, check_unit_kinds,
                       groups_of_kinds, kept_counts, masked)
 from .artifacts import check_artifact
 from .calibration import Calibration
-from .compensate import CompensationSettings, TeacherMemo, compensate_model
-from .importance import METHODS, OptinSettings, combine, optin_terms, random_scores
+from .compensate import (CompensationSettings, TeacherMemo, compensate_model,
+                         reselect_and_compensate)
+from .importance import OptinSettings
+from .methods import ScoringJob
+from .methods import method as get_method
 from .registry import adapter_for
 from .selection import DEFAULT_SELECTION, Selector
-from .sketch import hybrid_terms, sketch_terms
 
 log = logging.getLogger(__name__)
-
-SCORERS = {"exact": optin_terms, "sketch": sketch_terms, "hybrid": hybrid_terms}
-
 
 def part_groups(groups: list[UnitGroup], part: tuple[int, int] | None) -> list[UnitGroup]:
     """The groups of scoring job ``k`` of ``n`` (blocks ``i`` with ``i % n == k``), or all."""
@@ -56,18 +56,17 @@ def score_units(teacher_path: str | Path, method: str, calibration: Calibration,
                 device: str = "cpu", progress: bool = True,
                 part: tuple[int, int] | None = None,
                 units: tuple[str, ...] | list[str] | str = UNIT_KINDS_DEFAULT,
-                per_image: bool = False) -> dict[str, Any]:
+                per_image: bool = False,
+                compensation: CompensationSettings | None = None) -> dict[str, Any]:
     """Score the units of kinds ``units`` of the teacher with ``method``; returns the artifact.
 
     ``part = (k, n)`` scores only the blocks of job k of n (for a cluster); :func:`gather_scores`
     joins the n parts into the artifact a single job writes. ``per_image`` (exact OPTIN scorer
-    only) also keeps every crop's terms (:func:`.importance.optin_terms`).
+    only) also keeps every crop's terms (:func:`.importance.optin_terms`). ``compensation``:
+    the refit whose damage ``obs`` predicts (default settings).
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    scorer = get_method(method)
     units = check_unit_kinds(units)
-    if settings.scorer not in SCORERS:
-        raise ValueError(f"scorer must be one of {sorted(SCORERS)}, got {settings.scorer!r}")
     if settings.probes < 1:
         raise ValueError(f"probes must be at least 1, got {settings.probes}")
     model = load_finite(teacher_path, **(model_config or {}))
@@ -80,33 +79,17 @@ def score_units(teacher_path: str | Path, method: str, calibration: Calibration,
         "units": list(units), "groups": [asdict(g) for g in all_groups],
         "part": list(part) if part else None,
     }
-    names = {g.name for g in groups}
-    if method == "optin":
-        x = calibration.crops(scale_of(model))
-        model.to(device)
-        extra = {"per_image": True} if per_image else {}
-        if per_image and settings.scorer != "exact":
-            raise ValueError(f"per-image terms need the exact scorer, not {settings.scorer!r}")
-        terms = SCORERS[settings.scorer](adapter, model, x.to(device), settings, progress=progress,
-                                         groups=groups, **extra)
-        artifact.update(calibration=asdict(calibration), calibration_crops=x,
-                        settings=settings.to_dict(), terms=terms)
-    elif method == "magnitude":
-        artifact["scores"] = {g.name: adapter.unit_magnitude(model, g) for g in groups}
-    else:
-        scores = random_scores(adapter, model, calibration.seed, all_groups)  # parts agree
-        artifact.update(seed=calibration.seed,
-                        scores={k: v for k, v in scores.items() if k in names})
-    check_finite(artifact.get("terms") or artifact["scores"], f"{method} scores")
+    job = ScoringJob(adapter, model.to(device), groups, all_groups, calibration, scale_of(model),
+                     settings, compensation or CompensationSettings(), device, progress,
+                     per_image)
+    artifact.update(scorer.score(job))
+    check_finite(artifact[scorer.part_key], f"{method} scores")
     return finish_scores(artifact) if part is None else artifact
 
 
 def finish_scores(artifact: dict[str, Any]) -> dict[str, Any]:
-    """Combine OPTIN's raw terms of all units into scores (the balance needs every unit)."""
-    if artifact["method"] == "optin":
-        scores, factor = combine(artifact["terms"], artifact["settings"]["lam"])
-        artifact.update(scores=scores, balance_factor=factor)
-    return artifact
+    """The artifact once every group is scored (:meth:`.methods.Importance.finish`)."""
+    return get_method(artifact["method"]).finish(artifact)
 
 
 def gather_scores(paths: list[str | Path]) -> dict[str, Any]:
@@ -114,20 +97,23 @@ def gather_scores(paths: list[str | Path]) -> dict[str, Any]:
     parts = [read_checkpoint(p) for p in paths]
     first = parts[0]
     same = ("kind", "method", "teacher_sha256", "arch", "model_config", "units", "groups",
-            "calibration", "settings", "seed")
+            "calibration", "settings", "seed", "compensation")
     for path, other in zip(paths[1:], parts[1:]):
         differ = [k for k in same if other.get(k) != first.get(k)]
         if differ or ("calibration_crops" in first
                       and not torch.equal(other["calibration_crops"], first["calibration_crops"])):
             raise CheckpointError(f"{path} was scored differently from {paths[0]}: "
                                   f"{differ or ['calibration_crops']}")
-    key = "terms" if first["method"] == "optin" else "scores"
-    joined = {name: value for part in parts for name, value in part[key].items()}
+    keys = {get_method(first["method"]).part_key, "scores"} & set(first)
+    joined = {key: {name: value for part in parts for name, value in part[key].items()}
+              for key in keys}
     expected = [g["name"] for g in first["groups"]]
-    if sorted(joined) != sorted(expected) or sum(len(p[key]) for p in parts) != len(expected):
-        raise CheckpointError(f"the parts do not cover every group exactly once: "
-                              f"missing {sorted(set(expected) - set(joined))}")
-    artifact = {**first, key: {name: joined[name] for name in expected}, "part": None}
+    for key, values in joined.items():
+        if sorted(values) != sorted(expected) or sum(len(p[key]) for p in parts) != len(expected):
+            raise CheckpointError(f"the parts do not cover every group exactly once: "
+                                  f"missing {sorted(set(expected) - set(values))}")
+    artifact = {**first, **{key: {name: values[name] for name in expected}
+                            for key, values in joined.items()}, "part": None}
     return finish_scores(artifact)
 
 
@@ -165,16 +151,39 @@ def batched(model: nn.Module, x: Tensor, batch: int = 16) -> Iterator[Tensor]:
     return (model(chunk) for chunk in x.split(batch))
 
 
-@torch.no_grad()
-def compensated_distortion(adapter: Adapter, teacher: nn.Module, x: Tensor, reference: Tensor,
-                           masks: dict[str, Tensor], settings: CompensationSettings,
-                           memo: TeacherMemo | None = None) -> float:
-    """:func:`output_distortion` of the teacher zeroed by ``masks`` and compensated on ``x``
-    (``memo``: the teacher's part of the compensation, shared by the candidates)."""
-    student = copy.deepcopy(teacher)
-    adapter.zero_units(student, masks)
-    compensate_model(adapter, student, teacher, masks, x, settings, progress=False, memo=memo)
-    return output_distortion(adapter, student, x, reference, masks)
+@dataclass
+class Compensated:
+    """Measures candidates after compensating them, keeping every compensated student (the
+    winner is written by ``search-masks --compensated-out`` instead of being refitted again)."""
+
+    adapter: Adapter
+    teacher: nn.Module
+    x: Tensor
+    reference: Tensor
+    settings: CompensationSettings
+    reselect: bool = False
+    memo: TeacherMemo = field(default_factory=dict)
+    students: dict[bytes, tuple[nn.Module, dict[str, Any]]] = field(default_factory=dict)
+
+    def __call__(self, masks: dict[str, Tensor]) -> tuple[float, dict[str, Tensor]]:
+        start = time.perf_counter()
+        if self.reselect:
+            student, masks, fit = reselect_and_compensate(self.adapter, self.teacher, masks,
+                                                          self.x, self.settings, False, self.memo)
+        else:
+            student = copy.deepcopy(self.teacher)
+            self.adapter.zero_units(student, masks)
+            fit = compensate_model(self.adapter, student, self.teacher, masks, self.x,
+                                   self.settings, progress=False, memo=self.memo)
+        self.students[masks_key(masks)] = (student, {
+            "settings": asdict(self.settings), "fit": fit, "reselected": self.reselect,
+            "seconds": time.perf_counter() - start})
+        return output_distortion(self.adapter, student, self.x, self.reference, masks), masks
+
+
+def masks_key(masks: dict[str, Tensor]) -> bytes:
+    return b"".join(name.encode() + masks[name].bool().cpu().numpy().tobytes()
+                    for name in sorted(masks))
 
 
 @torch.no_grad()
@@ -182,14 +191,20 @@ def search_masks(teacher_path: str | Path, scores_path: str | Path, budget: floa
                  selection: str = DEFAULT_SELECTION, min_keep: int = 0,
                  model_config: dict[str, Any] | None = None,
                  calibration: Calibration | None = None, device: str = "cpu",
-                 compensation: CompensationSettings | None = None) -> dict[str, Any]:
+                 compensation: CompensationSettings | None = None, steps: int = 0,
+                 seed: int = 0, compensated_out: str | Path | None = None) -> dict[str, Any]:
     """Choose masks under ``budget`` from saved unit scores; returns the masks artifact.
 
     The measured selection runs the teacher with each candidate's masks on the calibration crops
-    and keeps the candidate of smallest output error (:mod:`.selection`); the compensated
+    and keeps the candidate of smallest output error (:mod:`.selection`; ``steps`` local moves
+    of the per-module weights after the head-weight sweep, drawn with ``seed``); the compensated
     selection measures each candidate after compensating it (``compensation``, fitted on the
-    same crops), as the compensate stage will.
+    same crops), as the compensate stage will, and for a method that ``reselects`` (obs) the
+    compensation also chooses each module's units. ``compensated_out``: write the winner's
+    compensated model there (compensated selection only).
     """
+    if compensated_out is not None and selection != "compensated":
+        raise ValueError("compensated_out needs the compensated selection")
     scores = read_checkpoint(scores_path)
     check_scores_match(scores, teacher_path)
     model = load_finite(teacher_path, **(model_config or {})).to(device).eval()
@@ -197,8 +212,9 @@ def search_masks(teacher_path: str | Path, scores_path: str | Path, budget: floa
     check_artifact(adapter.groups(model), scores, scores["scores"], scores_path)
     groups = scored_groups(adapter, model, scores)
     lr_size = adapter.reference_lr_size(model)
+    scorer = get_method(scores["method"])
     selector = Selector(groups, scores["scores"], lambda kept: adapter.macs(model, kept, lr_size),
-                        min_keep, distortion_scores=scores["method"] == "optin")
+                        min_keep, distortion_scores=scorer.distortion, curves=scores.get("curves"))
     measure = None
     if selection != "knapsack":
         x = calibration_crops(scores, calibration, scale_of(model)).to(device)
@@ -206,32 +222,44 @@ def search_masks(teacher_path: str | Path, scores_path: str | Path, budget: floa
         check_finite({"output": reference}, f"{teacher_path} on the calibration crops")
         measure = lambda masks: output_distortion(adapter, model, x, reference, masks)  # noqa: E731
         if selection == "compensated":
-            settings, memo = compensation or CompensationSettings(), {}
-            measure = lambda masks: compensated_distortion(  # noqa: E731
-                adapter, model, x, reference, masks, settings, memo)
-    chosen, candidates = selector.select(budget, selection, measure)
+            measure = Compensated(adapter, model, x, reference,
+                                  compensation or CompensationSettings(), scorer.reselects)
+    start = time.perf_counter()
+    chosen, candidates = selector.select(budget, selection, measure, steps, seed)
+    seconds = time.perf_counter() - start
     adapter.check_masks(model, chosen.masks)
     total, floor, pruned = selector.total, selector.floor, chosen.macs
     log.info("kept %d of %d units; full MACs %.4f of the teacher's, %.4f of the prunable part "
-             "(budget %s; %d candidates, head weight %g)", sum(kept_counts(chosen.masks).values()),
-             sum(g.count for g in groups), pruned / total, (pruned - floor) / (total - floor),
-             budget, len(candidates), chosen.alpha)
-    return {
+             "(budget %s; %d candidates, head weight %g, %.0f s)",
+             sum(kept_counts(chosen.masks).values()), sum(g.count for g in groups),
+             pruned / total, (pruned - floor) / (total - floor), budget, len(candidates),
+             chosen.alpha, seconds)
+    artifact = {
         "kind": "pruning_masks", "masks": chosen.masks,
         "scores": {g.name: scores["scores"][g.name] for g in groups},
         "method": scores["method"], "units": scores.get("units", list(UNIT_KINDS_DEFAULT)),
         "selection": selection, "mac_constraint": budget,
         "selection_compensation": asdict(compensation or CompensationSettings())
         if selection == "compensated" else None,
+        "reselected": selection == "compensated" and scorer.reselects,
+        "search_steps": steps, "search_seed": seed, "search_seconds": seconds,
         "min_keep": min_keep, "macs_teacher": total, "macs_pruned": pruned, "macs_floor": floor,
         "achieved_mac_ratio": pruned / total,
         "prunable_mac_ratio": (pruned - floor) / (total - floor) if total > floor else 1.0,
         "macs_lr_size": list(lr_size), "kept": kept_counts(chosen.masks),
         "candidates": [c.summary() for c in candidates], "chosen_alpha": chosen.alpha,
+        "chosen_weights": chosen.weights,
         "calibration": scores.get("calibration"), "optin_settings": scores.get("settings"),
         "teacher_sha256": scores["teacher_sha256"], "arch": scores["arch"],
         "model_config": scores["model_config"], "groups": scores["groups"],
     }
+    if compensated_out is not None:
+        student, record = measure.students[masks_key(chosen.masks)]
+        save_model(student.cpu(), compensated_out, {
+            **zeroed_meta(artifact, adapter, model), "stage": "compensated",
+            "compensation": {**record, "calibration": scores.get("calibration"),
+                             "teacher": str(teacher_path), "source": "search-masks"}})
+    return artifact
 
 
 def scored_groups(adapter: Adapter, model: nn.Module, scores: dict[str, Any]) -> list[UnitGroup]:
@@ -257,15 +285,19 @@ def export_zeroed(teacher_path: str | Path, masks_path: str | Path, out: str | P
     check_artifact(adapter.groups(model), artifact, artifact["masks"], masks_path)
     adapter.check_masks(model, artifact["masks"])
     adapter.zero_units(model, artifact["masks"])
-    meta = {"stage": "zeroed", "masks": artifact["masks"], "method": artifact["method"],
+    save_model(model, out, zeroed_meta(artifact, adapter, model))
+    return model
+
+
+def zeroed_meta(artifact: dict[str, Any], adapter: Adapter, model: nn.Module) -> dict[str, Any]:
+    """The meta of the teacher zeroed by a masks artifact (export-zeroed's checkpoint)."""
+    return {"stage": "zeroed", "masks": artifact["masks"], "method": artifact["method"],
             "groups": artifact.get("groups") or [asdict(g) for g in groups_of_kinds(
                 adapter.groups(model), artifact.get("units") or UNIT_KINDS_DEFAULT)],
             "units": artifact.get("units") or list(UNIT_KINDS_DEFAULT),
             "mac_constraint": artifact["mac_constraint"],
             "achieved_mac_ratio": artifact["achieved_mac_ratio"],
             "teacher_sha256": artifact["teacher_sha256"]}
-    save_model(model, out, meta)
-    return model
 
 
 def save_artifact(artifact: dict[str, Any], path: str | Path) -> None:

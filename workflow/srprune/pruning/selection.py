@@ -45,6 +45,7 @@ from .adapter import UnitGroup
 SELECTIONS = ("measured", "compensated", "knapsack")
 DEFAULT_SELECTION = "compensated"  # validation split of the x4 model, README "Mask search"
 ALPHAS = tuple(2.0 ** k for k in range(-8, 9))
+DEFAULT_STEPS = 8  # local moves after the head-weight sweep
 RESOLUTION = 20000
 
 
@@ -141,6 +142,28 @@ class _Ranked:
         return out
 
 
+class _Curved(_Ranked):
+    """One family chosen from an error curve: for every kept count, the error left and the
+    units kept (:mod:`.obs`; not nested across counts where the curve is exact)."""
+
+    def __init__(self, family: Family, scores: dict[str, Tensor], curve: dict[str, Tensor]):
+        if family.channels:
+            raise ValueError(f"{family.group.name}: error curves cover whole heads; channels "
+                             f"inside heads need per-unit scores")
+        super().__init__(family, scores)
+        self.error = curve["err"].double().numpy()
+        self.keep = curve["keep"].bool()
+        if tuple(self.keep.shape) != (family.group.count + 1, family.group.count):
+            raise ValueError(f"{family.group.name}: the error curve has shape "
+                             f"{tuple(self.keep.shape)}, the group {family.group.count} units")
+
+    def kept_units(self, option: tuple[int, ...]) -> np.ndarray:
+        return self.keep[option[0]].nonzero().flatten().numpy()
+
+    def loss(self, option: tuple[int, ...]) -> float:
+        return float(self.error[option[0]])
+
+
 @dataclass
 class Table:
     """The options of one family with their exact extra MACs and their loss."""
@@ -230,25 +253,41 @@ def knapsack(weights: list[np.ndarray], losses: list[np.ndarray], capacity: int,
 
 @dataclass
 class Candidate:
-    """One knapsack solution: its head weight, predicted loss, exact MACs and measurement."""
+    """One knapsack solution: its family weights, predicted loss, exact MACs and measurement.
+
+    ``alpha`` is the head weight it started from; ``weights`` are the per-family coefficients
+    of the losses (the head weight on head families, moved by the local search). ``proposed``
+    are the knapsack's masks, ``masks`` those the measurement returned (the same unless the
+    measurement chooses units within modules anew).
+    """
 
     alpha: float
     masks: dict[str, Tensor]
     loss: float
     macs: int
+    weights: list[float]
     distortion: float | None = None
+    proposed: dict[str, Tensor] | None = None
 
     def summary(self) -> dict:
         return {"alpha": self.alpha, "loss": self.loss, "macs": self.macs,
-                "distortion": self.distortion}
+                "distortion": self.distortion, "weights": self.weights}
+
+
+Measure = Callable[[dict[str, Tensor]], "float | tuple[float, dict[str, Tensor]]"]
 
 
 class Selector:
-    """Knapsack candidates of one model's families under budgets (costs computed once)."""
+    """Knapsack candidates of one model's families under budgets (costs computed once).
+
+    ``curves`` (optional, per head or neuron group: ``err`` per kept count and ``keep``, the
+    units kept at each count, :mod:`.obs`) replace the summed unit scores of those families.
+    """
 
     def __init__(self, groups: list[UnitGroup], scores: dict[str, Tensor],
                  macs: Callable[[dict[str, int]], int], min_keep: int = 0,
-                 distortion_scores: bool = True):
+                 distortion_scores: bool = True,
+                 curves: dict[str, dict[str, Tensor]] | None = None):
         if min_keep < 0:
             raise ValueError(f"min_keep must be >= 0, got {min_keep}")
         missing = sorted({g.name for g in groups} - set(scores))
@@ -261,7 +300,8 @@ class Selector:
             self.scores = normalize(groups, scores, unit_macs)
         self.tables = []
         for fam in self.costs.families:
-            ranked = _Ranked(fam, self.scores)
+            curve = (curves or {}).get(fam.group.name)
+            ranked = _Ranked(fam, self.scores) if curve is None else _Curved(fam, self.scores, curve)
             options = fam.options(min_keep)
             table = Table(fam, options, self.costs.of(fam, options),
                           np.array([ranked.loss(o) for o in options]))
@@ -278,8 +318,15 @@ class Selector:
     def floor(self) -> int:
         return self.costs.floor
 
-    def candidate(self, budget: float, alpha: float) -> Candidate:
-        """The knapsack solution with head families' losses weighted by ``alpha``."""
+    def head_weights(self, alpha: float) -> np.ndarray:
+        """Family coefficients: ``alpha`` on head families, 1 on the others."""
+        return np.array([alpha if t.family.group.kind == "head" else 1.0 for _, t in self.tables])
+
+    def candidate(self, budget: float, alpha: float = 1.0,
+                  weights: np.ndarray | None = None) -> Candidate:
+        """The knapsack solution with each family's losses times its weight (default: head
+        families' times ``alpha``)."""
+        weights = self.head_weights(alpha) if weights is None else np.asarray(weights, float)
         room = budget * self.total - self.floor
         if room < 0:
             raise BudgetError(
@@ -288,11 +335,10 @@ class Selector:
                 f"{', and min_keep units per group' if self.costs.min_keep else ''}) cost "
                 f"{self.floor:,} of {self.total:,} MACs")
         step = self.total / RESOLUTION
-        weights = [np.round(t.cost / step).astype(np.int64) for _, t in self.tables]
-        losses = [t.loss * (alpha if t.family.group.kind == "head" else 1.0)
-                  for _, t in self.tables]
+        costs = [np.round(t.cost / step).astype(np.int64) for _, t in self.tables]
+        losses = [t.loss * w for (_, t), w in zip(self.tables, weights)]
         fits = lambda picks: sum(int(t.cost[o]) for (_, t), o in zip(self.tables, picks)) <= room  # noqa: E731
-        picks = knapsack(weights, losses, int(room / step) + len(self.tables), fits)
+        picks = knapsack(costs, losses, int(room / step) + len(self.tables), fits)
         masks, kept, loss = {}, {}, 0.0
         for (ranked, table), o in zip(self.tables, picks):
             option = table.options[o]
@@ -304,28 +350,63 @@ class Selector:
             raise BudgetError(f"the chosen masks cost {macs:,} MACs, over the budget of "
                               f"{budget * self.total:,.0f}: the adapter's MAC count is not a sum "
                               f"over modules, which this selection requires")
-        return Candidate(alpha, masks, loss, macs)
+        return Candidate(alpha, masks, loss, macs, [float(w) for w in weights])
 
-    def select(self, budget: float, selection: str = "measured",
-               measure: Callable[[dict[str, Tensor]], float] | None = None
-               ) -> tuple[Candidate, list[Candidate]]:
-        """(chosen candidate, every distinct candidate considered)."""
+    def select(self, budget: float, selection: str = "measured", measure: Measure | None = None,
+               steps: int = 0, seed: int = 0) -> tuple[Candidate, list[Candidate]]:
+        """(chosen candidate, every distinct candidate considered).
+
+        The measured selections measure the knapsack solution of every head weight in
+        ``ALPHAS``, then make ``steps`` local moves from the best so far (:meth:`_moves`).
+        """
         check_budget(budget)
         if selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+        if steps < 0:
+            raise ValueError(f"steps must be >= 0, got {steps}")
         if selection == "knapsack":
             chosen = self.candidate(budget, 1.0)
             return chosen, [chosen]
         if measure is None:
             raise ValueError(f"the {selection} selection needs a measure(masks) callback")
-        distinct: list[Candidate] = []
+        tried: list[Candidate] = []
         for alpha in ALPHAS:
-            cand = self.candidate(budget, alpha)
-            if not any(same_masks(cand.masks, d.masks) for d in distinct):
-                distinct.append(cand)
-        for cand in distinct:
-            cand.distortion = float(measure(cand.masks))
-        return min(distinct, key=lambda c: (c.distortion, abs(np.log2(c.alpha)))), distinct
+            self._try(self.candidate(budget, alpha), tried, measure)
+        self._moves(budget, tried, measure, steps, seed)
+        return best_of(tried), tried
+
+    def _try(self, cand: Candidate, tried: list[Candidate], measure: Measure) -> bool:
+        """Measure ``cand`` unless its masks were tried already; whether it was new."""
+        if any(same_masks(cand.masks, t.proposed) for t in tried):
+            return False
+        result = measure(cand.masks)
+        cand.proposed = cand.masks
+        cand.distortion, masks = result if isinstance(result, tuple) else (result, cand.masks)
+        cand.distortion, cand.masks = float(cand.distortion), masks
+        tried.append(cand)
+        return True
+
+    def _moves(self, budget: float, tried: list[Candidate], measure: Measure, steps: int,
+               seed: int) -> None:
+        """Local search over per-family weights (as SPDY and ZipLM do): from the best weights so
+        far, scale a random quarter of the families' by factors log-normal with sigma 1 and
+        measure the new knapsack answer; ``steps`` new answers at most (four times as many
+        draws)."""
+        rng = np.random.default_rng(seed)
+        count = len(self.tables)
+        draws, done = 0, 0
+        while done < steps and draws < 4 * steps:
+            draws += 1
+            best = best_of(tried)
+            moved = rng.random(count) < 0.25
+            moved[rng.integers(count)] = True
+            logs = np.log(best.weights) + moved * rng.normal(0.0, 1.0, count)
+            done += self._try(self.candidate(budget, best.alpha, np.exp(logs)), tried, measure)
+
+
+def best_of(tried: list[Candidate]) -> Candidate:
+    """The least distorting candidate; ties go to the head weight nearest 1, then the first."""
+    return min(tried, key=lambda c: (c.distortion, abs(np.log2(c.alpha))))
 
 
 def check_budget(budget: float) -> None:

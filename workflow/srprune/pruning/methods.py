@@ -1,0 +1,218 @@
+"""Importance methods by name: one class per method, registered with :func:`register_method`.
+
+A method scores a teacher's units for the mask search. It says how its numbers are read
+(``distortion``: as the damage a unit's removal does, used as they are; otherwise as rankings
+within a module only, rescaled to MACs by the selection), whether it gives per-module error
+curves (``curves``: the error left at every kept count, and which units), which calibration
+crops it scores on (``scoring_crops``: OPTIN's own, smaller crops, ``prune.optin``), and whether
+the compensated check chooses units within modules anew (``reselects``). The CLI, the config
+schema, the workflow and the comparison take the list of names from :data:`METHODS` (and
+``METHODS_ORDER``), so adding a method is one class here.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..progress import progress_bar
+from .adapter import Adapter, UnitGroup
+from .calibration import Calibration
+from .compensate import CompensationSettings, NormalEquations, layer_theta, record, ridge_penalty
+from .importance import OptinSettings, combine, optin_terms, random_scores
+from .obs import Quadratic, removal_curve, single_errors
+from .sketch import hybrid_terms, sketch_terms
+
+SCORERS = {"exact": optin_terms, "sketch": sketch_terms, "hybrid": hybrid_terms}
+
+
+@dataclass
+class ScoringJob:
+    """What a method scores: the teacher, its groups (this job's and all), the crops' source."""
+
+    adapter: Adapter
+    model: nn.Module
+    groups: list[UnitGroup]
+    all_groups: list[UnitGroup]
+    calibration: Calibration
+    scale: int
+    optin: OptinSettings
+    compensation: CompensationSettings
+    device: str = "cpu"
+    progress: bool = True
+    per_image: bool = False
+
+
+class Importance(ABC):
+    """A way of scoring units; subclasses register with :func:`register_method`."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    distortion: ClassVar[bool] = False
+    curves: ClassVar[bool] = False
+    scoring_crops: ClassVar[bool] = False
+    reselects: ClassVar[bool] = False
+    part_key: ClassVar[str] = "scores"   # the per-group entry that parallel scoring jobs split
+
+    @abstractmethod
+    def score(self, job: ScoringJob) -> dict[str, Any]:
+        """Artifact entries of ``job``'s groups (``scores``, and what the method keeps)."""
+
+    def finish(self, artifact: dict[str, Any]) -> dict[str, Any]:
+        """The artifact once every group is scored (OPTIN's balance needs all of them)."""
+        return artifact
+
+
+METHOD_CLASSES: dict[str, type[Importance]] = {}
+
+
+def register_method(cls: type[Importance]) -> type[Importance]:
+    """Class decorator: an importance method under ``cls.name``."""
+    if cls.name in METHOD_CLASSES:
+        raise ValueError(f"an importance method {cls.name!r} is registered twice")
+    METHOD_CLASSES[cls.name] = cls
+    return cls
+
+
+def method(name: str) -> Importance:
+    if name not in METHOD_CLASSES:
+        raise ValueError(f"method must be one of {tuple(METHOD_CLASSES)}, got {name!r}")
+    return METHOD_CLASSES[name]()
+
+
+def _crops(job: ScoringJob) -> Tensor:
+    return job.calibration.crops(job.scale).to(job.device)
+
+
+@register_method
+class Obs(Importance):
+    """Post-refit damage: each module's error curve after least-squares compensation."""
+
+    name = "obs"
+    summary = ("what the least-squares refit of each module leaves after removing units "
+               "(structured OBS, error curve per kept count)")
+    distortion = True
+    curves = True
+    reselects = True
+    part_key = "curves"
+    KINDS: ClassVar[tuple[str, ...]] = ("head", "neuron")
+
+    def score(self, job: ScoringJob) -> dict[str, Any]:
+        other = sorted({g.kind for g in job.all_groups} - set(self.KINDS))
+        if other:
+            raise ValueError(
+                f"obs scores heads and neurons, whose removal the refit of a linear consumer "
+                f"(fc2, proj) absorbs; {other} act through the softmax or inside heads, where "
+                f"no refit predicts the damage: score them with optin or magnitude (the "
+                f"compensated check then measures every candidate)")
+        x = _crops(job)
+        curves, scores = teacher_curves(job.adapter, job.model, x, job.groups, job.compensation,
+                                        job.progress)
+        return {"curves": curves, "scores": scores, "calibration": asdict(job.calibration),
+                "calibration_crops": x.cpu(), "compensation": asdict(job.compensation)}
+
+
+@register_method
+class Optin(Importance):
+    """OPTIN's trajectory score (:mod:`.importance`)."""
+
+    name = "optin"
+    summary = "OPTIN trajectory score: feature and output distortion of masking a unit alone"
+    distortion = True
+    scoring_crops = True
+    part_key = "terms"
+
+    def score(self, job: ScoringJob) -> dict[str, Any]:
+        if job.optin.scorer not in SCORERS:
+            raise ValueError(f"scorer must be one of {sorted(SCORERS)}, got {job.optin.scorer!r}")
+        if job.per_image and job.optin.scorer != "exact":
+            raise ValueError(f"per-image terms need the exact scorer, not {job.optin.scorer!r}")
+        x = _crops(job)
+        extra = {"per_image": True} if job.per_image else {}
+        terms = SCORERS[job.optin.scorer](job.adapter, job.model, x, job.optin,
+                                          progress=job.progress, groups=job.groups, **extra)
+        return {"calibration": asdict(job.calibration), "calibration_crops": x.cpu(),
+                "settings": job.optin.to_dict(), "terms": terms}
+
+    def finish(self, artifact: dict[str, Any]) -> dict[str, Any]:
+        scores, factor = combine(artifact["terms"], artifact["settings"]["lam"])
+        return {**artifact, "scores": scores, "balance_factor": factor}
+
+
+@register_method
+class Magnitude(Importance):
+    """Baseline: L1 norm of each unit's weights."""
+
+    name = "magnitude"
+    summary = "baseline: L1 norm of each unit's weights"
+
+    def score(self, job: ScoringJob) -> dict[str, Any]:
+        return {"scores": {g.name: job.adapter.unit_magnitude(job.model, g) for g in job.groups}}
+
+
+@register_method
+class Random(Importance):
+    """Baseline: seeded uniform random scores (every job draws all, so parts agree)."""
+
+    name = "random"
+    summary = "baseline: seeded uniform random scores"
+
+    def score(self, job: ScoringJob) -> dict[str, Any]:
+        scores = random_scores(job.adapter, job.model, job.calibration.seed, job.all_groups)
+        names = {g.name for g in job.groups}
+        return {"seed": job.calibration.seed,
+                "scores": {k: v for k, v in scores.items() if k in names}}
+
+
+METHODS = tuple(METHOD_CLASSES)
+DEFAULT_METHOD = "optin"
+
+
+def _consumer_of(adapter: Adapter, model: nn.Module, group: UnitGroup) -> tuple[str, int]:
+    """(weight, columns per unit) of the one layer that consumes ``group``'s units."""
+    found = [(name, width) for name, axis, width in adapter.slices(model, group)
+             if axis == 1 and adapter.consumes(name)]
+    if len(found) != 1:
+        raise ValueError(f"{group.name}: obs needs exactly one layer consuming its units, the "
+                         f"adapter lists {[name for name, _ in found]}")
+    return found[0]
+
+
+@torch.no_grad()
+def teacher_curves(adapter: Adapter, model: nn.Module, x: Tensor, groups: list[UnitGroup],
+                   settings: CompensationSettings, progress: bool = True
+                   ) -> tuple[dict[str, dict[str, Tensor]], dict[str, Tensor]]:
+    """Error curves of ``groups`` on the teacher's own inputs, and single-unit errors.
+
+    Every consumer's inputs and outputs are recorded in one teacher forward per batch; with the
+    teacher's outputs as targets the full refit is the teacher's layer itself, so the curve is
+    the error that removing units leaves after the best refit of the rest
+    (:func:`.obs.removal_curve`). Budget-free: one artifact serves every budget.
+    """
+    model.eval()
+    wanted = {g.name: _consumer_of(adapter, model, g) for g in groups}
+    layers = {g: adapter.consumer_layer(model, w) for g, (w, _) in wanted.items()}
+    equations = {g: NormalEquations(layer.in_features, layer.out_features, layer.bias is not None,
+                                    layer.weight.device) for g, layer in layers.items()}
+    squares: dict[str, list[dict[str, Tensor]]] = {g: [] for g in layers}
+    taps = {f"{g}\0{io}": (layer, io == "y") for g, layer in layers.items() for io in ("x", "y")}
+    for batch in progress_bar(list(x.split(settings.batch_size)), desc="obs inputs",
+                              unit="batch", disable=not progress):
+        seen = record(lambda: model(batch), taps) if taps else {}
+        for g in layers:
+            inp, out = seen[f"{g}\0x"], seen[f"{g}\0y"]
+            equations[g].add(inp, out)
+            squares[g].append({"xx": inp.flatten(0, -2).double().pow(2).sum(dim=0)})
+    curves, scores = {}, {}
+    for group in progress_bar(groups, desc="obs curves", unit="module", disable=not progress):
+        eq = equations[group.name]
+        quad = Quadratic.ridge(eq.zz, eq.zy, eq.yy, layers[group.name].in_features,
+                               ridge_penalty(settings, squares[group.name]),
+                               layer_theta(layers[group.name]).double())
+        err, keep = removal_curve(quad, group.count, wanted[group.name][1])
+        curves[group.name] = {"err": err, "keep": keep}
+        scores[group.name] = single_errors(quad, group.count, wanted[group.name][1])
+    return curves, scores
