@@ -213,16 +213,27 @@ class CATANetAdapter(Adapter):
                 + [(f"{head_group}.proj.weight", 1, width[1])])
 
     def block_count(self, model: CATANet) -> int:
-        return model.cfg.block_num
+        """Two compensation blocks per CATANet block, its TAB and its LRSA (with the mid conv
+        and the residual), so that a consumer's refit reruns only its own half."""
+        return 2 * model.cfg.block_num
 
     def enter(self, model: CATANet, x: Tensor) -> Tensor:
         return model.embed(x)
 
-    def run_block(self, model: CATANet, i: int, stream: Tensor) -> Tensor:
-        return model.block(i, stream)
+    def run_block(self, model: CATANet, i: int, stream: Tensor | tuple[Tensor, Tensor]
+                  ) -> Tensor | tuple[Tensor, Tensor]:
+        """Half ``i % 2`` of block ``i // 2``: the TAB takes the block's input y and gives (y, its
+        output z); the LRSA takes (y, z) and gives the block's output, as :meth:`CATANet.block`."""
+        block, half = divmod(i, 2)
+        tab, lrsa = model.blocks[block]
+        if half == 0:
+            return stream, tab(stream)
+        y, z = stream
+        return y + model.mid_convs[block](lrsa(z, model.cfg.patch_size[block]))
 
     def block_of(self, weight: str) -> int:
-        return _split(weight)[0]
+        block, suffix = _split(weight)
+        return 2 * block + int(suffix.startswith("1."))
 
     def residual(self, model: CATANet, weight: str) -> ResidualTap:
         """ConvFFN and LRSA outputs add to their PreNorm's input; IASA's, through the TAB's 1x1

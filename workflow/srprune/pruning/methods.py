@@ -182,15 +182,15 @@ def _consumer_of(adapter: Adapter, model: nn.Module, group: UnitGroup) -> tuple[
 
 
 @torch.no_grad()
-def teacher_curves(adapter: Adapter, model: nn.Module, x: Tensor, groups: list[UnitGroup],
-                   settings: CompensationSettings, progress: bool = True
-                   ) -> tuple[dict[str, dict[str, Tensor]], dict[str, Tensor]]:
-    """Error curves of ``groups`` on the teacher's own inputs, and single-unit errors.
+def teacher_quadratics(adapter: Adapter, model: nn.Module, x: Tensor, groups: list[UnitGroup],
+                       settings: CompensationSettings, progress: bool = True
+                       ) -> dict[str, tuple[Quadratic, int]]:
+    """Per group: the refit objective of its consumer on the teacher's own inputs, and the
+    columns each unit owns.
 
-    Every consumer's inputs and outputs are recorded in one teacher forward per batch; with the
-    teacher's outputs as targets the full refit is the teacher's layer itself, so the curve is
-    the error that removing units leaves after the best refit of the rest
-    (:func:`.obs.removal_curve`). Budget-free: one artifact serves every budget.
+    Every consumer's inputs and outputs are recorded in one teacher forward per batch; the
+    targets are the teacher's outputs, so the full refit is the teacher's layer itself and
+    :func:`.obs.removal_error` of a unit set is the error left after the best refit of the rest.
     """
     model.eval()
     wanted = {g.name: _consumer_of(adapter, model, g) for g in groups}
@@ -206,13 +206,23 @@ def teacher_curves(adapter: Adapter, model: nn.Module, x: Tensor, groups: list[U
             inp, out = seen[f"{g}\0x"], seen[f"{g}\0y"]
             equations[g].add(inp, out)
             squares[g].append({"xx": inp.flatten(0, -2).double().pow(2).sum(dim=0)})
+    return {g: (Quadratic.ridge(eq.zz, eq.zy, eq.yy, layers[g].in_features,
+                                ridge_penalty(settings, squares[g]),
+                                layer_theta(layers[g]).double()), wanted[g][1])
+            for g, eq in equations.items()}
+
+
+def teacher_curves(adapter: Adapter, model: nn.Module, x: Tensor, groups: list[UnitGroup],
+                   settings: CompensationSettings, progress: bool = True
+                   ) -> tuple[dict[str, dict[str, Tensor]], dict[str, Tensor]]:
+    """Error curves (:func:`.obs.removal_curve`) and single-unit errors of ``groups`` on the
+    teacher's own inputs (:func:`teacher_quadratics`). Budget-free: one artifact serves every
+    budget."""
+    quads = teacher_quadratics(adapter, model, x, groups, settings, progress)
     curves, scores = {}, {}
     for group in progress_bar(groups, desc="obs curves", unit="module", disable=not progress):
-        eq = equations[group.name]
-        quad = Quadratic.ridge(eq.zz, eq.zy, eq.yy, layers[group.name].in_features,
-                               ridge_penalty(settings, squares[group.name]),
-                               layer_theta(layers[group.name]).double())
-        err, keep = removal_curve(quad, group.count, wanted[group.name][1])
+        quad, width = quads[group.name]
+        err, keep = removal_curve(quad, group.count, width)
         curves[group.name] = {"err": err, "keep": keep}
-        scores[group.name] = single_errors(quad, group.count, wanted[group.name][1])
+        scores[group.name] = single_errors(quad, group.count, width).float()
     return curves, scores
