@@ -10,7 +10,7 @@ on the validation split too (defaults are chosen there, never on Set5). Calibrat
 from the training split (T91 + BSD200 less its validation part, ``_common.training_split``). The table gives the whole-model and the prunable-part MAC ratios and the wall
 time of each stage.
 
-Then (unless ``--finetune-iters 0``) the compensated OPTIN model at r = 0.5 of the first unit set
+Then (unless ``--finetune-iters 0``) the compensated model of ``--finetune-method`` (default: the default method) at r = 0.5 of the first unit set
 is fine-tuned for ``--finetune-iters`` iterations on the CPU (batch 8 of 32x32 LR crops, feature
 KD from the teacher, the workflow's default loss), once on the embedded training images and once
 on the training split, validation on the validation split; Set5 x4 of both is reported.
@@ -49,7 +49,7 @@ from srprune.fileio import save_json
 from srprune.pruning.adapter import KINDS, UNIT_KINDS_DEFAULT
 from srprune.pruning.compensate import CompensationSettings, compensate_checkpoint
 from srprune.pruning.importance import OptinSettings
-from srprune.pruning.methods import METHODS
+from srprune.pruning.methods import DEFAULT_METHOD, METHODS
 from srprune.pruning.methods import method as get_method
 from srprune.fileio import file_sha256
 from srprune.pruning.calibration import Calibration
@@ -158,6 +158,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--finetune-iters", type=int, default=300, help="0 skips fine-tuning")
+    parser.add_argument("--finetune-method", default=DEFAULT_METHOD, choices=METHODS,
+                        help="the method whose compensated r = 0.5 model is fine-tuned")
+    parser.add_argument("--finetune-on", nargs="+", default=["embedded", "t91_bsd200"],
+                        choices=["embedded", "t91_bsd200"], help="training images of the runs")
     parser.add_argument("--workdir", type=Path,
                         default=Path(tempfile.gettempdir()) / "srprune_bench_quality")
     args = parser.parse_args()
@@ -239,11 +243,12 @@ def main() -> None:
     save_json({"teacher_psnr": base, "teacher_val_psnr": base_val, "rows": rows},
               args.workdir / "quality.json")
 
-    start_key = ("optin", args.units[0], 0.5)
+    start_key = (args.finetune_method, args.units[0], 0.5)
     if args.finetune_iters and start_key in compensated:
-        print(f"\nfine-tuning the compensated OPTIN r = 0.5 ({args.units[0]}) model, "
-              f"{args.finetune_iters} iterations, batch 8 of 32x32 LR crops:")
-        for tag, train in (("embedded", "embedded:train"), ("t91_bsd200", str(split["train"]))):
+        print(f"\nfine-tuning the compensated {args.finetune_method} r = 0.5 ({args.units[0]}) "
+              f"model, {args.finetune_iters} iterations, batch 8 of 32x32 LR crops:")
+        data = {"embedded": "embedded:train", "t91_bsd200": str(split["train"])}
+        for tag, train in ((t, data[t]) for t in args.finetune_on):
             path, seconds = fine_tune(teacher, compensated[start_key], train, str(split["val"]),
                                       args.finetune_iters, args.workdir, tag)
             print(f"  on {train}: Set5 x{SCALE} {psnr_of(path, pairs, 'set5'):.3f} dB "

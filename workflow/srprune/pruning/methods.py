@@ -168,7 +168,7 @@ class Random(Importance):
 
 
 METHODS = tuple(METHOD_CLASSES)
-DEFAULT_METHOD = "optin"
+DEFAULT_METHOD = "obs"  # validation split of the x4 model: README, "Mask search"
 
 
 def _consumer_of(adapter: Adapter, model: nn.Module, group: UnitGroup) -> tuple[str, int]:
