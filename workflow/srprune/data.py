@@ -1,12 +1,16 @@
 """Image data for super-resolution in BasicSR layout: reading, paired data sets, patches.
 
-Reading (:func:`read_image`) always gives HxWx3 uint8 RGB:
+Reading (:func:`read_image`, the one image reader of srprune) always gives HxWx3 uint8 RGB,
+upright (EXIF orientation applied as ``PIL.ImageOps.exif_transpose`` does; a tag outside 1..8
+is refused); :mod:`srprune.decoding` decodes every file at its full bit depth:
 
 * grayscale (HxW or HxWx1) is replicated to three channels;
 * an alpha channel (grayscale + alpha, RGBA) is dropped, not composited: the colour values
   are kept as stored, whatever their opacity;
-* 16-bit images are scaled to 8 bits as ``round(v / 257)`` (65535 -> 255);
-* palette images are expanded to RGB by the reader; any other pixel type is an error.
+* every bit depth is scaled to 8 bits as ``round(v * 255 / (2**bits - 1))``: 16-bit samples
+  (PNG and TIFF; grey, RGB, RGBA) as ``round(v / 257)`` (65535 -> 255), 1-, 2- and 4-bit grey
+  exactly;
+* palette images are expanded to their RGB entries; any other pixel type is an error.
 
 Paired data sets (:class:`SRDataset`) follow BasicSR: the HR folder is ``dataroot_gt``, the
 LR folder ``dataroot_lq``; for HR ``baby.png`` the LR file is
@@ -28,9 +32,10 @@ from typing import Any
 
 import numpy as np
 import skimage.data
-import skimage.io
 import torch
 
+from srprune.decoding import UnsupportedImage, read_pixels
+from srprune.fileio import save_png
 from srprune.imresize import imresize
 
 log = logging.getLogger(__name__)
@@ -48,7 +53,7 @@ class DataError(ValueError):
 
 
 def _to_rgb_uint8(img: np.ndarray, path: Path) -> np.ndarray:
-    """Normalise a decoded image to HxWx3 uint8 (see the module docstring)."""
+    """Normalise decoded pixels to HxWx3 uint8 (see the module docstring)."""
     if img.dtype == np.uint16:
         img = np.round(img / 257.0).astype(np.uint8)
     elif img.dtype != np.uint8:
@@ -70,10 +75,10 @@ def read_image(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"{path}: not a file")
     try:
-        with warnings.catch_warnings():  # imageio warns about plugins it probes on bad files
-            warnings.simplefilter("ignore")
-            img = np.asarray(skimage.io.imread(path))
-    except Exception as exc:  # the readers raise many types (OSError, ValueError, SyntaxError...)
+        img = read_pixels(path)
+    except UnsupportedImage as exc:
+        raise DataError(f"{path}: {exc}") from None
+    except Exception as exc:  # the decoders raise many types (OSError, ValueError, SyntaxError...)
         raise DataError(f"{path}: cannot be read as an image ({type(exc).__name__}: {exc})") from exc
     return _to_rgb_uint8(img, path)
 
@@ -242,7 +247,7 @@ def export_embedded(split: str, folder: str | Path) -> list[Path]:
     paths = []
     for name, img in embedded_images(split):
         path = folder / f"{name}.png"
-        skimage.io.imsave(path, img, check_contrast=False)
+        save_png(img, path)
         paths.append(path)
     return paths
 
