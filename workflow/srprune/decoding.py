@@ -51,6 +51,18 @@ def read_pixels(path: str | Path) -> np.ndarray:
     return upright(pixels, orientation)
 
 
+def stored_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of an image file as stored (before orientation), from its header."""
+    path = Path(path)
+    if _is_tiff(path):
+        import tifffile
+
+        with tifffile.TiffFile(path) as tiff:
+            return tiff.pages.first.imagelength, tiff.pages.first.imagewidth
+    with Image.open(path) as image:
+        return image.height, image.width
+
+
 def upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
     """``pixels`` turned as ``ImageOps.exif_transpose`` turns an image of this orientation."""
     if orientation not in _UPRIGHT:
