@@ -32,7 +32,7 @@ from .imresize import imresize
 from .metrics import SSIM_WINDOW, psnr_y, ssim_y, to_uint8
 from .models import scale_of
 from .progress import progress_bar
-from .tiling import check_tile_args, tiled_forward
+from .tiling import check_tile_args, check_tile_fits, model_min_tile, tiled_forward
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +45,14 @@ def model_upscaler(model: nn.Module, device: torch.device | str = "cpu",
     """Run ``model`` without gradients; output clamped to [0, 1] and, if ``quantize``, uint8.
 
     With ``tile`` the model runs tile by tile (:func:`srprune.tiling.tiled_forward`; ``scale``
-    defaults to the model's declared ``scale``).
+    defaults to the model's declared ``scale``); a tile too small for the model is refused
+    (:func:`srprune.tiling.check_tile_fits`).
     """
     forward: Callable[[torch.Tensor], torch.Tensor] = model
     if tile is not None:
         scale = scale_of(model) if scale is None else scale
         check_tile_args(tile, tile_overlap, scale, tile_blend)
+        check_tile_fits(tile, tile_overlap, model_min_tile(model))
         forward = partial(tiled_forward, model, tile=tile, overlap=tile_overlap, scale=scale,
                           blend=tile_blend)
 
@@ -181,6 +183,7 @@ def _tile_options(tile: int | None, tile_overlap: int, tile_blend: str,
     if tile is None:
         return None
     check_tile_args(tile, tile_overlap, scale, tile_blend)
+    check_tile_fits(tile, tile_overlap)
     return {"tile": tile, "overlap": tile_overlap, "blend": tile_blend}
 
 
