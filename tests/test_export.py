@@ -123,6 +123,9 @@ def test_export_errors(tiny_models, tmp_path, capsys):
     with pytest.raises(ExportError, match="not a readable ONNX model"):
         onnx_runner(tiny_models["teacher"])
     assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob(".*tmp"))
+    (tmp_path / "dir.onnx").mkdir()
+    with pytest.raises(ValueError, match="dir.onnx is a folder; give a file path"):
+        export_model(tiny_catanet(), tmp_path / "dir.onnx", "onnx")  # before any tracing
 
 
 def test_missing_onnx_packages_are_named(monkeypatch, tmp_path):
