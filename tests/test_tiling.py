@@ -249,7 +249,7 @@ def test_evaluate_many_loads_once_and_nests_results(checkpoint, folders, monkeyp
 
 
 def test_evaluate_many_bicubic_and_errors(folders):
-    many = evaluate_many("bicubic", {"a": folders["a"]}, 2, progress=False, tile=24)
+    many = evaluate_many("bicubic", {"a": folders["a"]}, 2, progress=False, tile=16)
     assert many["params"] == 0 and many["macs_full"] is None
     assert many["datasets"]["a"]["psnr"] == evaluate_spec("bicubic", folders["a"], 2, progress=False)["psnr"]
     with pytest.raises(ValueError, match="at least one"):
@@ -308,7 +308,8 @@ def test_too_small_tiles_are_refused_before_scoring(tmp_path, folders, capsys):
                  "--scale", "2", "--tile", "3", "--tile-overlap", "1"])
     err = capsys.readouterr().err
     assert code == 2 and err.strip().splitlines()[-1] == (
-        "error: tile 3 is too small: the smallest is 10 (2 x overlap 1 + 8 = 10)")
+        "error: tile 3 is too small: the smallest is 16 (the model's windows / patches / token "
+        "groups need 16, and 2 x overlap 1 + 8 = 10)")
 
 
 # (tile, overlap, blend) that the real x4 CATANet accepts (its smallest tile: 28, its largest

@@ -18,7 +18,7 @@ from .data import DataError
 from .export import FORMATS
 from .models import DEFAULT_ARCH
 from .pruning.selection import DEFAULT_SELECTION, SELECTIONS
-from .tiling import BLEND_MODES, check_tile_fits
+from .tiling import BLEND_MODES
 
 if TYPE_CHECKING:
     import numpy as np
@@ -335,8 +335,6 @@ def cmd_visual(args: argparse.Namespace) -> None:
 
     if args.box is not None and args.image is None:
         raise ValueError("--box needs --image (the image the box is in)")
-    if args.tile:
-        check_tile_fits(args.tile, args.tile_overlap)  # each model's own minimum: when loaded
     tile = {"tile": args.tile, "tile_overlap": args.tile_overlap} if args.tile else {}
 
     def upscale(path: str | Path, lr: np.ndarray) -> np.ndarray:

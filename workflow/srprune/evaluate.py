@@ -183,7 +183,6 @@ def _tile_options(tile: int | None, tile_overlap: int, tile_blend: str,
     if tile is None:
         return None
     check_tile_args(tile, tile_overlap, scale, tile_blend)
-    check_tile_fits(tile, tile_overlap)
     return {"tile": tile, "overlap": tile_overlap, "blend": tile_blend}
 
 
