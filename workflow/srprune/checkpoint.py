@@ -69,7 +69,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def _refusal(path: Path, err: Exception) -> str:
     """Why ``torch.load`` refused ``path``, in terms of the file (never torch's advice to unpickle
     it unsafely)."""
-    refused = re.search(r"GLOBAL (\S+)", str(err)) if isinstance(err, pickle.UnpicklingError) else None
+    unpickling = isinstance(err, pickle.UnpicklingError)
+    refused = re.search(r"GLOBAL (\S+)", str(err)) if unpickling else None
     protocol = _legacy_pickle_protocol(path)
     if protocol is not None and (refused is None or refused.group(1) == TENSOR_PICKLE_GLOBAL):
         reason = f"it pickles {refused.group(1)}" if refused else _reason(err)
@@ -116,8 +117,9 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
     try:
         return load_file(path, device="cpu")
     except Exception as err:  # the reader raises its own error types
+        reason = (str(err) or type(err).__name__).splitlines()[0]
         raise CheckpointError(f"{path}: a safetensors file that cannot be read (truncated?): "
-                              f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+                              f"{reason}") from None
 
 
 def split_checkpoint(obj: dict[str, Any], param_key: str | None = None

@@ -116,11 +116,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .evaluate import evaluate_many, evaluate_spec
     from .fileio import save_json
 
+    _check_evaluate_data(args)
     options = dict(quantize=not args.float_output, device=args.device,
                    model_config=_load_options(args), progress=not args.quiet,
                    save_images=args.save_images, image_suffix=args.image_suffix,
                    **evaluate_options(args))
-    _check_evaluate_data(args)
     hr_data = {"hr": args.hr, "lr": args.lr, "filename_tmpl": args.filename_tmpl or "{}"}
     if args.dataset:
         datasets = {"main": hr_data, **args.dataset} if args.hr else args.dataset
