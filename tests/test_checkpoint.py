@@ -1,8 +1,12 @@
 """Checkpoint formats, strict loading with named errors, safety, atomic writes."""
 from __future__ import annotations
 
+import json
 import logging
 import os
+import pickle
+import struct
+import sys
 
 import pytest
 import torch
@@ -132,3 +136,90 @@ def test_atomic_write_leaves_nothing_when_interrupted(tmp_path):
             raise RuntimeError("killed")
     assert torch.load(target, weights_only=True)["a"].tolist() == [1.0, 1.0]  # old file intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.pth"]         # no temp file left
+
+
+def _bare_pickles(tmp_path, tiny):
+    """A state dict as torch's legacy non-zip format (protocol 4) and as pickle.dump files."""
+    state = tiny.state_dict()
+    torch.save(state, tmp_path / "legacy4.pth", _use_new_zipfile_serialization=False,
+               pickle_protocol=4)
+    for protocol in (2, 4):
+        with open(tmp_path / f"dump{protocol}.pkl", "wb") as handle:
+            pickle.dump(state, handle, protocol=protocol)
+    return {"legacy4.pth": 4, "dump2.pkl": 2, "dump4.pkl": 4}
+
+
+def test_bare_pickles_are_named_and_the_fix_given(tmp_path, tiny, capsys):
+    for name, protocol in _bare_pickles(tmp_path, tiny).items():
+        with pytest.raises(CheckpointError) as err:
+            srprune.load_model(tmp_path / name)
+        message = str(err.value)
+        assert f"a pickle file in the legacy (non-zip) format, pickle protocol {protocol}" in message
+        assert "re-save it with torch.save in a current torch" in message
+        assert "corrupt" not in message and "weights_only=False" not in message
+    assert capsys.readouterr().err == ""  # torch's warning about the protocol is not shown
+
+
+def test_no_refusal_suggests_unsafe_loading(tmp_path, tiny):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("ran",))
+
+    torch.save({"x": Payload()}, tmp_path / "zip.pth")
+    torch.save({"x": Payload()}, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    (tmp_path / "junk.pth").write_bytes(b"\x80\x04junk")
+    for name in ("zip.pth", "legacy.pth", "junk.pth", *_bare_pickles(tmp_path, tiny)):
+        with pytest.raises(CheckpointError) as err:
+            read_checkpoint(tmp_path / name)
+        assert "weights_only" not in str(err.value).replace("weights_only=True", ""), name
+    with pytest.raises(CheckpointError, match="the file pickles print"):
+        read_checkpoint(tmp_path / "zip.pth")
+
+
+def _write_safetensors(path, tensors):
+    """The safetensors layout: 8-byte header length, JSON header, raw little-endian data."""
+    header, blobs, offset = {}, [], 0
+    for name, tensor in tensors.items():
+        data = tensor.contiguous().numpy().tobytes()
+        header[name] = {"dtype": "F32", "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    head = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(head)) + head + b"".join(blobs))
+    return path
+
+
+def test_safetensors_without_the_package_gets_an_install_hint(tmp_path, monkeypatch):
+    path = _write_safetensors(tmp_path / "w.safetensors", {"a": torch.ones(2, 3)})
+    monkeypatch.setitem(sys.modules, "safetensors", None)
+    monkeypatch.setitem(sys.modules, "safetensors.torch", None)
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(path)
+    assert str(err.value) == (f"{path} is a safetensors file; reading it needs the safetensors "
+                              f"package: pip install safetensors")
+
+
+def test_safetensors_files_load(tmp_path, tiny):
+    pytest.importorskip("safetensors", reason="pip install safetensors (in '.[test]')")
+    from safetensors.torch import save_file
+
+    save_file(tiny.state_dict(), tmp_path / "tiny.safetensors")
+    model = srprune.load_model(tmp_path / "tiny.safetensors", **NOT_INFERABLE)
+    assert same_output(model, tiny)
+    raw = _write_safetensors(tmp_path / "raw.safetensors", {"a": torch.arange(6.0).view(2, 3)})
+    assert torch.equal(read_checkpoint(raw)["a"], torch.arange(6.0).view(2, 3))
+    raw.write_bytes(raw.read_bytes()[:-4])
+    with pytest.raises(CheckpointError, match="a safetensors file that cannot be read"):
+        read_checkpoint(raw)
+
+
+def test_a_file_without_config_names_the_model_config_keys(tmp_path, tiny):
+    torch.save({"params": tiny.state_dict()}, tmp_path / "basicsr.pth")
+    with pytest.raises(CheckpointError) as err:
+        srprune.load_model(tmp_path / "basicsr.pth")
+    message = str(err.value)
+    assert "patch_size has 8 entries but block_num is 2" in message
+    assert "cannot tell heads, patch_size, group_size, n_iters" in message
+    assert "--model-config '{patch_size: ...}'" in message
+    assert same_output(srprune.load_model(tmp_path / "basicsr.pth", **NOT_INFERABLE), tiny)

@@ -86,7 +86,17 @@ def _bad_inputs(root):
         (["compare", "--results", str(root / "partial"), "--out", str(root / "c")],
          "bicubic_x.json"),
         (["evaluate", "--model", "bicubic", "--hr", tiny, "--scale", "4"],
-         "im0.png: image too small"),
+         "too small for x4 scoring (a 4-pixel border cropped, then SSIM's 11x11 window), which "
+         f"needs sides of at least 19 pixels after modcrop: {tiny}/im0.png (0x0)"),
+        (evaluate[:-4] + ["--dataset", f"A={hr}", "--dataset", f"A={tiny}", "--scale", "2"],
+         f"argument --dataset: data set 'A' is given twice ({hr} and {tiny})"),
+        (evaluate + ["--dataset", f"main={tiny}"], "is the data set 'main' next to --dataset"),
+        (evaluate[:-4] + ["--lr", hr, "--dataset", f"a={hr}", "--scale", "2"],
+         "--lr and --filename-tmpl describe the --hr data set, and no --hr is given"),
+        (["compare", "--results", hr, "--out", str(root / "c"), "--datasets", "a", "b", "a"],
+         "argument --datasets: a given more than once"),
+        (["compare", "--results", hr, "--out", str(root / "c"), "--methods", "optin", "optin"],
+         "argument --methods: optin given more than once"),
     ]
 
 

@@ -12,6 +12,7 @@ from srprune.data import (
     DataError,
     PatchSampler,
     SRDataset,
+    check_min_side,
     embedded_images,
     export_embedded,
     list_images,
@@ -154,12 +155,33 @@ def test_dataset_lr_size_mismatch_states_both_sizes(tmp_path: Path) -> None:
         dataset[0]
 
 
-def test_dataset_rejects_too_small_images(tmp_path: Path) -> None:
+def test_dataset_rejects_images_smaller_than_the_scale(tmp_path: Path) -> None:
+    _save(tmp_path / "tiny.png", _random_rgb(3, 9))
+    with pytest.raises(DataError, match=r"tiny.png.*too small.*0x8"):
+        SRDataset(tmp_path, scale=4)[0]
+
+
+def test_check_min_side_names_every_small_file_before_reading(tmp_path: Path) -> None:
     hr_dir, _, _ = _make_pair_dirs(tmp_path)
-    dataset = SRDataset(hr_dir, scale=2, min_lr_size=9)
-    assert dataset[0][1].shape[:2] == (10, 13)
-    with pytest.raises(DataError, match=r"two.png.*too small.*30x16"):
-        dataset[1]
+    dataset = SRDataset(hr_dir, scale=2)
+    assert dataset.hr_sizes() == {str(hr_dir / "one.png"): (20, 26), str(hr_dir / "two.png"): (30, 16)}
+    check_min_side(dataset, 16, "scoring")
+    with pytest.raises(DataError, match=r"1 of 2 images are too small for scoring, which needs "
+                                        r"sides of at least 17 .*two.png \(30x16\)"):
+        check_min_side(dataset, 17, "scoring")
+    pairs = [("a", _random_rgb(5, 5), _random_rgb(10, 10))]
+    with pytest.raises(DataError, match=r"a \(10x10\)"):
+        check_min_side(pairs, 11, "SSIM")
+    (hr_dir / "broken.png").write_text("not an image")
+    with pytest.raises(DataError, match="broken.png: cannot be read as an image"):
+        check_min_side(SRDataset(hr_dir, scale=2), 1, "scoring")
+
+
+def test_dataset_refuses_two_hr_files_of_one_stem(tmp_path: Path) -> None:
+    hr_dir, _, _ = _make_pair_dirs(tmp_path)
+    _save(hr_dir / "one.bmp", _random_rgb(8, 8))
+    with pytest.raises(DataError, match=r"1 stems name several files \(e.g. one.bmp, one.png\)"):
+        SRDataset(hr_dir, scale=2)
 
 
 def test_set5_lr_folder_matches_on_the_fly_lr(shared_dir: Path) -> None:

@@ -107,3 +107,32 @@ def test_saved_images_are_the_scored_ones(tmp_path, make_images):
         evaluate_spec("bicubic", str(hr), 2, quantize=False, save_images=str(tmp_path / "f"))
     assert cli_main(["evaluate", "--model", "bicubic", "--hr", str(hr), "--scale", "2",
                      "--save-images", str(tmp_path / "c"), "--image-suffix", "a/b"]) == 2
+
+
+def test_image_outputs_are_checked_before_any_image_is_scored(tmp_path, make_images):
+    from srprune.evaluate import evaluate_many
+
+    hr = make_images(tmp_path / "hr", 2, (22, 26))
+    out = tmp_path / "many"
+    out.mkdir()
+    (out / "b").write_text("a file where data set b's images go")
+    with pytest.raises(ValueError, match=f"{out / 'b'} is a file; give a folder path"):
+        evaluate_many("bicubic", {"a": str(hr), "b": str(hr)}, 2, progress=False,
+                      save_images=str(out), image_suffix="x2")
+    (tmp_path / "sr" / "im1_x2.png").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"im1_x2.png exist as folders, where the SR images go"):
+        evaluate_spec("bicubic", str(hr), 2, progress=False, save_images=str(tmp_path / "sr"),
+                      image_suffix="x2")
+    assert sorted(p.name for p in out.iterdir()) == ["b"]
+    assert sorted(p.name for p in (tmp_path / "sr").iterdir()) == ["im1_x2.png"]
+
+
+def test_a_small_image_is_named_before_any_image_is_scored(tmp_path, make_images, capsys):
+    hr = make_images(tmp_path / "hr", 2, (40, 40))
+    skimage.io.imsave(hr / "small.png", np.zeros((16, 44, 3), np.uint8), check_contrast=False)
+    assert main(["evaluate", "--model", "bicubic", "--hr", str(hr), "--scale", "4",
+                 "--save-images", str(tmp_path / "sr")]) == 2
+    err = capsys.readouterr().err
+    assert "1 of 3 images are too small for x4 scoring" in err
+    assert f"{hr / 'small.png'} (16x44)" in err
+    assert not (tmp_path / "sr").exists()  # nothing scored, nothing written

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from srprune.checkpoint import load_model, save_model
 from srprune.cli import main
+from srprune.data import read_image
 from srprune.export import ExportError, export_model, onnx_runner
 from srprune.models.catanet import fold_gain, overlap_weights, patch_starts
 
@@ -44,7 +44,7 @@ def set5_crops(sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
     files = sorted(SET5_LR.glob("*.png"))
     crops = []
     for i, (h, w) in enumerate(sizes):
-        image = np.asarray(Image.open(files[i % len(files)]).convert("RGB"), dtype=np.float32) / 255
+        image = read_image(files[i % len(files)]).astype(np.float32) / 255
         crops.append(torch.from_numpy(image[:h, :w]).permute(2, 0, 1).unsqueeze(0).contiguous())
     return crops
 
@@ -123,6 +123,9 @@ def test_export_errors(tiny_models, tmp_path, capsys):
     with pytest.raises(ExportError, match="not a readable ONNX model"):
         onnx_runner(tiny_models["teacher"])
     assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob(".*tmp"))
+    (tmp_path / "dir.onnx").mkdir()
+    with pytest.raises(ValueError, match="dir.onnx is a folder; give a file path"):
+        export_model(tiny_catanet(), tmp_path / "dir.onnx", "onnx")  # before any tracing
 
 
 def test_missing_onnx_packages_are_named(monkeypatch, tmp_path):

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import skimage.io
 
+from srprune.data import read_image
 from srprune.imresize import imresize
 
 
@@ -18,9 +18,9 @@ def test_set5_downscaling_is_bit_exact(shared_dir: Path, scale: int) -> None:
     hr_paths = _set5_hr(shared_dir)
     assert len(hr_paths) == 5
     for hr_path in hr_paths:
-        hr = skimage.io.imread(hr_path)
+        hr = read_image(hr_path)
         hr = hr[: hr.shape[0] - hr.shape[0] % scale, : hr.shape[1] - hr.shape[1] % scale]
-        expected = skimage.io.imread(
+        expected = read_image(
             shared_dir / "data" / "Set5" / "LR_bicubic" / f"X{scale}" / f"{hr_path.stem}x{scale}.png"
         )
         lr = imresize(hr, 1 / scale)

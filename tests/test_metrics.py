@@ -5,10 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import skimage.io
 import torch
 from skimage.metrics import structural_similarity
 
+from srprune.data import read_image
 from srprune.imresize import imresize
 from srprune.metrics import psnr_y, rgb_to_y, ssim_y, to_uint8
 
@@ -21,9 +21,9 @@ def test_set5_bicubic_baseline(shared_dir: Path, scale: int) -> None:
     set5 = shared_dir / "data" / "Set5"
     psnrs, ssims = [], []
     for hr_path in sorted((set5 / "HR").glob("*.png")):
-        hr = skimage.io.imread(hr_path)
+        hr = read_image(hr_path)
         hr = hr[: hr.shape[0] - hr.shape[0] % scale, : hr.shape[1] - hr.shape[1] % scale]
-        lr = skimage.io.imread(set5 / "LR_bicubic" / f"X{scale}" / f"{hr_path.stem}x{scale}.png")
+        lr = read_image(set5 / "LR_bicubic" / f"X{scale}" / f"{hr_path.stem}x{scale}.png")
         sr = imresize(lr, scale)
         psnrs.append(psnr_y(sr, hr, crop_border=scale))
         ssims.append(ssim_y(sr, hr, crop_border=scale))

@@ -8,10 +8,13 @@ import torch
 from torch import nn
 
 import srprune
-from srprune.cli import add_evaluate_options, evaluate_options, parse_dataset
-from srprune.evaluate import evaluate_many, evaluate_spec
+from srprune.cli import add_evaluate_options, evaluate_options, main, parse_dataset
+from srprune.data import read_image, to_tensor
+from srprune.evaluate import evaluate_many, evaluate_spec, model_upscaler
+from srprune.metrics import psnr_y, to_uint8
 from srprune.models import create_model
-from srprune.tiling import BLEND_MODES, check_tile_args, tile_starts, tiled_forward
+from srprune.tiling import (BLEND_MODES, check_tile_args, check_tile_fits, model_min_tile,
+                            tile_starts, tiled_forward)
 
 TINY = dict(dim=8, block_num=1, qk_dim=8, mlp_dim=12, heads=2, patch_size=[8], num_tokens=[4],
             group_size=[16], n_iters=[1], upscale=2)
@@ -275,3 +278,63 @@ def test_command_line_options():
             parser.parse_args(bad)
     with pytest.raises(argparse.ArgumentTypeError):
         parse_dataset("=hr")
+
+
+# --------------------------------------------------------------------------- smallest tile
+def test_the_smallest_tile_is_the_models_or_twice_the_overlap_plus_8():
+    assert model_min_tile(create_model("catanet")) == 28          # its largest LRSA patch
+    assert model_min_tile(create_model("catanet", **TINY)) == 8
+    assert model_min_tile(create_model("catanet", **{**TINY, "group_size": [400]})) == 20
+    assert model_min_tile(create_model("swinir")) == 8            # one window
+    check_tile_fits(28, 10, 28)
+    with pytest.raises(ValueError, match=r"tile 27 is too small: the smallest is 28 \(the model's "
+                                         r"windows / patches / token groups need 28, and 2 x "
+                                         r"overlap 8 \+ 8 = 24\)"):
+        check_tile_fits(27, 8, 28)
+    with pytest.raises(ValueError, match=r"the smallest is 26 \(2 x overlap 9 \+ 8 = 26\)$"):
+        check_tile_fits(25, 9)
+
+
+def test_too_small_tiles_are_refused_before_scoring(tmp_path, folders, capsys):
+    torch.manual_seed(0)
+    srprune.save_model(create_model("catanet", **{**TINY, "patch_size": [16]}), tmp_path / "p16.pth")
+    with pytest.raises(ValueError, match=r"tile 12 is too small: the smallest is 16 \(the model's "
+                                         r"windows / patches / token groups need 16, and 2 x "
+                                         r"overlap 0 \+ 8 = 8\)"):
+        evaluate_spec(str(tmp_path / "p16.pth"), folders["a"], 2, progress=False, tile=12,
+                      tile_overlap=0, save_images=str(tmp_path / "sr"))
+    assert not (tmp_path / "sr").exists()
+    code = main(["evaluate", "--model", str(tmp_path / "p16.pth"), "--hr", folders["a"],
+                 "--scale", "2", "--tile", "3", "--tile-overlap", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        "error: tile 3 is too small: the smallest is 16 (the model's windows / patches / token "
+        "groups need 16, and 2 x overlap 1 + 8 = 10)")
+
+
+# (tile, overlap, blend) that the real x4 CATANet accepts (its smallest tile: 28, its largest
+# LRSA patch), the smallest for each of three overlaps among them; and tiles it refuses
+ACCEPTED = [(28, 0, "uniform"), (28, 8, "uniform"), (28, 8, "crop"), (28, 10, "ramp"),
+            (40, 16, "uniform"), (64, 8, "uniform")]
+REFUSED = [(3, 1), (12, 2)]
+# CATANet is not local (token centres and groups are computed per tile), so on one image
+# every tiling moves PSNR a little, either way: on Set5 bird x4, tiles of 28 to 71 with
+# overlap 8 measured -0.16 to +0.07 dB (uniform), -0.04 to +0.07 dB (ramp, crop)
+TILED_TOLERANCE_DB = 0.2
+
+
+def test_accepted_tiles_score_close_to_untiled_on_set5(shared_dir):
+    net = srprune.load_model(shared_dir / "weights/catanet_x4_third_party.pth")
+    lr = read_image(shared_dir / "data/Set5/LR_bicubic/X4/birdx4.png")
+    hr = read_image(shared_dir / "data/Set5/HR/bird.png")
+    untiled = psnr_y(model_upscaler(net)(lr), hr, 4)
+    for tile, overlap, blend in ACCEPTED:
+        tiled = psnr_y(model_upscaler(net, tile=tile, tile_overlap=overlap, tile_blend=blend)(lr),
+                       hr, 4)
+        assert abs(tiled - untiled) < TILED_TOLERANCE_DB, (tile, overlap, blend, tiled - untiled)
+    for tile, overlap in REFUSED:
+        with pytest.raises(ValueError, match=f"tile {tile} is too small"):
+            model_upscaler(net, tile=tile, tile_overlap=overlap)
+    with torch.no_grad():  # what the smallest tile keeps out (tile 3: -2.2 dB)
+        sr = tiled_forward(net, to_tensor(lr), 12, 2, 4).clamp(0, 1)
+    assert psnr_y(to_uint8(sr), hr, 4) < untiled - 0.5

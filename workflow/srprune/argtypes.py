@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Callable
+from typing import Any, Callable
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:
@@ -99,6 +99,51 @@ def crop_box(text: str) -> tuple[int, int, int, int]:
         raise argparse.ArgumentTypeError(f"expected TOP,LEFT,HEIGHT,WIDTH (offsets >= 0, sizes "
                                          f">= 1), got {text!r}")
     return values  # type: ignore[return-value]
+
+
+def output_file(text: str) -> str:
+    """A file to write (see :func:`srprune.fileio.check_output_path`)."""
+    return _output(text, folder=False)
+
+
+def output_folder(text: str) -> str:
+    """A folder to write into (see :func:`srprune.fileio.check_output_path`)."""
+    return _output(text, folder=True)
+
+
+def _output(text: str, folder: bool) -> str:
+    from .fileio import OutputPathError, check_output_path
+
+    try:
+        check_output_path(text, folder)
+    except OutputPathError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+class UniqueNames(argparse.Action):
+    """``nargs='+'`` names given at most once each (``--datasets a a`` is refused)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        twice = sorted({value for value in values if values.count(value) > 1})
+        if twice:
+            raise argparse.ArgumentError(self, f"{', '.join(twice)} given more than once")
+        setattr(namespace, self.dest, values)
+
+
+class NamedDatasets(argparse.Action):
+    """Repeatable ``--dataset NAME=...`` (``type`` gives ``(name, spec)``) collected as
+    ``{name: spec}``; a name given twice is refused, not replaced."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        name, spec = values
+        given = getattr(namespace, self.dest) or {}
+        if name in given:
+            raise argparse.ArgumentError(self, f"data set {name!r} is given twice ("
+                                               f"{given[name]['hr']} and {spec['hr']})")
+        setattr(namespace, self.dest, {**given, name: spec})
 
 
 class Parser(argparse.ArgumentParser):

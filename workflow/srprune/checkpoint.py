@@ -1,7 +1,10 @@
 """Reading and writing checkpoints, safely.
 
 Every file is read with ``torch.load(..., weights_only=True)``: a file that needs arbitrary
-unpickling is refused before anything in it runs. Accepted layouts:
+unpickling is refused before anything in it runs (the message names what it pickles; a bare
+pickle, torch's legacy non-zip format of a newer protocol or ``pickle.dump``, is named as such,
+to be re-saved with ``torch.save``). A ``.safetensors`` file is read with the safetensors package
+when it is installed (nothing to unpickle), and is a plain state dict. Accepted layouts:
 
 * srprune checkpoints: ``{'params': state_dict, 'arch': name, 'config': {...}, 'meta': {...}}``
   with only plain types, self-describing (nothing else is needed to rebuild the model) and still
@@ -11,13 +14,18 @@ unpickling is refused before anything in it runs. Accepted layouts:
 * plain state dicts (optionally with DataParallel's ``module.`` prefix).
 
 For BasicSR files and plain state dicts, hyper-parameters that the caller does not give are read
-off tensor shapes where the architecture allows it, and the log says which.
+off tensor shapes where the architecture allows it, and the log says which; when such a file
+does not load, the error names the hyper-parameters its shapes cannot tell (to give with
+``--model-config``).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import pickle
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +38,8 @@ from .models import DEFAULT_ARCH, arch_name, get_arch, model_config
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+PICKLE_PROTO = 0x80  # the first byte of a pickle of protocol 2 or later
+TENSOR_PICKLE_GLOBAL = "torch.storage._load_from_bytes"  # tensors pickled outside torch.save
 
 
 class CheckpointError(ValueError):
@@ -37,27 +47,79 @@ class CheckpointError(ValueError):
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """``torch.load`` with ``weights_only=True`` and errors that say what is wrong with the file."""
+    """``torch.load`` with ``weights_only=True`` (a ``.safetensors`` file: the safetensors
+    package) and errors that say what the file is and what to do."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if _is_safetensors(path):
+        return _read_safetensors(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "GLOBAL" not in str(err):  # bad bytes rather than a refused object
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or "
-                                  f"corrupt?): {str(err).splitlines()[0]}") from None
-        raise CheckpointError(
-            f"{path}: refused to load: the file holds pickled objects other than tensors and plain "
-            f"types, and srprune never unpickles untrusted code (weights_only=True). If you trust "
-            f"it, re-save only its state dict.") from None
+        with warnings.catch_warnings():  # a legacy pickle's protocol: the refusal says it
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a corrupt file can fail anywhere inside the reader
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or "
-                              f"corrupt?): {(str(err) or type(err).__name__).splitlines()[0]}") from None
+        raise CheckpointError(_refusal(path, err)) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict (state dict or checkpoint), "
                               f"found {type(obj).__name__}")
     return obj
+
+
+def _refusal(path: Path, err: Exception) -> str:
+    """Why ``torch.load`` refused ``path``, in terms of the file (never torch's advice to unpickle
+    it unsafely)."""
+    unpickling = isinstance(err, pickle.UnpicklingError)
+    refused = re.search(r"GLOBAL (\S+)", str(err)) if unpickling else None
+    protocol = _legacy_pickle_protocol(path)
+    if protocol is not None and (refused is None or refused.group(1) == TENSOR_PICKLE_GLOBAL):
+        reason = f"it pickles {refused.group(1)}" if refused else _reason(err)
+        return (f"{path}: a pickle file in the legacy (non-zip) format, pickle protocol "
+                f"{protocol}, which the safe loader cannot read ({reason}): re-save it with "
+                f"torch.save in a current torch")
+    if refused is not None:
+        return (f"{path}: refused to load: the file pickles {refused.group(1)} (not only "
+                f"tensors and plain types), and srprune never unpickles untrusted code "
+                f"(weights_only=True). If you trust it, re-save only its state dict.")
+    return f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {_reason(err)}"
+
+
+def _reason(err: Exception) -> str:
+    """The first line of torch's own reason, without its advice on ``weights_only``."""
+    text = str(err).split("WeightsUnpickler error:")[-1].strip() or type(err).__name__
+    line = text.splitlines()[0]
+    return type(err).__name__ if "weights_only" in line else line
+
+
+def _legacy_pickle_protocol(path: Path) -> int | None:
+    """The pickle protocol of a file that is a bare pickle (torch.save's legacy format, or
+    ``pickle.dump``), None for anything else (torch.save's zip format included)."""
+    with open(path, "rb") as handle:
+        head = handle.read(2)
+    return head[1] if len(head) == 2 and head[0] == PICKLE_PROTO else None
+
+
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors file: an 8-byte little-endian header length, then a JSON header."""
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    return len(head) == 9 and head[8:] == b"{" and \
+        int.from_bytes(head[:8], "little") <= path.stat().st_size - 8
+
+
+def _read_safetensors(path: Path) -> dict[str, Any]:
+    """The tensors of a safetensors file (a plain state dict; nothing is unpickled)."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise CheckpointError(f"{path} is a safetensors file; reading it needs the safetensors "
+                              f"package: pip install safetensors") from None
+    try:
+        return load_file(path, device="cpu")
+    except Exception as err:  # the reader raises its own error types
+        reason = (str(err) or type(err).__name__).splitlines()[0]
+        raise CheckpointError(f"{path}: a safetensors file that cannot be read (truncated?): "
+                              f"{reason}") from None
 
 
 def split_checkpoint(obj: dict[str, Any], param_key: str | None = None
@@ -139,20 +201,36 @@ def model_from_state(state: dict[str, Tensor], info: dict[str, Any], source: str
                               f"teacher.arch)")
     arch = arch or info.get("arch", DEFAULT_ARCH)
     config = resolve_config(arch, state, info, overrides, source)
+    described = "config" in info
     try:
         model = get_arch(arch).build(config)
     except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{source}: invalid model config: {err}") from None
+        hint = "" if described else _config_hint(arch, config, str(err))
+        raise CheckpointError(f"{source}: invalid model config: {err}{hint}") from None
     try:
         check_state_dict(model, state, source)
     except CheckpointError as err:
-        hint = get_arch(arch).shape_hint
-        if "config" in info or not hint:
+        if described:
             raise
-        raise CheckpointError(f"{err}; {hint}") from None
+        shape_hint = get_arch(arch).shape_hint
+        raise CheckpointError(f"{err}{_config_hint(arch, config, str(err))}"
+                              f"{f'; {shape_hint}' if shape_hint else ''}") from None
     model.load_state_dict(state, strict=True)
     model.checkpoint_meta = info.get("meta", {})
     return model.eval()
+
+
+def _config_hint(arch: str, config: dict[str, Any], problem: str) -> str:
+    """For a file without its config: the hyper-parameters its shapes do not tell (they took
+    their defaults) and how to give them, the example naming the one ``problem`` names."""
+    untold = [f.name for f in dataclasses.fields(get_arch(arch).config_class)
+              if f.name not in config]
+    if not untold:
+        return ""
+    example = next((name for name in untold if name in problem), untold[0])
+    return (f". This file records no config and its tensor shapes cannot tell {', '.join(untold)} "
+            f"({arch} defaults used): give the values it was trained with as --model-config "
+            f"'{{{example}: ...}}' (teacher.model_config in a workflow config)")
 
 
 def check_same_architecture(student: nn.Module, teacher: nn.Module, student_path: Any,

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import yaml
 
-from .argtypes import (Parser, crop_box, device, filename_template, finite_float,
-                       height_by_width, int_at_least, lr_size, nonnegative_float, positive_int)
+from .argtypes import (NamedDatasets, Parser, UniqueNames, crop_box, device, filename_template,
+                       finite_float, height_by_width, int_at_least, lr_size, nonnegative_float,
+                       output_file, output_folder, positive_int)
 from .checkpoint import CheckpointError
 from .data import DataError
 from .export import FORMATS
@@ -44,13 +45,19 @@ def _read_yaml(path: str) -> dict:
 def cmd_train(args: argparse.Namespace) -> None:
     from .train import train_teacher
 
-    summary = train_teacher(_read_yaml(args.config), args.out, _workdir(args),
+    workdir = _workdir(args)
+    summary = train_teacher(_read_yaml(args.config), args.out, workdir,
                             progress=not args.quiet, fresh_on_change=args.fresh_on_change)
     _print_training(summary, args.out)
 
 
 def _workdir(args: argparse.Namespace) -> str:
-    return args.workdir or str(Path(args.out).with_suffix("")) + "_work"
+    """``--workdir``, or its default beside ``--out`` (checked like every output folder)."""
+    from .fileio import check_output_path
+
+    if args.workdir:
+        return args.workdir
+    return str(check_output_path(str(Path(args.out).with_suffix("")) + "_work", folder=True))
 
 
 def _print_training(summary: dict, out: str) -> None:
@@ -59,9 +66,10 @@ def _print_training(summary: dict, out: str) -> None:
 
 
 def _training_args(p: argparse.ArgumentParser, out_help: str) -> None:
-    p.add_argument("--out", required=True, help=out_help)
-    p.add_argument("--workdir", help="resume state, last/best checkpoints and log.csv "
-                                     "(default: <out without suffix>_work)")
+    p.add_argument("--out", type=output_file, required=True, help=out_help)
+    p.add_argument("--workdir", type=output_folder,
+                   help="resume state, last/best checkpoints and log.csv "
+                        "(default: <out without suffix>_work)")
     p.add_argument("--fresh-on-change", action="store_true",
                    help="when the work folder holds a run of other settings, inputs or data, "
                         "start afresh (default: refuse and say what differs)")
@@ -90,10 +98,10 @@ def add_evaluate_options(parser: argparse.ArgumentParser, datasets: bool = False
                        help="weights of overlapping tile outputs: uniform mean (default, BasicSR's), "
                             "linear ramp, or crop (each pixel from the tile it is most inside)")
     if datasets:
-        group.add_argument("--dataset", action="append", type=parse_dataset,
+        group.add_argument("--dataset", action=NamedDatasets, type=parse_dataset,
                            metavar="NAME=HR[,LR[,TMPL]]",
-                           help="evaluate on this data set too (repeatable); results under "
-                                "'datasets' in the JSON")
+                           help="evaluate on this data set too (repeatable, one name once); "
+                                "results under 'datasets' in the JSON")
 
 
 def evaluate_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -108,27 +116,36 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .evaluate import evaluate_many, evaluate_spec
     from .fileio import save_json
 
+    _check_evaluate_data(args)
     options = dict(quantize=not args.float_output, device=args.device,
                    model_config=_load_options(args), progress=not args.quiet,
                    save_images=args.save_images, image_suffix=args.image_suffix,
                    **evaluate_options(args))
+    hr_data = {"hr": args.hr, "lr": args.lr, "filename_tmpl": args.filename_tmpl or "{}"}
     if args.dataset:
-        datasets = dict(args.dataset)
-        if args.hr:
-            datasets = {"main": {"hr": args.hr, "lr": args.lr,
-                                 "filename_tmpl": args.filename_tmpl}, **datasets}
+        datasets = {"main": hr_data, **args.dataset} if args.hr else args.dataset
         result = evaluate_many(args.model, datasets, args.scale, **options)
         for name, res in result["datasets"].items():
             print(f"{args.model} x{args.scale} on {name}: PSNR {res['psnr']:.3f} dB, "
                   f"SSIM {res['ssim']:.4f} ({len(res['per_image'])} images)")
-    elif args.hr:
-        result = evaluate_spec(args.model, args.hr, args.scale, args.lr, args.filename_tmpl,
-                               **options)
-        _print_scores(args, result)
     else:
-        raise ValueError("give --hr (and optionally --lr) or one or more --dataset")
+        result = evaluate_spec(args.model, scale=args.scale, **hr_data, **options)
+        _print_scores(args, result)
     if args.json:
         save_json(result, args.json)
+
+
+def _check_evaluate_data(args: argparse.Namespace) -> None:
+    """Refuse data options that would be ignored or would replace one another."""
+    if not args.hr and not args.dataset:
+        raise ValueError("give --hr (and optionally --lr) or one or more --dataset")
+    if not args.hr and (args.lr or args.filename_tmpl):
+        raise ValueError("--lr and --filename-tmpl describe the --hr data set, and no --hr is "
+                         "given: add --hr, or give them in --dataset NAME=HR,LR,TMPL")
+    if args.hr and "main" in (args.dataset or {}):
+        raise ValueError(f"--hr {args.hr} is the data set 'main' next to --dataset, and "
+                         f"--dataset main={args.dataset['main']['hr']} names it again: rename "
+                         f"one of them")
 
 
 def _print_scores(args: argparse.Namespace, result: dict) -> None:
@@ -257,9 +274,10 @@ def cmd_export_zeroed(args: argparse.Namespace) -> None:
 def cmd_finetune(args: argparse.Namespace) -> None:
     from .finetune import finetune
 
+    workdir = _workdir(args)
     config = _read_yaml(args.config) if args.config else {}
     config.update(_model_config(args.settings, "--settings"))
-    summary = finetune(args.teacher, args.student, config, args.out, _workdir(args),
+    summary = finetune(args.teacher, args.student, config, args.out, workdir,
                        _load_options(args), progress=not args.quiet,
                        fresh_on_change=args.fresh_on_change)
     _print_training(summary, args.out)
@@ -398,8 +416,10 @@ def _calibration_args(p: argparse.ArgumentParser, seed_help: str, scoring: bool 
 def _layout_args(p: argparse.ArgumentParser) -> None:
     """``--results`` and the ``--methods``/``--budgets`` to read from it (see :func:`_layout`)."""
     p.add_argument("--results", required=True, help="results/<run> folder of the workflow")
-    p.add_argument("--methods", nargs="+", help="default: the method folders found")
-    p.add_argument("--budgets", nargs="+", help="default: the budget folders found")
+    p.add_argument("--methods", nargs="+", action=UniqueNames,
+                   help="default: the method folders found")
+    p.add_argument("--budgets", nargs="+", action=UniqueNames,
+                   help="default: the budget folders found")
 
 
 def _artifact_arch_arg(p: argparse.ArgumentParser) -> None:
@@ -453,14 +473,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hr", help="HR folder (dataroot_gt), or embedded:train|val")
     p.add_argument("--lr", help="LR folder (dataroot_lq); default: bicubic-downscale the HR images")
     p.add_argument("--scale", type=int, required=True, choices=(1, 2, 3, 4))
-    p.add_argument("--filename-tmpl", default="{}", type=filename_template,
-                   help="LR name template, e.g. '{}x4'")
-    p.add_argument("--json", help="write the results as JSON to this file")
+    p.add_argument("--filename-tmpl", type=filename_template,
+                   help="LR name template of --lr, e.g. '{}x4' (default '{}')")
+    p.add_argument("--json", type=output_file, help="write the results as JSON to this file")
     p.add_argument("--float-output", action="store_true",
                    help="score the float output instead of rounding it to uint8 first")
     p.add_argument("--device", default="cpu", type=device, help="cpu, cuda, cuda:1 or auto")
     _model_args(p)
-    p.add_argument("--save-images", metavar="DIR",
+    p.add_argument("--save-images", type=output_folder, metavar="DIR",
                    help="also write every scored SR output (uint8, whole image) as "
                         "DIR/<name>_<suffix>.png (with --dataset: DIR/<dataset>/...)")
     p.add_argument("--image-suffix", metavar="SUFFIX",
@@ -473,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     _teacher_args(p)
     p.add_argument("--method", default=DEFAULT_METHOD, choices=METHOD_CLASSES,
                    help="; ".join(f"{name}: {cls.summary}" for name, cls in METHOD_CLASSES.items()))
-    p.add_argument("--out", required=True, help="unit-scores artifact (.pth)")
+    p.add_argument("--out", type=output_file, required=True, help="unit-scores artifact (.pth)")
     _calibration_args(p, "calibration crops, token positions, random scores", scoring=True)
     p.add_argument("--tokens", type=positive_int, default=OptinSettings.tokens,
                    help="token positions K per Gram matrix")
@@ -498,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("gather-scores", help="join the unit scores of parallel scoring jobs")
     p.add_argument("parts", nargs="+", metavar="PART", help="score-units --part outputs")
-    p.add_argument("--out", required=True, help="the joined unit-scores artifact")
+    p.add_argument("--out", type=output_file, required=True, help="the joined unit-scores artifact")
     p.set_defaults(func=cmd_gather_scores)
 
     p = sub.add_parser("search-masks", help="choose units to keep under a MAC budget")
@@ -519,22 +539,25 @@ def build_parser() -> argparse.ArgumentParser:
     _calibration_args(p, "calibration crops (candidates are measured on them)")
     _compensation_args(p)
     p.add_argument("--device", default="cpu", type=device, help="cpu, cuda, cuda:N")
-    p.add_argument("--out", required=True, help="masks artifact (<arch>_pruning_masks.pth)")
-    p.add_argument("--compensated-out", help="also write the chosen candidate's compensated model "
-                                             "(<arch>_compensated.pth; compensated selection)")
+    p.add_argument("--out", type=output_file, required=True,
+                   help="masks artifact (<arch>_pruning_masks.pth)")
+    p.add_argument("--compensated-out", type=output_file,
+                   help="also write the chosen candidate's compensated model "
+                        "(<arch>_compensated.pth; compensated selection)")
     p.set_defaults(func=cmd_search_masks)
 
     p = sub.add_parser("export-zeroed", help="the teacher with masked units' weights zeroed")
     _teacher_args(p)
     p.add_argument("--masks", required=True, help="masks artifact from search-masks")
-    p.add_argument("--out", required=True, help="zeroed checkpoint (<arch>_pruned.pth)")
+    p.add_argument("--out", type=output_file, required=True,
+                   help="zeroed checkpoint (<arch>_pruned.pth)")
     p.set_defaults(func=cmd_export_zeroed)
 
     p = sub.add_parser("compensate", help="refit what the kept units feed (least squares), "
                                           "no training")
     _teacher_args(p)
     p.add_argument("--model", required=True, help="zeroed model from export-zeroed")
-    p.add_argument("--out", required=True, help="<arch>_compensated.pth")
+    p.add_argument("--out", type=output_file, required=True, help="<arch>_compensated.pth")
     _calibration_args(p, "calibration crops")
     _compensation_args(p)
     p.add_argument("--device", default="cpu", type=device, help="cpu, cuda, cuda:N")
@@ -551,12 +574,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("rebuild", help="physically smaller model from a masked checkpoint")
     p.add_argument("--model", required=True, help="fine-tuned (or zeroed) model with its masks")
-    p.add_argument("--out", required=True, help="<arch>_rebuilt.pth")
+    p.add_argument("--out", type=output_file, required=True, help="<arch>_rebuilt.pth")
     p.set_defaults(func=cmd_rebuild)
 
     p = sub.add_parser("export", help="ONNX (dynamic sizes) or TorchScript (one size) for deployment")
     p.add_argument("model", metavar="MODEL", help="any model file srprune.load_model reads")
-    p.add_argument("out", metavar="OUT", help="file to write (.onnx, .ts)")
+    p.add_argument("out", type=output_file, metavar="OUT", help="file to write (.onnx, .ts)")
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--size", type=height_by_width, default=(64, 64),
                    help="LR HxW traced (default 64x64); the only size a TorchScript file runs")
@@ -565,15 +588,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="zeros per tensor, zero heads/neurons per module")
     p.add_argument("paths", nargs="+", metavar="PATH", help="checkpoints (srprune, BasicSR, plain)")
-    p.add_argument("--json", help="write every report to this JSON file")
+    p.add_argument("--json", type=output_file, help="write every report to this JSON file")
     _model_args(p)
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("compare", help="comparison CSV, Markdown and plots of a results folder")
     _layout_args(p)
     _artifact_arch_arg(p)
-    p.add_argument("--out", required=True, help="folder for comparison.csv/.md and the plots")
-    p.add_argument("--datasets", nargs="+", help="default: every evaluated data set")
+    p.add_argument("--out", type=output_folder, required=True,
+                   help="folder for comparison.csv/.md and the plots")
+    p.add_argument("--datasets", nargs="+", action=UniqueNames,
+                   help="default: every evaluated data set")
     p.add_argument("--latency", help="srprune time-models JSON (default: <results>/latency.json "
                                      "when present)")
     p.set_defaults(func=cmd_compare)
@@ -597,12 +622,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", type=device, help="cpu, cuda, cuda:N or auto")
     p.add_argument("--tile", type=positive_int, help="run the models on LR tiles of this side")
     p.add_argument("--tile-overlap", type=int_at_least(0), default=8, help="overlap of tiles")
-    p.add_argument("--out", required=True, help="the figure (visual_<dataset>.png)")
+    p.add_argument("--out", type=output_file, required=True,
+                   help="the figure (visual_<dataset>.png)")
     p.set_defaults(func=cmd_visual)
 
     p = sub.add_parser("plot-recovery", help="validation PSNR against fine-tuning iteration")
     _layout_args(p)
-    p.add_argument("--out", required=True, help="the plot (finetune_recovery.png)")
+    p.add_argument("--out", type=output_file, required=True,
+                   help="the plot (finetune_recovery.png)")
     p.set_defaults(func=cmd_plot_recovery)
 
     p = sub.add_parser("time-models", help="latency of the teacher and pruned models, side by "
@@ -621,12 +648,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch intra-op threads (default: torch's current count)")
     p.add_argument("--device", default="cpu", type=device, help="cpu, cuda, cuda:N or auto")
     p.add_argument("--seed", type=int, default=0, help="seed of the random input")
-    p.add_argument("--json", help="write the timings and the machine facts to this JSON file")
+    p.add_argument("--json", type=output_file,
+                   help="write the timings and the machine facts to this JSON file")
     p.set_defaults(func=cmd_time_models)
 
     p = sub.add_parser("export-data", help="write the embedded scikit-image images as PNG files")
     p.add_argument("--split", required=True, choices=("train", "val"))
-    p.add_argument("--out", required=True, help="folder to write into")
+    p.add_argument("--out", type=output_folder, required=True, help="folder to write into")
     p.set_defaults(func=cmd_export_data)
     for command in sub.choices.values():
         _verbosity_args(command)

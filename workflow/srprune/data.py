@@ -1,12 +1,16 @@
 """Image data for super-resolution in BasicSR layout: reading, paired data sets, patches.
 
-Reading (:func:`read_image`) always gives HxWx3 uint8 RGB:
+Reading (:func:`read_image`, the one image reader of srprune) always gives HxWx3 uint8 RGB,
+upright (EXIF orientation applied as ``PIL.ImageOps.exif_transpose`` does; a tag outside 1..8
+is refused); :mod:`srprune.decoding` decodes every file at its full bit depth:
 
 * grayscale (HxW or HxWx1) is replicated to three channels;
 * an alpha channel (grayscale + alpha, RGBA) is dropped, not composited: the colour values
   are kept as stored, whatever their opacity;
-* 16-bit images are scaled to 8 bits as ``round(v / 257)`` (65535 -> 255);
-* palette images are expanded to RGB by the reader; any other pixel type is an error.
+* every bit depth is scaled to 8 bits as ``round(v * 255 / (2**bits - 1))``: 16-bit samples
+  (PNG and TIFF; grey, RGB, RGBA) as ``round(v / 257)`` (65535 -> 255), 1-, 2- and 4-bit grey
+  exactly;
+* palette images are expanded to their RGB entries; any other pixel type is an error.
 
 Paired data sets (:class:`SRDataset`) follow BasicSR: the HR folder is ``dataroot_gt``, the
 LR folder ``dataroot_lq``; for HR ``baby.png`` the LR file is
@@ -22,20 +26,23 @@ from __future__ import annotations
 import hashlib
 import logging
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import skimage.data
-import skimage.io
 import torch
 
+from srprune.decoding import UnsupportedImage, read_pixels, stored_size
+from srprune.fileio import save_png
 from srprune.imresize import imresize
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+T = TypeVar("T")
 
 EMBEDDED_SPLITS: dict[str, tuple[str, ...]] = {
     "train": ("chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "stereo_motorcycle"),
@@ -48,7 +55,7 @@ class DataError(ValueError):
 
 
 def _to_rgb_uint8(img: np.ndarray, path: Path) -> np.ndarray:
-    """Normalise a decoded image to HxWx3 uint8 (see the module docstring)."""
+    """Normalise decoded pixels to HxWx3 uint8 (see the module docstring)."""
     if img.dtype == np.uint16:
         img = np.round(img / 257.0).astype(np.uint8)
     elif img.dtype != np.uint8:
@@ -65,17 +72,21 @@ def _to_rgb_uint8(img: np.ndarray, path: Path) -> np.ndarray:
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image file as HxWx3 uint8 RGB; :class:`DataError` naming the file on failure."""
     path = Path(path)
+    return _to_rgb_uint8(_from_file(path, read_pixels), path)
+
+
+def _from_file(path: Path, decoder: Callable[[Path], T]) -> T:
+    """``decoder(path)``, every failure a :class:`DataError` naming the file."""
     if not path.exists():
         raise DataError(f"{path}: image file does not exist")
     if not path.is_file():
         raise DataError(f"{path}: not a file")
     try:
-        with warnings.catch_warnings():  # imageio warns about plugins it probes on bad files
-            warnings.simplefilter("ignore")
-            img = np.asarray(skimage.io.imread(path))
-    except Exception as exc:  # the readers raise many types (OSError, ValueError, SyntaxError...)
+        return decoder(path)
+    except UnsupportedImage as exc:
+        raise DataError(f"{path}: {exc}") from None
+    except Exception as exc:  # the decoders raise many types (OSError, ValueError, SyntaxError...)
         raise DataError(f"{path}: cannot be read as an image ({type(exc).__name__}: {exc})") from exc
-    return _to_rgb_uint8(img, path)
 
 
 def modcrop(img: np.ndarray, scale: int) -> np.ndarray:
@@ -122,8 +133,9 @@ class SRDataset:
     """Paired LR/HR images; items are ``(name, lr, hr)`` with HxWx3 uint8 arrays.
 
     ``hr_dir`` is BasicSR's ``dataroot_gt`` and ``lr_dir`` its ``dataroot_lq`` (None: make LR
-    by MATLAB bicubic downscaling). ``min_lr_size`` is the smallest LR side accepted.
-    LR partners are found when the data set is built; images are read on access.
+    by MATLAB bicubic downscaling). Items are named by the HR file stem, so two HR files of one
+    stem are refused. LR partners are found when the data set is built; images are read on
+    access (:func:`check_min_side` checks their sizes first, from the file headers).
     """
 
     def __init__(
@@ -133,14 +145,13 @@ class SRDataset:
         scale: int,
         lr_dir: str | Path | None = None,
         filename_tmpl: str = "{}",
-        min_lr_size: int = 1,
     ) -> None:
         if scale < 1:
             raise ValueError(f"scale must be a positive integer, got {scale}")
         self.scale = scale
-        self.min_lr_size = min_lr_size
         check_filename_template(filename_tmpl)
         self.hr_paths = list_images(hr_dir)
+        _refuse_shared_stems(self.hr_paths, Path(hr_dir))
         self.lr_paths: list[Path] | None = None
         if lr_dir is not None:
             lr_index = _index_by_stem(list_images(lr_dir))
@@ -152,11 +163,9 @@ class SRDataset:
     def __getitem__(self, index: int) -> tuple[str, np.ndarray, np.ndarray]:
         hr_path = self.hr_paths[index]
         hr = modcrop(read_image(hr_path), self.scale)
-        if min(hr.shape[:2]) < self.scale * self.min_lr_size:
-            raise DataError(
-                f"{hr_path}: image too small ({_size(hr)} after modcrop; scale {self.scale} needs at least "
-                f"{self.scale * self.min_lr_size} pixels per side)"
-            )
+        if min(hr.shape[:2]) < self.scale:
+            raise DataError(f"{hr_path}: image too small ({_size(hr)} after modcrop; scale "
+                            f"{self.scale} needs at least {self.scale} pixels per side)")
         if self.lr_paths is None:
             return hr_path.stem, imresize(hr, 1 / self.scale), hr
         lr_path = self.lr_paths[index]
@@ -171,10 +180,24 @@ class SRDataset:
     def __iter__(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
         return (self[i] for i in range(len(self)))
 
+    def hr_sizes(self) -> dict[str, tuple[int, int]]:
+        """``{HR file: (height, width) after modcrop}``, read from the file headers."""
+        return {str(path): tuple(side - side % self.scale for side in _from_file(path, stored_size))
+                for path in self.hr_paths}
+
     def tensors(self, index: int) -> tuple[str, torch.Tensor, torch.Tensor]:
         """Item ``index`` as ``(name, lr, hr)`` with 1x3xHxW float32 tensors in [0, 1]."""
         name, lr, hr = self[index]
         return name, to_tensor(lr), to_tensor(hr)
+
+
+def _refuse_shared_stems(paths: list[Path], folder: Path) -> None:
+    """Refuse HR files that would share a name (``a.png`` and ``a.jpg``)."""
+    shared = [group for group in _index_by_stem(paths).values() if len(group) > 1]
+    if shared:
+        raise DataError(f"{folder}: images are named by their file stem, and {len(shared)} "
+                        f"stems name several files (e.g. {', '.join(p.name for p in shared[0])}); "
+                        f"keep one file per stem")
 
 
 def check_filename_template(template: str) -> str:
@@ -242,7 +265,7 @@ def export_embedded(split: str, folder: str | Path) -> list[Path]:
     paths = []
     for name, img in embedded_images(split):
         path = folder / f"{name}.png"
-        skimage.io.imsave(path, img, check_contrast=False)
+        save_png(img, path)
         paths.append(path)
     return paths
 
@@ -352,3 +375,22 @@ def load_pairs(hr: str | Path, scale: int, lr: str | Path | None = None,
             pairs.append((name, imresize(img, 1 / scale), img))
         return pairs
     return SRDataset(hr, scale=scale, lr_dir=lr, filename_tmpl=filename_tmpl)
+
+
+def check_min_side(pairs: Sequence[Pair], side: int, purpose: str) -> None:
+    """Refuse, before any image is used, the images whose modcropped HR side is below ``side``,
+    naming each with its file and size (an :class:`SRDataset` is checked from its file headers)."""
+    sizes = pairs.hr_sizes() if isinstance(pairs, SRDataset) else \
+        {name: hr.shape[:2] for name, _, hr in pairs}
+    small = [f"{source} ({h}x{w})" for source, (h, w) in sizes.items() if min(h, w) < side]
+    if small:
+        raise DataError(f"{len(small)} of {len(sizes)} images are too small for {purpose}, which "
+                        f"needs sides of at least {side} pixels after modcrop: "
+                        f"{', '.join(small[:5])}{', ...' if len(small) > 5 else ''}")
+
+
+def pair_names(pairs: Sequence[Pair]) -> list[str]:
+    """The item names of ``pairs``, without reading any image."""
+    if isinstance(pairs, SRDataset):
+        return [path.stem for path in pairs.hr_paths]
+    return [name for name, _, _ in pairs]

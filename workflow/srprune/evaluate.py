@@ -19,20 +19,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from .data import Pair, load_pairs, to_tensor
+from .data import Pair, check_min_side, load_pairs, pair_names, to_tensor
 from .device import pick_device
-from .fileio import save_png
+from .fileio import check_output_path, save_png
 from .imresize import imresize
-from .metrics import psnr_y, ssim_y, to_uint8
+from .metrics import SSIM_WINDOW, psnr_y, ssim_y, to_uint8
 from .models import scale_of
 from .progress import progress_bar
-from .tiling import check_tile_args, tiled_forward
+from .tiling import check_tile_args, check_tile_fits, model_min_tile, tiled_forward
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +45,14 @@ def model_upscaler(model: nn.Module, device: torch.device | str = "cpu",
     """Run ``model`` without gradients; output clamped to [0, 1] and, if ``quantize``, uint8.
 
     With ``tile`` the model runs tile by tile (:func:`srprune.tiling.tiled_forward`; ``scale``
-    defaults to the model's declared ``scale``).
+    defaults to the model's declared ``scale``); a tile too small for the model is refused
+    (:func:`srprune.tiling.check_tile_fits`).
     """
     forward: Callable[[torch.Tensor], torch.Tensor] = model
     if tile is not None:
         scale = scale_of(model) if scale is None else scale
         check_tile_args(tile, tile_overlap, scale, tile_blend)
+        check_tile_fits(tile, tile_overlap, model_min_tile(model))
         forward = partial(tiled_forward, model, tile=tile, overlap=tile_overlap, scale=scale,
                           blend=tile_blend)
 
@@ -86,6 +88,14 @@ class ImageSink:
         """Write one uint8 SR output (atomically)."""
         save_png(sr, self.path(name))
 
+    def check(self, names: Iterable[str]) -> None:
+        """Refuse, before any work, a folder or image file that cannot be written."""
+        check_output_path(self.folder, folder=True)
+        taken = [str(self.path(name)) for name in names if self.path(name).is_dir()]
+        if taken:
+            raise ValueError(f"--save-images: {', '.join(taken[:3])} exist as folders, where the "
+                             f"SR images go")
+
     def record(self) -> dict[str, Any]:
         """What the evaluation JSON says about the saved images."""
         return {"dir": str(self.folder), "suffix": self.suffix,
@@ -95,19 +105,30 @@ class ImageSink:
 
 
 def image_sink(save_images: str | Path | None, suffix: str | None, model: str,
-               quantize: bool) -> ImageSink | None:
-    """The :class:`ImageSink` of ``--save-images`` (suffix default: model file stem or bicubic)."""
+               quantize: bool, pairs: Sequence[Pair]) -> ImageSink | None:
+    """The :class:`ImageSink` of ``--save-images`` (suffix default: model file stem or bicubic),
+    checked for the images of ``pairs``."""
     if save_images is None:
         return None
     if not quantize:
         raise ValueError("--save-images writes the uint8 images that are scored; it cannot go "
                          "with --float-output")
-    return ImageSink(Path(save_images), suffix or Path(model).stem)
+    sink = ImageSink(Path(save_images), suffix or Path(model).stem)
+    sink.check(pair_names(pairs))
+    return sink
 
 
 def bicubic_upscaler(scale: int) -> Upscaler:
     """The standard baseline: MATLAB-compatible bicubic upsampling of the LR image."""
     return lambda lr: imresize(lr, scale)
+
+
+def check_scorable(pairs: Sequence[Pair], scale: int) -> None:
+    """Refuse, before any image is scored, images too small for the ``scale``-pixel border crop
+    and SSIM's window, naming their files."""
+    check_min_side(pairs, 2 * scale + SSIM_WINDOW,
+                   f"x{scale} scoring (a {scale}-pixel border cropped, then SSIM's "
+                   f"{SSIM_WINDOW}x{SSIM_WINDOW} window)")
 
 
 def score(upscaler: Upscaler, pairs: Iterable[Pair], scale: int, progress: bool = False,
@@ -212,8 +233,9 @@ def evaluate_spec(model: str, hr: str, scale: int, lr: str | None = None,
       :class:`ImageSink`); adds ``"images"``.
     """
     tiling = _tile_options(tile, tile_overlap, tile_blend, scale)
-    sink = image_sink(save_images, image_suffix, model, quantize)
     pairs = load_pairs(hr, scale, lr, filename_tmpl)
+    check_scorable(pairs, scale)
+    sink = image_sink(save_images, image_suffix, model, quantize, pairs)
     result: dict[str, Any] = {"model": model, "hr": str(hr), "lr": lr, "scale": scale,
                               "quantized_uint8": quantize, "crop_border": scale,
                               "metric": METRIC}
@@ -275,9 +297,11 @@ def evaluate_many(model: str, datasets: Mapping[str, Mapping[str, Any] | str], s
         raise ValueError("evaluate_many needs at least one data set")
     specs = {str(name): _dataset_spec(str(name), spec) for name, spec in datasets.items()}
     tiling = _tile_options(tile, tile_overlap, tile_blend, scale)
-    sinks = {name: image_sink(None if save_images is None else Path(save_images) / name,
-                              image_suffix, model, quantize) for name in specs}
     pairs = {name: load_pairs(s["hr"], scale, s["lr"], s["filename_tmpl"]) for name, s in specs.items()}
+    for items in pairs.values():
+        check_scorable(items, scale)
+    sinks = {name: image_sink(None if save_images is None else Path(save_images) / name,
+                              image_suffix, model, quantize, items) for name, items in pairs.items()}
     net = None if model == "bicubic" else load_net(model, scale, device, model_config)
     results: dict[str, Any] = {}
     for name, items in pairs.items():

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .fileio import atomic_path
+from .fileio import atomic_path, check_output_path
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".ts"}
@@ -107,10 +107,12 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike,
 
 def export_model(model: nn.Module, path: str | os.PathLike, fmt: str,
                  size: tuple[int, int] = (64, 64)) -> None:
-    """Export ``model`` to ``path`` in ``fmt`` (one of :data:`FORMATS`)."""
+    """Export ``model`` to ``path`` in ``fmt`` (one of :data:`FORMATS`); ``path`` is checked
+    before the (slow) tracing."""
     writers = {"onnx": export_onnx, "torchscript": export_torchscript}
     if fmt not in writers:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    check_output_path(path)
     writers[fmt](model, path, size)
 
 

@@ -13,6 +13,42 @@ import numpy as np
 import torch
 
 
+class OutputPathError(ValueError):
+    """An output path that cannot be written."""
+
+
+def check_output_path(path: str | os.PathLike, folder: bool = False) -> Path:
+    """``path`` if a file (``folder``: a folder) can be written there; checked before any work.
+
+    Refused: ``path`` exists as the other kind; the nearest existing folder above it is a file
+    (``x.txt/out.json``) or not writable (a probe file is made and removed). Missing folders
+    above it are fine: writes make them.
+    """
+    path = Path(path)
+    want, other = ("folder", "file") if folder else ("file", "folder")
+    if path.exists() and path.is_dir() != folder:
+        raise OutputPathError(f"{path} is a {other}; give a {want} path")
+    base = path if path.is_dir() else _existing_ancestor(path)
+    if not base.is_dir():
+        raise OutputPathError(f"cannot write {path}: {base} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".srprune-probe.", dir=base)
+    except OSError as err:
+        raise OutputPathError(f"cannot write {path}: {base} is not writable "
+                              f"({err.strerror})") from None
+    os.close(fd)
+    os.unlink(probe)
+    return path
+
+
+def _existing_ancestor(path: Path) -> Path:
+    """The nearest folder (or file) above ``path`` that exists."""
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    return parent
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it onto ``path`` on success."""

@@ -722,4 +722,6 @@ register_arch(Arch(
     hidden={"heads": CATANetConfig.heads},
     float_buffers=(".means",),  # the TAB's token centres
     shape_hint=PLAIN_STATE_HINT,
+    # an LRSA patch, and a tile of at least one IASA group of tokens
+    min_tile=lambda cfg: max(*cfg.patch_size, math.isqrt(max(cfg.group_size) - 1) + 1),
 ))

@@ -34,6 +34,8 @@ class Arch:
     hidden: dict[str, Any] = field(default_factory=dict)
     float_buffers: tuple[str, ...] = ()  # name suffixes of floating buffers that are not weights
     shape_hint: str = ""  # added to the error when a file that does not describe itself misfits
+    # smallest LR tile side (of a config) that tiled inference accepts: windows, patches, groups
+    min_tile: Callable[[Any], int] = lambda config: 1
 
 
 ARCHS: dict[str, Arch] = {}

@@ -538,4 +538,5 @@ register_arch(Arch(
                "upscale", "layer_heads", "layer_mlp"),
     macs=swinir_macs,
     float_buffers=("attn_mask",),  # the shifted layers' stored masks (the forward recomputes them)
+    min_tile=lambda cfg: cfg.window,  # one attention window
 ))
