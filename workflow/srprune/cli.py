@@ -231,11 +231,20 @@ def cmd_gather_scores(args: argparse.Namespace) -> None:
 
 def cmd_search_masks(args: argparse.Namespace) -> None:
     from .pruning.search import save_artifact, search_masks
+    from .pruning.winner import CompensatedWinner, write_compensated
 
+    if args.compensated_out and args.selection != "compensated":
+        raise ValueError(f"--compensated-out needs --selection compensated (the {args.selection} "
+                         f"selection compensates nothing; run srprune compensate)")
+    winner = CompensatedWinner() if args.compensated_out else None
     artifact = search_masks(args.teacher, args.scores, args.mac_constraint, args.selection,
                             args.min_keep, _load_options(args), _calibration(args),
-                            args.device, _compensation(args))
+                            args.device, _compensation(args), keep=winner)
     save_artifact(artifact, args.out)
+    if winner is not None:
+        write_compensated(winner, artifact, args.compensated_out, args.teacher,
+                          _calibration(args), _compensation(args))
+        print(f"wrote the chosen masks' compensated model to {args.compensated_out}")
     kept, total = sum(artifact["kept"].values()), sum(len(m) for m in artifact["masks"].values())
     print(f"{artifact['method']}/{args.selection}: kept {kept} of {total} units; full MACs "
           f"{artifact['macs_pruned'] / 1e9:.3f} G of {artifact['macs_teacher'] / 1e9:.3f} G "
@@ -338,7 +347,7 @@ def cmd_visual(args: argparse.Namespace) -> None:
 def cmd_plot_recovery(args: argparse.Namespace) -> None:
     from .figures import plot_recovery
 
-    print(f"wrote {plot_recovery(args.results, args.out, _layout(args))}")
+    print(f"wrote {plot_recovery(args.results, args.out, _layout(args), args.arch)}")
 
 
 def _labelled_model(text: str) -> tuple[str, str]:
@@ -509,12 +518,16 @@ def build_parser() -> argparse.ArgumentParser:
     _compensation_args(p)
     p.add_argument("--device", default="cpu", type=device, help="cpu, cuda, cuda:N")
     p.add_argument("--out", required=True, help="masks artifact (<arch>_pruning_masks.pth)")
+    p.add_argument("--compensated-out", metavar="PATH",
+                   help="also write the chosen masks' compensated model (<arch>_compensated.pth, "
+                        "what srprune compensate makes of the zeroed export); compensated "
+                        "selection only")
     p.set_defaults(func=cmd_search_masks)
 
     p = sub.add_parser("export-zeroed", help="the teacher with masked units' weights zeroed")
     _teacher_args(p)
     p.add_argument("--masks", required=True, help="masks artifact from search-masks")
-    p.add_argument("--out", required=True, help="zeroed checkpoint (<arch>_pruned.pth)")
+    p.add_argument("--out", required=True, help="zeroed checkpoint (<arch>_zeroed.pth)")
     p.set_defaults(func=cmd_export_zeroed)
 
     p = sub.add_parser("compensate", help="refit what the kept units feed (least squares), "
@@ -533,7 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML with train/loss/data/device sections "
                                     "(see config/config.yaml, finetune)")
     p.add_argument("--settings", help="the same as inline YAML/JSON; overrides --config sections")
-    _training_args(p, "<arch>_finetuned_feature_kd.pth")
+    _training_args(p, "<arch>_finetuned.pth")
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("rebuild", help="physically smaller model from a masked checkpoint")
@@ -589,6 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plot-recovery", help="validation PSNR against fine-tuning iteration")
     _layout_args(p)
+    _artifact_arch_arg(p)
     p.add_argument("--out", required=True, help="the plot (finetune_recovery.png)")
     p.set_defaults(func=cmd_plot_recovery)
 

@@ -168,13 +168,18 @@ def batched(model: nn.Module, x: Tensor, batch: int = 16) -> Iterator[Tensor]:
 @torch.no_grad()
 def compensated_distortion(adapter: Adapter, teacher: nn.Module, x: Tensor, reference: Tensor,
                            masks: dict[str, Tensor], settings: CompensationSettings,
-                           memo: TeacherMemo | None = None) -> float:
+                           memo: TeacherMemo | None = None, keep: Any = None) -> float:
     """:func:`output_distortion` of the teacher zeroed by ``masks`` and compensated on ``x``
-    (``memo``: the teacher's part of the compensation, shared by the candidates)."""
+    (``memo``: the teacher's part of the compensation, shared by the candidates; ``keep``: a
+    :class:`.winner.CompensatedWinner` that is offered the compensated student)."""
     student = copy.deepcopy(teacher)
     adapter.zero_units(student, masks)
-    compensate_model(adapter, student, teacher, masks, x, settings, progress=False, memo=memo)
-    return output_distortion(adapter, student, x, reference, masks)
+    fit = compensate_model(adapter, student, teacher, masks, x, settings, progress=False,
+                           memo=memo)
+    distortion = output_distortion(adapter, student, x, reference, masks)
+    if keep is not None:
+        keep.offer(masks, distortion, student, fit)
+    return distortion
 
 
 @torch.no_grad()
@@ -182,13 +187,15 @@ def search_masks(teacher_path: str | Path, scores_path: str | Path, budget: floa
                  selection: str = DEFAULT_SELECTION, min_keep: int = 0,
                  model_config: dict[str, Any] | None = None,
                  calibration: Calibration | None = None, device: str = "cpu",
-                 compensation: CompensationSettings | None = None) -> dict[str, Any]:
+                 compensation: CompensationSettings | None = None,
+                 keep: Any = None) -> dict[str, Any]:
     """Choose masks under ``budget`` from saved unit scores; returns the masks artifact.
 
     The measured selection runs the teacher with each candidate's masks on the calibration crops
     and keeps the candidate of smallest output error (:mod:`.selection`); the compensated
     selection measures each candidate after compensating it (``compensation``, fitted on the
-    same crops), as the compensate stage will.
+    same crops), as the compensate stage will, and offers each compensated candidate to
+    ``keep`` (see :func:`compensated_distortion`).
     """
     scores = read_checkpoint(scores_path)
     check_scores_match(scores, teacher_path)
@@ -208,7 +215,7 @@ def search_masks(teacher_path: str | Path, scores_path: str | Path, budget: floa
         if selection == "compensated":
             settings, memo = compensation or CompensationSettings(), {}
             measure = lambda masks: compensated_distortion(  # noqa: E731
-                adapter, model, x, reference, masks, settings, memo)
+                adapter, model, x, reference, masks, settings, memo, keep)
     chosen, candidates = selector.select(budget, selection, measure)
     adapter.check_masks(model, chosen.masks)
     total, floor, pruned = selector.total, selector.floor, chosen.macs
@@ -257,15 +264,19 @@ def export_zeroed(teacher_path: str | Path, masks_path: str | Path, out: str | P
     check_artifact(adapter.groups(model), artifact, artifact["masks"], masks_path)
     adapter.check_masks(model, artifact["masks"])
     adapter.zero_units(model, artifact["masks"])
-    meta = {"stage": "zeroed", "masks": artifact["masks"], "method": artifact["method"],
+    save_model(model, out, zeroed_meta(adapter, model, artifact))
+    return model
+
+
+def zeroed_meta(adapter: Adapter, model: nn.Module, artifact: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint meta of a model zeroed by the masks of ``artifact``."""
+    return {"stage": "zeroed", "masks": artifact["masks"], "method": artifact["method"],
             "groups": artifact.get("groups") or [asdict(g) for g in groups_of_kinds(
                 adapter.groups(model), artifact.get("units") or UNIT_KINDS_DEFAULT)],
             "units": artifact.get("units") or list(UNIT_KINDS_DEFAULT),
             "mac_constraint": artifact["mac_constraint"],
             "achieved_mac_ratio": artifact["achieved_mac_ratio"],
             "teacher_sha256": artifact["teacher_sha256"]}
-    save_model(model, out, meta)
-    return model
 
 
 def save_artifact(artifact: dict[str, Any], path: str | Path) -> None:
