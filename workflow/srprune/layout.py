@@ -54,11 +54,12 @@ class RunPaths:
         return f"{self.budget_dir(method, budget)}/sparsity.json"
 
     def finetune_workdir(self, method: str, budget: str) -> str:
+        """The fine-tuning job's own folder (resume state, checkpoints, its running log)."""
         return f"{self.budget_dir(method, budget)}/finetune_work"
 
     def finetune_log(self, method: str, budget: str) -> str:
-        """The fine-tuning log (``iter``, ``val_psnr``, ...) that the recovery plot reads."""
-        return f"{self.finetune_workdir(method, budget)}/log.csv"
+        """The finished fine-tuning's log (``iter``, ``val_psnr``, ...): the recovery plot's input."""
+        return f"{self.budget_dir(method, budget)}/finetune_log.csv"
 
     def exported(self, method: str, budget: str, suffix: str) -> str:
         """The rebuilt model exported as ``.onnx`` or ``.ts`` (:data:`EXPORT_SUFFIXES`)."""
