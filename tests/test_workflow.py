@@ -227,8 +227,8 @@ def test_optin_settings_reach_score_units(tmp_path):
         assert all(crops in line for line in lines if command in line), command
         assert any(command in line for line in lines), command
     config["prune"]["optin"]["scorer"] = "fast"
-    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
-    bad = snakemake("-n", "--cores", "1", "--configfile", str(tmp_path / "bad.yaml"), cwd=ROOT)
+    bad = snakemake("-n", "--cores", "1", "--configfile",
+                    str(write_config(tmp_path, config, "bad.yaml")), cwd=ROOT)
     assert bad.returncode != 0 and "Error validating config" in bad.stdout + bad.stderr
 
 
@@ -369,17 +369,38 @@ def test_tiny_run_writes_evaluation_json(workflow_copy, make_images):
                  "finetune_recovery.png"):
         assert name.encode() in html, name
 
-    # a changed fine-tune setting reruns fine-tuning and what follows, not the mask search
-    config["finetune"]["train"]["lr"] = 1e-3
-    (workflow_copy / "config/config.yaml").write_text(yaml.safe_dump(config))
-    plan = snakemake("-n", "--cores", "1", cwd=workflow_copy)
-    text = plan.stdout + plan.stderr
-    assert plan.returncode == 0 and "Params have changed since last execution" in text
-    for rule in ("finetune", "rebuild", "evaluate_stage", "inspect", "latency", "compare"):
-        assert f"rule {rule}:" in text, rule
-    for rule in ("score_units", "gather_scores", "search_masks", "export_zeroed", "compensate",
-                 "evaluate_teacher"):
-        assert f"rule {rule}:" not in text, rule
+    # the run timed its own heavy stages
+    for job in ("score_units_optin", "search_masks_magnitude_0.8", "finetune_optin_0.9", "latency"):
+        assert "s\th:m:s" in (workflow_copy / f"results/tiny/benchmarks/{job}.tsv").read_text()
+    assert (workflow_copy / "results/tiny/optin/0.9/finetune_log.csv").read_text() == \
+        (workflow_copy / "results/tiny/optin/0.9/finetune_work/log.csv").read_text()
+
+    # a changed setting reruns exactly the jobs whose command uses it, and what follows them
+    rerun = {"finetune": ("train", "lr", 1e-3), "scale": (None, "scale", 3)}
+    for what, (section, key, value) in rerun.items():
+        changed = yaml.safe_load(yaml.safe_dump(config))
+        (changed[section] if section else changed)[key] = value
+        write_config(workflow_copy, changed)
+        assert rerun_reasons(workflow_copy) == RERUNS[what], what
+
+
+RERUNS = {  # rule -> why it reruns, after a change of the setting
+    "finetune": {"finetune": "params", "rebuild": "input", "evaluate_stage": "input",
+                 "inspect": "input", "latency": "input", "compare": "input", "visual": "input",
+                 "recovery_plot": "input"},
+    "scale": {"evaluate_teacher": "params", "evaluate_baseline": "params",
+              "evaluate_stage": "params", "visual": "params", "compare": "input"},
+}
+
+
+def rerun_reasons(root: Path) -> dict[str, str]:
+    """``{rule: "params" | "input"}`` of what ``snakemake -n`` would run, and why."""
+    reasons = {}
+    for rule, blocks in jobs_of(dry_run("--cores", "1", cwd=root)).items():
+        if rule != "all":
+            why = {("params" if "Params have changed" in b else "input") for b in blocks}
+            reasons[rule] = "params" if "params" in why else "input"
+    return reasons
 
 
 def test_paths_with_spaces(tmp_path, make_images):
@@ -391,13 +412,12 @@ def test_paths_with_spaces(tmp_path, make_images):
     config = tiny_config(root, "the teacher/teacher x2.pth", "hr images", ["magnitude"], [0.8],
                          {"iters": 1, "batch_size": 1, "val_every": 1})
     config["prune"]["selection"] = "knapsack"
-    (root / "config/config.yaml").write_text(yaml.safe_dump(config))
-    plan = snakemake("-n", "-p", "--forceall", "--cores", "1", cwd=root)
-    assert plan.returncode == 0, plan.stderr[-3000:]
+    write_config(root, config)
+    plan = dry_run("-p", "--forceall", "--cores", "1", cwd=root)
     prefix = "Shell command: "
-    commands = [shlex.split(line[len(prefix):]) for line in (plan.stdout + plan.stderr).splitlines()
+    commands = [shlex.split(line[len(prefix):]) for line in plan.splitlines()
                 if line.startswith(prefix)]
-    assert len(commands) == 19, commands   # every job of the run
+    assert len(commands) == 18, commands   # every job of the run
     for words in commands:    # every path one word: no 'the', 'teacher/teacher', 'x2.pth' words
         assert not {"the", "teacher/teacher", "x2.pth", "images"} & set(words), words
     assert sum("the teacher/teacher x2.pth" in words for words in commands) == 7
@@ -409,17 +429,15 @@ def test_paths_with_spaces(tmp_path, make_images):
 
 @pytest.mark.parametrize("compensate", [True, False])
 def test_finetuning_starts_from_the_model_prune_compensate_names(workflow_copy, compensate):
-    config = yaml.safe_load((workflow_copy / "config/config.yaml").read_text())
-    config["teacher"]["weights_path"] = str(ROOT / "weights/demo_catanet_x2.pth")
+    config = default_config()
+    config["teacher"]["weights_path"] = str(ROOT / DEMO_TEACHER)
     config["prune"]["compensate"] = compensate
-    (workflow_copy / "config/config.yaml").write_text(yaml.safe_dump(config))
+    write_config(workflow_copy, config)
     target = "results/demo/optin/0.5/catanet_finetuned.pth"
-    result = snakemake("-n", "-p", "--cores", "1", target, cwd=workflow_copy)
-    text = result.stdout + result.stderr
-    assert result.returncode == 0, text[-2000:]
-    assert ("rule compensate:" in text) == compensate
+    jobs = jobs_of(dry_run("-p", "--cores", "1", target, cwd=workflow_copy))
     start = "catanet_compensated.pth" if compensate else "catanet_zeroed.pth"
-    assert f"--student results/demo/optin/0.5/{start}" in text
+    assert f"--student results/demo/optin/0.5/{start}" in jobs["finetune"][0]
+    assert ("export_zeroed" in jobs) == (not compensate)   # the search writes the compensated
 
 
 def test_tiny_swinir_run(workflow_copy, make_images):
@@ -430,7 +448,7 @@ def test_tiny_swinir_run(workflow_copy, make_images):
                          {"iters": 2, "batch_size": 2, "val_every": 1, "save_every": 1})
     config["teacher"]["arch"] = "swinir"
     config["latency"].update(size="16x16", rounds=2, warmup=1)
-    (workflow_copy / "config/config.yaml").write_text(yaml.safe_dump(config))
+    write_config(workflow_copy, config)
     result = snakemake("--cores", "2", cwd=workflow_copy)
     assert result.returncode == 0, result.stderr[-3000:]
     run = workflow_copy / "results/tiny"
