@@ -56,6 +56,7 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 JobCompType=jobcomp/none
+AccountingStoreFlags=job_comment
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 MpiDefault=none
@@ -92,12 +93,14 @@ write_conf() {
     echo changed
 }
 
-running() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+pid_of() { cat "$1" 2>/dev/null; }   # a daemon removes its pid file when it stops
+running() { local pid; pid=$(pid_of "$1") && [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
 
 stop() {
-    running "$1" || return 0
-    kill "$(cat "$1")"
-    while running "$1"; do sleep 0.2; done
+    local pid
+    running "$1" && pid=$(pid_of "$1") || return 0
+    kill "$pid"
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
 }
 
 # wait_for WHAT COMMAND...: retry COMMAND for up to 30 s.
@@ -129,13 +132,14 @@ start_database() {
                 GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';"
 }
 
-# sacctmgr_ensure LIST-ARGS -- ADD-ARGS: add the entity unless `sacctmgr list` shows it.
+# sacctmgr_ensure WORD LIST-ARGS... -- ADD-ARGS...: `sacctmgr add` unless `sacctmgr list`
+# already prints WORD.
 sacctmgr_ensure() {
-    local list=() name
+    local word=$1 list=()
+    shift
     while [ "$1" != -- ]; do list+=("$1"); shift; done
     shift
-    name=${*: -1}
-    sacctmgr -n -P list "${list[@]}" | grep -qw "${name#*=}" || sacctmgr -i add "$@" >/dev/null
+    sacctmgr -n -P list "${list[@]}" | grep -qxF "$word" || sacctmgr -i add "$@" >/dev/null
 }
 
 start_slurm() {
@@ -149,9 +153,9 @@ start_slurm() {
     fi
     running /run/slurmdbd.pid || { say "starting slurmdbd"; slurmdbd; }
     wait_for slurmdbd sacctmgr -n list cluster
-    sacctmgr_ensure cluster format=cluster -- cluster "$CLUSTER"
-    sacctmgr_ensure account format=account -- account "$ACCOUNT" cluster="$CLUSTER"
-    sacctmgr_ensure user root format=account -s -- user root account="$ACCOUNT"
+    sacctmgr_ensure "$CLUSTER" cluster format=cluster -- cluster "$CLUSTER"
+    sacctmgr_ensure "$ACCOUNT" account format=account -- account "$ACCOUNT" cluster="$CLUSTER"
+    sacctmgr_ensure "$ACCOUNT" user root format=account -s -- user root account="$ACCOUNT"
     running /run/slurmctld.pid || { say "starting slurmctld"; slurmctld; }
     running /run/slurmd.pid || { say "starting slurmd"; slurmd; }
 }
