@@ -675,4 +675,6 @@ register_arch(Arch(
     hidden={"heads": CATANetConfig.heads},
     float_buffers=(".means",),  # the TAB's token centres
     shape_hint=PLAIN_STATE_HINT,
+    tiny=dict(dim=8, block_num=2, qk_dim=8, mlp_dim=12, heads=2, patch_size=[8, 6],
+              num_tokens=[4, 8], group_size=[16, 8], n_iters=[2, 2]),
 ))

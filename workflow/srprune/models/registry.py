@@ -22,7 +22,9 @@ class Arch:
     ``macs(config, (H, W))`` returns ``{"total", "per_module", "per_layer"}`` (see
     :func:`srprune.complexity.macs_full`). ``float_buffers`` keeps buffers such as CATANet's
     token centres out of the weight counts of ``srprune inspect``. The built model must expose ``cfg`` (an instance of
-    ``config_class`` with ``to_dict()``) and ``scale`` (its upscaling factor).
+    ``config_class`` with ``to_dict()``) and ``scale`` (its upscaling factor). ``tiny`` is a
+    config of a few hundred parameters that still has every kind of prunable unit (the adapter
+    conformance suite, tests/pruning/test_adapter_conformance.py, runs every architecture at it).
     """
 
     name: str
@@ -34,6 +36,7 @@ class Arch:
     hidden: dict[str, Any] = field(default_factory=dict)
     float_buffers: tuple[str, ...] = ()  # name suffixes of floating buffers that are not weights
     shape_hint: str = ""  # added to the error when a file that does not describe itself misfits
+    tiny: dict[str, Any] = field(default_factory=dict)
 
 
 ARCHS: dict[str, Arch] = {}

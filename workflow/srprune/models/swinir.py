@@ -493,4 +493,6 @@ register_arch(Arch(
                "upscale", "layer_heads", "layer_mlp"),
     macs=swinir_macs,
     float_buffers=("attn_mask",),  # the shifted layers' stored masks (the forward recomputes them)
+    tiny=dict(embed_dim=8, depths=[2, 2], num_heads=[2, 2], window_size=4, img_size=8,
+              mlp_ratio=2.0, upscale=2),  # window 4 at img_size 8: odd layers shifted
 ))
