@@ -59,6 +59,16 @@ def data_args(dataset):
     return shlex.join(args)
 
 
+def folders(*specs):
+    """The HR and LR folders (not embedded:) of data-set specs: inputs of the jobs reading them."""
+    return [spec[key] for spec in specs for key in ("hr", "lr")
+            if not spec.get(key, "embedded:").startswith("embedded:")]
+
+
+def dataset_folders(wildcards):
+    return folders(DATASETS[wildcards.dataset])
+
+
 def teacher_config_arg():
     """--arch, and --model-config for hyper-parameters the teacher checkpoint cannot tell."""
     model_config = config["teacher"].get("model_config") or {}

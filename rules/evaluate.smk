@@ -5,6 +5,7 @@
 rule evaluate_teacher:
     input:
         model=TEACHER,
+        data=dataset_folders,
     output:
         json=PATHS.reference_eval(layout.TEACHER, "{dataset}"),
         images=directory(PATHS.reference_images(layout.TEACHER, "{dataset}")),
@@ -29,6 +30,8 @@ rule evaluate_teacher:
 
 
 rule evaluate_baseline:
+    input:
+        data=dataset_folders,
     output:
         json=PATHS.reference_eval("{baseline}", "{dataset}"),
         images=directory(PATHS.reference_images("{baseline}", "{dataset}")),
@@ -51,6 +54,7 @@ rule evaluate_baseline:
 rule evaluate_stage:
     input:
         model=PATHS.model("{method}", "{budget}", "{stage}"),
+        data=dataset_folders,
     output:
         PATHS.stage_eval("{method}", "{budget}", "{stage}", "{dataset}"),
     params:

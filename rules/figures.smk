@@ -9,6 +9,7 @@ rule visual:
         images=[PATHS.reference_images(who, "{dataset}") for who in VISUAL_REFERENCES],
         models=every_budget(PATHS.model, stage=layout.REBUILT),
         rebuilt_evals=every_budget(PATHS.stage_eval, stage=layout.REBUILT, dataset="{dataset}"),
+        data=dataset_folders,
     output:
         report(PATHS.visual("{dataset}"), category="Pictures", caption="../report/visual.rst",
                labels={"figure": "visual", "dataset": "{dataset}"}),

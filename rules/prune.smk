@@ -8,6 +8,7 @@
 rule score_units:
     input:
         teacher=TEACHER,
+        calibration=folders(CALIB),
     output:
         score_output(),
     params:
@@ -51,6 +52,7 @@ if SCORE_JOBS > 1:
 rule search_masks:
     input:
         teacher=TEACHER,
+        calibration=folders(CALIB),
         scores=PATHS.scores("{method}"),
     output:
         **search_outputs(),
@@ -102,6 +104,7 @@ if not SEARCH_COMPENSATES:
     rule compensate:
         input:
             teacher=TEACHER,
+            calibration=folders(CALIB),
             model=PATHS.model("{method}", "{budget}", layout.ZEROED),
         output:
             PATHS.model("{method}", "{budget}", layout.COMPENSATED),

@@ -9,6 +9,7 @@ rule finetune:
     input:
         teacher=TEACHER,
         student=PATHS.model("{method}", "{budget}", FINETUNE_START),
+        data=folders(*FINETUNE.get("data", {}).values()),
     output:
         model=PATHS.model("{method}", "{budget}", layout.FINETUNED),
         log=PATHS.finetune_log("{method}", "{budget}"),

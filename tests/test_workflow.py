@@ -173,6 +173,7 @@ def test_a_user_config_evaluates_only_its_own_data_sets(tmp_path, make_images):
     plan = dry_run("-p", "--cores", "1", "--configfile",
                    str(write_config(tmp_path, config, "mine.yaml")))
     assert "embedded_val" not in plan and "eval/teacher_Set5.json" in plan
+    assert str(hr) in jobs_of(plan)["evaluate_teacher"][0].split("output:")[0]  # an input
     jobs = jobs_of(plan)
     assert len(jobs["evaluate_stage"]) == len(MODEL_STAGES)  # schema default: optin at 0.5 only
     assert all("results/mine/optin/0.5/" in b for b in jobs["search_masks"])
