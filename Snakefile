@@ -1,14 +1,18 @@
 # srprune: one-shot structured pruning of SR transformers, as one Snakemake DAG.
-# Stages so far: teacher evaluation (and the bicubic baseline) on every configured data set;
-# unit scores per method; per (method, budget) the masks, the zeroed teacher, the fine-tuned and
-# the rebuilt model, each evaluated on every data set; the teacher and every rebuilt model timed
-# side by side; the comparison and its pictures.
+# Stages: teacher evaluation (and the bicubic baseline) on every configured data set; unit
+# scores per method; per (method, budget) the masks, the zeroed teacher, its compensation, the
+# fine-tuned and the rebuilt model, each evaluated on every data set; the teacher and every
+# rebuilt model timed side by side; the comparison and its pictures.
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# A config given with --configfile is the whole config: the demo's (its teacher, its data sets)
+# never joins it; what it leaves out takes the schema's defaults or is an error naming the key.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 report: "report/workflow.rst"
@@ -21,9 +25,9 @@ include: "rules/common.smk"
 include: "rules/evaluate.smk"
 include: "rules/prune.smk"
 include: "rules/recover.smk"
+include: "rules/export.smk"
 include: "rules/latency.smk"
 include: "rules/compare.smk"
-include: "rules/export.smk"
 include: "rules/figures.smk"
 
 
@@ -32,22 +36,30 @@ wildcard_constraints:
     budget=r"(0?\.[0-9]+|1(\.0+)?)",
     part="[0-9]+",
     dataset="[A-Za-z0-9_-]+",
-    stage="|".join(STAGES),
-    suffix="onnx|ts",
+    stage="|".join(layout.MODEL_STAGES),
+    suffix="|".join(layout.EXPORT_SUFFIXES.values()),
+
+
+# Rules that only join or draw files run in the Snakemake process itself, never as cluster jobs.
+localrules:
+    all,
+    compare,
+    recovery_plot,
 
 
 rule all:
     input:
-        f"{RESULTS}/comparison.csv",
+        PATHS.comparison_csv,
         EXPORTS,
-        expand(f"{RESULTS}/visual_{{dataset}}.png", dataset=DATASETS),
-        f"{RESULTS}/finetune_recovery.png",
+        [PATHS.visual(dataset) for dataset in DATASETS],
+        PATHS.recovery,
     default_target: True
 
 
 onsuccess:
-    print(f"\nsrprune: comparison in {RESULTS}/comparison.csv and {RESULTS}/comparison.md, plots "
-          f"{RESULTS}/psnr_vs_macs_<dataset>.png and {RESULTS}/kept_units.png, pictures "
-          f"{RESULTS}/visual_<dataset>.png and {RESULTS}/finetune_recovery.png; side-by-side "
-          f"latency in {RESULTS}/latency.json; every artifact under {RESULTS}/<method>/<budget>/; "
+    print(f"\nsrprune: comparison in {PATHS.comparison_csv} and {PATHS.comparison_md}, plots "
+          f"{PATHS.psnr_vs_macs('<dataset>')} and {PATHS.kept_units}, pictures "
+          f"{PATHS.visual('<dataset>')} and {PATHS.recovery}; side-by-side latency in "
+          f"{PATHS.latency}; every artifact under {PATHS.budget_dir('<method>', '<budget>')}/; "
+          f"stage times in {PATHS.benchmark('<job>')}; "
           f"`snakemake --report report.html` makes the HTML report")

@@ -1,31 +1,31 @@
 # The final comparison: one CSV/Markdown row per (stage, method, budget, data set), and plots.
 # Every number is read from the JSON/artifact files the other rules wrote.
+
+
 rule compare:
     input:
-        expand(f"{RESULTS}/eval/{{who}}_{{dataset}}.json",
-               who=["teacher", *EVAL["baselines"]], dataset=DATASETS),
-        expand(f"{RESULTS}/{{method}}/{{budget}}/eval_{{stage}}_{{dataset}}.json",
-               method=METHODS, budget=BUDGETS, stage=STAGES, dataset=DATASETS),
-        expand(f"{RESULTS}/{{method}}/{{budget}}/{ARCH}_pruning_masks.pth",
-               method=METHODS, budget=BUDGETS),
-        expand(f"{RESULTS}/{{method}}/{{budget}}/sparsity.json", method=METHODS, budget=BUDGETS),
-        latency=f"{RESULTS}/latency.json",
+        [PATHS.reference_eval(who, dataset) for who in [layout.TEACHER, *EVAL["baselines"]]
+         for dataset in DATASETS],
+        [path for stage in layout.MODEL_STAGES for dataset in DATASETS
+         for path in every_budget(PATHS.stage_eval, stage=stage, dataset=dataset)],
+        every_budget(PATHS.masks),
+        every_budget(PATHS.sparsity),
+        latency=PATHS.latency,
     output:
-        csv=report(f"{RESULTS}/comparison.csv", category="Comparison",
+        csv=report(PATHS.comparison_csv, category="Comparison",
                    caption="../report/workflow.rst"),
-        markdown=f"{RESULTS}/comparison.md",
-        kept=report(f"{RESULTS}/kept_units.png", category="Plots",
-                    caption="../report/kept_units.rst"),
-        plots=report(expand(f"{RESULTS}/psnr_vs_macs_{{dataset}}.png", dataset=DATASETS),
+        markdown=PATHS.comparison_md,
+        kept=report(PATHS.kept_units, category="Plots", caption="../report/kept_units.rst"),
+        plots=report([PATHS.psnr_vs_macs(dataset) for dataset in DATASETS],
                      category="Plots", caption="../report/psnr_vs_macs.rst"),
     params:
-        methods=" ".join(METHODS),
-        budgets=" ".join(BUDGETS),
-        datasets=" ".join(DATASETS),
+        layout=layout_args(),
+        out=lambda wildcards, output: os.path.dirname(output.csv),
+        datasets=shlex.join(DATASETS),
     log:
-        f"{RESULTS}/logs/compare.log",
+        PATHS.log("compare"),
+    conda:
+        CONDA_ENV
     shell:
-        "srprune compare --results {RESULTS:q} --arch {ARCH} --out {RESULTS:q} "
-        "--datasets {params.datasets} "
-        "--methods {params.methods} --budgets {params.budgets} --latency {input.latency:q} "
-        "> {log:q} 2>&1"
+        "srprune compare {params.layout} --out {params.out:q} --datasets {params.datasets} "
+        "--latency {input.latency:q} > {log:q} 2>&1"

@@ -4,29 +4,17 @@
 # The zeroed, compensated and fine-tuned files are dense (the teacher's shapes): the comparison
 # gives them the teacher's latency instead of timing them. With `export.formats` holding onnx,
 # each rebuilt model's .onnx file is timed with ONNX Runtime in the same rounds.
-
-
-LATENCY_ONNX = "onnx" in config.get("export", {}).get("formats", [])
-
-
-def latency_model_args(input):
-    """--model <method>/<budget>=<rebuilt checkpoint> for every budget (labels compare reads),
-    and --onnx <method>/<budget>=<its .onnx file> when ONNX export is on."""
-    labels = [f"{m}/{b}" for m in METHODS for b in BUDGETS]
-    pairs = [("--model", label, path) for label, path in zip(labels, input.models)]
-    pairs += [("--onnx", label, path) for label, path in zip(labels, input.onnx)]
-    return shlex.join(word for option, label, path in pairs for word in (option, f"{label}={path}"))
+LATENCY_ONNX = "onnx" in EXPORT["formats"]
 
 
 rule latency:
     input:
-        teacher=config["teacher"]["weights_path"],
-        models=expand(f"{RESULTS}/{{method}}/{{budget}}/{ARCH}_rebuilt.pth",
-                      method=METHODS, budget=BUDGETS),
-        onnx=expand(f"{RESULTS}/{{method}}/{{budget}}/catanet_rebuilt.onnx",
-                    method=METHODS, budget=BUDGETS) if LATENCY_ONNX else [],
+        teacher=TEACHER,
+        models=every_budget(PATHS.model, stage=layout.REBUILT),
+        onnx=every_budget(PATHS.exported, suffix=layout.EXPORT_SUFFIXES["onnx"])
+        if LATENCY_ONNX else [],
     output:
-        f"{RESULTS}/latency.json",
+        PATHS.latency,
     params:
         models=lambda wildcards, input: latency_model_args(input),
         model_config=teacher_config_arg(),
@@ -35,10 +23,14 @@ rule latency:
         warmup=LATENCY["warmup"],
         device=LATENCY["device"],
     log:
-        f"{RESULTS}/logs/latency.log",
+        PATHS.log("latency"),
+    benchmark:
+        PATHS.benchmark("latency")
     threads: lambda wildcards: workflow.cores
     resources:
-        gpu=1 if str(LATENCY["device"]).startswith("cuda") else 0,
+        gpu=gpus(LATENCY["device"]),
+    conda:
+        CONDA_ENV
     shell:
         "OMP_NUM_THREADS={threads} srprune time-models --teacher {input.teacher:q} "
         "{params.model_config} {params.models} --size {params.size} --rounds {params.rounds} "

@@ -1,47 +1,62 @@
 # Recovery and compaction: feature-KD fine-tuning (masks fixed) from the compensated model
-# (`prune.compensate: true`) or the zeroed one, then the physical rebuild.
-FINETUNE_START = "compensated" if PRUNE["compensate"] else "pruned"
-FINETUNE_WORKDIR = "finetune_work"   # log.csv there feeds the recovery plot (rules/figures.smk)
+# (`prune.compensate: true`) or the zeroed one, then the physical rebuild and the inspection of
+# every stage's zeros. The fine-tuning work folder (resume state) is the job's own; its log is
+# copied out as a declared output for the recovery plot.
+FINETUNE_START = layout.COMPENSATED if PRUNE["compensate"] else layout.ZEROED
 
 
 rule finetune:
     input:
-        teacher=config["teacher"]["weights_path"],
-        student=f"{RESULTS}/{{method}}/{{budget}}/{ARCH}_{FINETUNE_START}.pth",
+        teacher=TEACHER,
+        student=PATHS.model("{method}", "{budget}", FINETUNE_START),
+        data=folders(*FINETUNE.get("data", {}).values()),
     output:
-        f"{RESULTS}/{{method}}/{{budget}}/{ARCH}_finetuned_feature_kd.pth",
+        model=PATHS.model("{method}", "{budget}", layout.FINETUNED),
+        log=PATHS.finetune_log("{method}", "{budget}"),
     params:
-        settings=finetune_settings_arg(),
+        settings=shlex.quote(json.dumps(FINETUNE, sort_keys=True)),  # a change reruns it
         model_config=teacher_config_arg(),
-        workdir=f"{RESULTS}/{{method}}/{{budget}}/{FINETUNE_WORKDIR}",
+        workdir=PATHS.finetune_workdir("{method}", "{budget}"),
     log:
-        f"{RESULTS}/logs/finetune_{{method}}_{{budget}}.log",
+        PATHS.log("finetune_{method}_{budget}"),
+    benchmark:
+        PATHS.benchmark("finetune_{method}_{budget}")
     threads: 1
     resources:
-        gpu=1 if FINETUNE_ON_GPU else 0,
+        gpu=gpus(FINETUNE["device"]),
+    conda:
+        CONDA_ENV
     shell:
         "OMP_NUM_THREADS={threads} srprune finetune --teacher {input.teacher:q} "
         "--student {input.student:q} --settings {params.settings} {params.model_config} "
-        "--workdir {params.workdir:q} --fresh-on-change --out {output:q} > {log:q} 2>&1"
+        "--workdir {params.workdir:q} --fresh-on-change --out {output.model:q} > {log:q} 2>&1 "
+        "&& cp {params.workdir:q}/log.csv {output.log:q}.tmp && mv {output.log:q}.tmp {output.log:q}"
 
 
 rule rebuild:
     input:
-        f"{RESULTS}/{{method}}/{{budget}}/{ARCH}_finetuned_feature_kd.pth",
+        PATHS.model("{method}", "{budget}", layout.FINETUNED),
     output:
-        f"{RESULTS}/{{method}}/{{budget}}/{ARCH}_rebuilt.pth",
+        PATHS.model("{method}", "{budget}", layout.REBUILT),
     log:
-        f"{RESULTS}/logs/rebuild_{{method}}_{{budget}}.log",
+        PATHS.log("rebuild_{method}_{budget}"),
+    threads: 1
+    conda:
+        CONDA_ENV
     shell:
-        "srprune rebuild --model {input:q} --out {output:q} > {log:q} 2>&1"
+        "OMP_NUM_THREADS={threads} srprune rebuild --model {input:q} --out {output:q} "
+        "> {log:q} 2>&1"
 
 
 rule inspect:
     input:
-        expand(f"{RESULTS}/{{{{method}}}}/{{{{budget}}}}/{ARCH}_{{stage}}.pth", stage=STAGES),
+        [PATHS.model("{method}", "{budget}", stage) for stage in layout.MODEL_STAGES],
     output:
-        f"{RESULTS}/{{method}}/{{budget}}/sparsity.json",
+        PATHS.sparsity("{method}", "{budget}"),
     log:
-        f"{RESULTS}/logs/inspect_{{method}}_{{budget}}.log",
+        PATHS.log("inspect_{method}_{budget}"),
+    threads: 1
+    conda:
+        CONDA_ENV
     shell:
-        "srprune inspect {input:q} --json {output:q} > {log:q} 2>&1"
+        "OMP_NUM_THREADS={threads} srprune inspect {input:q} --json {output:q} > {log:q} 2>&1"

@@ -16,7 +16,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 METHODS = ["optin", "magnitude", "random"]
 BUDGETS = ["0.7", "0.5"]
 DATASETS = ["set5", "val"]
-STAGES = ["pruned", "compensated", "finetuned_feature_kd", "rebuilt"]
+STAGES = ["zeroed", "compensated", "finetuned", "rebuilt"]
 GROUPS = {"blocks.0.0.iasa_attn": 2, "blocks.0.0.mlp.fn": 6,
           "blocks.0.1.layer.0.fn": 2, "blocks.0.1.layer.1.fn": 6}
 TEACHER_MACS = 40_006_209_536
@@ -113,7 +113,7 @@ def build_results(root: Path) -> dict:
     # srprune inspect's report for one budget (keyed by the path as given on its command line)
     write(root / "optin" / "0.5" / "sparsity.json",
           {f"results/run/optin/0.5/catanet_{s}.pth": {"masks_consistent": c, "totals": {}}
-           for s, c in [("pruned", True), ("compensated", True), ("finetuned_feature_kd", False),
+           for s, c in [("zeroed", True), ("compensated", True), ("finetuned", False),
                         ("rebuilt", None)]})
     (root / "logs").mkdir()
     (root / "logs" / "x.log").write_text("log\n")
@@ -209,7 +209,7 @@ def test_numbers_come_from_the_files(compared):
                 exp["masks"][(method, budget)]["prunable_mac_ratio"]
         assert int(row["macs_thop"]) == data["macs_thop"]
         assert row["macs_lr_size"] == "360x640"
-        if stage in ("pruned", "compensated", "finetuned_feature_kd"):
+        if stage in ("zeroed", "compensated", "finetuned"):
             masks = exp["masks"][(method, budget)]
             assert int(row["macs_full"]) == TEACHER_MACS  # dense arithmetic
             assert int(row["effective_macs_full"]) == masks["macs_pruned"]
@@ -226,7 +226,7 @@ def check_latency(row, timed):
         assert row["latency_machine"] == row["latency_threads"] == row["latency_lr_size"] == ""
         return
     teacher = timed[("teacher", "pytorch")]
-    if row["stage"] in ("pruned", "compensated", "finetuned_feature_kd"):
+    if row["stage"] in ("zeroed", "compensated", "finetuned"):
         assert float(row["latency_ms"]) == teacher["median_ms"] and row["speedup"] == "1.0"
         assert row["latency_source"] == "dense (teacher's)"
     else:
@@ -266,9 +266,9 @@ def test_teacher_row_is_the_reference(compared):
 def test_masks_consistency_from_sparsity_json(compared):
     _, _, _, rows = compared
     found = {key(r): r["masks_consistent"] for r in rows if r["masks_consistent"]}
-    assert found == {("pruned", "optin", "0.5", d): "True" for d in DATASETS} | \
+    assert found == {("zeroed", "optin", "0.5", d): "True" for d in DATASETS} | \
         {("compensated", "optin", "0.5", d): "True" for d in DATASETS} | \
-        {("finetuned_feature_kd", "optin", "0.5", d): "False" for d in DATASETS}
+        {("finetuned", "optin", "0.5", d): "False" for d in DATASETS}
 
 
 def test_markdown_has_a_table_per_dataset(compared):
@@ -348,11 +348,11 @@ def test_missing_teacher_bicubic_or_masks_is_named(results):
 
 def test_malformed_files_are_value_errors(results):
     root, _ = results
-    path = root / "optin" / "0.7" / "eval_pruned_set5.json"
+    path = root / "optin" / "0.7" / "eval_zeroed_set5.json"
     data = json.loads(path.read_text())
     del data["macs_full"]
     path.write_text(json.dumps(data))
-    with pytest.raises(ResultFormatError, match="eval_pruned_set5.json lacks the key.*macs_full"):
+    with pytest.raises(ResultFormatError, match="eval_zeroed_set5.json lacks the key.*macs_full"):
         collect(root)
     path.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):

@@ -13,7 +13,8 @@ from srprune.export import FORMATS
 from srprune.pruning.adapter import KINDS, UNIT_KINDS_DEFAULT
 from srprune.pruning.calibration import SCORE_CROP_SIZE, SCORE_CROPS, Calibration
 from srprune.pruning.compensate import TARGETS, CompensationSettings
-from srprune.pruning.importance import METHODS, OptinSettings
+from srprune.pruning.importance import OptinSettings
+from srprune.pruning.methods import METHODS
 from srprune.pruning.search import SCORERS
 from srprune.pruning.selection import DEFAULT_SELECTION, SELECTIONS
 
@@ -72,6 +73,7 @@ def test_search_and_scoring_defaults_and_choices():
     assert PRUNE["selection"]["default"] == search.selection == DEFAULT_SELECTION == "compensated"
     assert PRUNE["selection"]["enum"] == list(SELECTIONS)
     assert PRUNE["min_keep"]["default"] == search.min_keep
+    assert PRUNE["search_steps"]["default"] == search.search_steps
     assert PRUNE["methods"]["items"]["enum"] == list(METHODS)
     assert PRUNE["methods"]["default"] == [score.method]
     assert set(PRUNE["units"]["items"]["enum"]) == set(KINDS)

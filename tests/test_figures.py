@@ -15,6 +15,7 @@ from srprune.compare import MissingResultError, ResultFormatError
 from srprune.data import read_image
 from srprune.data import load_pairs
 from srprune.evaluate import evaluate_spec, model_upscaler
+from srprune.layout import RunPaths
 from srprune.figures import (Crop, VisualInputs, best_window, choose_crop, plot_recovery,
                              read_recovery, visual_comparison, window_sums)
 from srprune.metrics import psnr_y
@@ -154,14 +155,14 @@ def write_log(path: Path, rows) -> None:
 def test_recovery_plot_reads_every_fine_tuning_log(tmp_path, capsys):
     for method in ("optin", "random"):
         for budget in ("0.7", "0.5"):
-            write_log(tmp_path / method / budget / "finetune_work/log.csv",
+            write_log(Path(RunPaths(str(tmp_path), "catanet").finetune_log(method, budget)),
                       [(0, "", "", "30.5", "0.0"), (1, "1e-4", "0.1", "", "1.0"),
                        (2, "1e-4", "0.09", "30.9", "2.0")])
-    assert read_recovery(tmp_path / "optin/0.5/finetune_work/log.csv") == ([0, 2], [30.5, 30.9])
+    assert read_recovery(tmp_path / "optin/0.5/finetune_log.csv") == ([0, 2], [30.5, 30.9])
     assert main(["plot-recovery", "--results", str(tmp_path), "--out",
                  str(tmp_path / "r.png")]) == 0
     assert (tmp_path / "r.png").read_bytes()[:8] == PNG
-    with pytest.raises(MissingResultError, match="magnitude/0.5/finetune_work/log.csv"):
+    with pytest.raises(MissingResultError, match="magnitude/0.5/finetune_log.csv"):
         plot_recovery(tmp_path, tmp_path / "r.png", {"magnitude": ["0.5"]})
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
     with pytest.raises(ResultFormatError, match="iter and val_psnr"):

@@ -7,7 +7,8 @@ import torch
 import srprune
 from srprune.checkpoint import model_from_state
 from srprune.models import create_model
-from srprune.models.swinir import (ATTENTION_IMPLS, SwinIR, SwinIRConfig, infer_config,
+from srprune.models.common import ATTENTION_IMPLS
+from srprune.models.swinir import (SwinIR, SwinIRConfig, infer_config,
                                    relative_position_index, shift_mask)
 
 SMALL = dict(embed_dim=12, depths=[2], num_heads=[2], upscale=2)

@@ -1,5 +1,7 @@
-"""SwinIR adapter: masking equals zeroing equals removal, exact MACs and parameters, and the
-pruning stages (scores, masks, zeroed export, compensation, rebuild) end to end."""
+"""SwinIR adapter against the spec: masking equals the removal the spec describes (written out
+by hand in tiny_swinir.py), the released model's unit costs, exact recovery of a duplicated
+unit, and the pruning stages end to end. What every adapter must do is
+test_adapter_conformance.py."""
 from __future__ import annotations
 
 import copy
@@ -11,7 +13,7 @@ import srprune
 from srprune.complexity import macs_full, reference_lr_size
 from srprune.pruning.rebuild import rebuild as rebuild_checkpoint
 from srprune.models import create_model
-from srprune.pruning.adapter import full_kept, kept_counts, masked
+from srprune.pruning.adapter import full_kept, masked
 from srprune.pruning.calibration import Calibration
 from srprune.pruning.compensate import CompensationSettings, compensate_checkpoint, compensate_model
 from srprune.pruning.importance import OptinSettings
@@ -102,17 +104,6 @@ def test_zeroed_model_equals_masked_model(model, x, case):
             assert sd[f"{A0}.qkv.weight"][[0, 8, 16]].abs().min() > 0  # head 0 untouched
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_macs_and_params_are_those_of_the_rebuilt_model(model, case):
-    masks = case_masks(model, case)
-    small = ADAPTER.rebuild(model, masks)
-    for size in [(10, 13), (8, 8), (5, 7), ADAPTER.reference_lr_size(model)]:
-        assert ADAPTER.macs(model, kept_counts(masks), size) == macs_full(small, size)["total"]
-    assert ADAPTER.macs(model, full_kept(ADAPTER.groups(model)), (9, 9)) == \
-        macs_full(model, (9, 9))["total"]
-    assert ADAPTER.params(model, kept_counts(masks)) == sum(p.numel() for p in small.parameters())
-
-
 def test_released_size_costs_match_the_spec():
     """Per head: 2,655 parameters and 3,680 MACs per token; per neuron 121 and 120."""
     with torch.device("meta"):
@@ -129,33 +120,6 @@ def test_released_size_costs_match_the_spec():
     # padded size: 180 rows run as 184
     assert ADAPTER.macs(model, full, (180, 320)) == macs_full(model, (180, 320))["total"]
     assert ADAPTER.macs(model, full, (180, 320)) == ADAPTER.macs(model, full, (184, 320))
-
-
-def test_per_sample_masks_equal_one_run_per_sample(model):
-    x = torch.rand(3, 3, 9, 8, generator=torch.Generator().manual_seed(1))
-    gen = torch.Generator().manual_seed(2)
-    masks = {g.name: (torch.rand(3, g.count, generator=gen) < 0.6).float()
-             for g in ADAPTER.groups(model)}
-    batched = masked_output(model, masks, x)
-    for b in range(3):
-        alone = masked_output(model, {k: v[b] for k, v in masks.items()}, x[b:b + 1])
-        assert (batched[b:b + 1] - alone).abs().max().item() <= 1e-5
-
-
-def test_restarts_and_local_layers_follow_the_trajectory(model, x):
-    with torch.no_grad():
-        feats, out = ADAPTER.trajectory(model, x)
-        cache = ADAPTER.cache(model, x)
-        assert [torch.allclose(a, b, atol=1e-6) for a, b in
-                zip(ADAPTER.local_layers(model, cache), feats)] == [True] * len(feats)
-        for group in ADAPTER.groups(model):
-            masks = torch.ones(2, group.count)
-            masks[1, 0] = 0
-            later, output = ADAPTER.run_from(model, cache, group, masks)
-            assert len(later) == len(feats) - group.layer
-            assert torch.allclose(output[:2], out, atol=1e-5)  # variant 0 keeps everything
-            alone = masked_output(model, {group.name: masks[1]}, x)
-            assert torch.allclose(output[2:], alone, atol=1e-5)
 
 
 def test_unit_magnitude_sums_the_head_in_every_qkv_part(model):

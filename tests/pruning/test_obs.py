@@ -251,3 +251,13 @@ def test_obs_runs_through_the_adapter_interface_of_another_architecture():
     with torch.no_grad(), masked(adapter, student, chosen):
         assert torch.isfinite(student(x)).all()
     assert consumers(adapter, student, chosen)
+
+
+def test_the_workflow_scores_each_method_on_the_crops_its_class_names():
+    """rules/common.smk's list of methods with their own (OPTIN) crops is the registry's."""
+    import re
+    from pathlib import Path
+    rules = (Path(__file__).resolve().parents[2] / "rules" / "common.smk").read_text()
+    listed = re.search(r"OWN_CROPS_METHODS = \(([^)]*)\)", rules).group(1)
+    names = {n.strip().strip("\"'") for n in listed.split(",") if n.strip()}
+    assert names == {name for name, cls in METHOD_CLASSES.items() if cls.scoring_crops}

@@ -8,11 +8,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from srprune.models import create_model
+from srprune.models import create_model, get_arch
 from srprune.models.catanet import CATANet
 
-TINY = dict(dim=8, block_num=2, qk_dim=8, mlp_dim=12, heads=2, patch_size=[8, 6],
-            num_tokens=[4, 8], group_size=[16, 8], n_iters=[2, 2])
+TINY = get_arch("catanet").tiny
 
 
 def tiny_catanet(seed: int = 0, **overrides) -> CATANet:

@@ -9,12 +9,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from srprune.models import create_model
+from srprune.models import create_model, get_arch
 from srprune.models.swinir import SwinIR
 
-# window 4 with img_size 8: layers 1 of each group are shifted; head width 4, 16 neurons
-TINY = dict(embed_dim=8, depths=[2, 2], num_heads=[2, 2], window_size=4, img_size=8,
-            mlp_ratio=2.0, upscale=2)
+TINY = get_arch("swinir").tiny  # window 4, img_size 8: odd layers shifted; heads of 4, 16 neurons
 
 
 def tiny_swinir(seed: int = 0, **overrides) -> SwinIR:

@@ -250,6 +250,9 @@ def cmd_gather_scores(args: argparse.Namespace) -> None:
 def cmd_search_masks(args: argparse.Namespace) -> None:
     from .pruning.search import save_artifact, search_masks
 
+    if args.compensated_out and args.selection != "compensated":
+        raise ValueError(f"--compensated-out needs --selection compensated (the {args.selection} "
+                         f"selection compensates nothing; run srprune compensate)")
     artifact = search_masks(args.teacher, args.scores, args.mac_constraint, args.selection,
                             args.min_keep, _load_options(args), _calibration(args),
                             args.device, _compensation(args), args.search_steps,
@@ -359,7 +362,7 @@ def cmd_visual(args: argparse.Namespace) -> None:
 def cmd_plot_recovery(args: argparse.Namespace) -> None:
     from .figures import plot_recovery
 
-    print(f"wrote {plot_recovery(args.results, args.out, _layout(args))}")
+    print(f"wrote {plot_recovery(args.results, args.out, _layout(args), args.arch)}")
 
 
 def _labelled_model(text: str) -> tuple[str, str]:
@@ -541,16 +544,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", type=device, help="cpu, cuda, cuda:N")
     p.add_argument("--out", type=output_file, required=True,
                    help="masks artifact (<arch>_pruning_masks.pth)")
-    p.add_argument("--compensated-out", type=output_file,
-                   help="also write the chosen candidate's compensated model "
-                        "(<arch>_compensated.pth; compensated selection)")
+    p.add_argument("--compensated-out", type=output_file, metavar="PATH",
+                   help="also write the chosen masks' compensated model (<arch>_compensated.pth, "
+                        "what srprune compensate makes of the zeroed export); compensated "
+                        "selection only")
     p.set_defaults(func=cmd_search_masks)
 
     p = sub.add_parser("export-zeroed", help="the teacher with masked units' weights zeroed")
     _teacher_args(p)
     p.add_argument("--masks", required=True, help="masks artifact from search-masks")
     p.add_argument("--out", type=output_file, required=True,
-                   help="zeroed checkpoint (<arch>_pruned.pth)")
+                   help="zeroed checkpoint (<arch>_zeroed.pth)")
     p.set_defaults(func=cmd_export_zeroed)
 
     p = sub.add_parser("compensate", help="refit what the kept units feed (least squares), "
@@ -569,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML with train/loss/data/device sections "
                                     "(see config/config.yaml, finetune)")
     p.add_argument("--settings", help="the same as inline YAML/JSON; overrides --config sections")
-    _training_args(p, "<arch>_finetuned_feature_kd.pth")
+    _training_args(p, "<arch>_finetuned.pth")
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("rebuild", help="physically smaller model from a masked checkpoint")
@@ -628,6 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plot-recovery", help="validation PSNR against fine-tuning iteration")
     _layout_args(p)
+    _artifact_arch_arg(p)
     p.add_argument("--out", type=output_file, required=True,
                    help="the plot (finetune_recovery.png)")
     p.set_defaults(func=cmd_plot_recovery)

@@ -17,7 +17,9 @@ positions). Crop PSNR is Y-channel PSNR on the crop alone (no further border).
 
 **Recovery** (:func:`plot_recovery`, ``srprune plot-recovery``, ``finetune_recovery.png``):
 validation PSNR against iteration of every method and budget, from the fine-tuning logs
-``<method>/<budget>/finetune_work/log.csv`` (rows with a ``val_psnr``).
+``<method>/<budget>/finetune_log.csv`` (rows with a ``val_psnr``).
+
+Every path comes from :class:`srprune.layout.RunPaths`.
 """
 from __future__ import annotations
 
@@ -30,14 +32,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .compare.collect import (MissingResultError, ResultFormatError, artifact_file, discover,
-                              ratio, read_json)
+from .compare.collect import MissingResultError, ResultFormatError, discover, ratio, read_json
 from .compare.plots import figure, method_colors, save_png
 from .data import read_image
 from .metrics import psnr_y, rgb_to_y
+from .layout import REBUILT, TEACHER, RunPaths
 from .models import DEFAULT_ARCH
 
-FINETUNE_WORKDIR = "finetune_work"
 DEFAULT_CROP = 96
 _PRODUCERS = {"teacher": "srprune evaluate --save-images (rule evaluate_teacher)",
               "bicubic": "srprune evaluate --model bicubic --save-images (rule evaluate_baseline)",
@@ -186,14 +187,12 @@ def visual_comparison(results_dir: str | os.PathLike, dataset: str, inputs: Visu
     Without ``crop`` the best ``crop_size`` window is chosen in ``image`` (default: in every
     image of the data set).
     """
-    root = Path(results_dir)
-    layout = discover(root) if layout is None else layout
-    teacher_json = root / "eval" / f"teacher_{dataset}.json"
-    teacher = read_json(teacher_json, _PRODUCERS["teacher"])
-    bicubic_json = root / "eval" / f"bicubic_{dataset}.json"
-    outputs = {"teacher": _saved_images(teacher, teacher_json, _PRODUCERS["teacher"]),
-               "bicubic": _saved_images(read_json(bicubic_json, _PRODUCERS["bicubic"]),
-                                        bicubic_json, _PRODUCERS["bicubic"])}
+    paths = RunPaths(str(results_dir), arch)
+    layout = discover(results_dir) if layout is None else layout
+    records = {who: read_json(Path(paths.reference_eval(who, dataset)), _PRODUCERS[who])
+               for who in (TEACHER, "bicubic")}
+    outputs = {who: _saved_images(record, Path(paths.reference_eval(who, dataset)),
+                                  _PRODUCERS[who]) for who, record in records.items()}
     hr_of = {name: hr for name, _, hr in inputs.pairs}
     image = crop.image if crop is not None else image
     if image is not None and image not in hr_of:
@@ -213,12 +212,11 @@ def visual_comparison(results_dir: str | os.PathLike, dataset: str, inputs: Visu
     lr = next(lr for name, lr, _ in inputs.pairs if name == crop.image)
     for method, budgets in layout.items():
         for budget in budgets:
-            folder = root / method / budget
-            macs = read_json(folder / f"eval_rebuilt_{dataset}.json",
-                             _PRODUCERS["rebuilt"]).get("macs_full")
-            sr = inputs.upscale(folder / artifact_file(arch, "rebuilt"), lr)
+            macs = read_json(Path(paths.stage_eval(method, budget, REBUILT, dataset)),
+                             _PRODUCERS[REBUILT]).get("macs_full")
+            sr = inputs.upscale(paths.model(method, budget, REBUILT), lr)
             panels.append(Panel(f"{method} r={budget}", crop.of(sr), _crop_psnr(sr, hr, crop),
-                                ratio(macs, teacher.get("macs_full"))))
+                                ratio(macs, records[TEACHER].get("macs_full"))))
     draw_visual(hr, crop, panels, out, f"{dataset}: rebuilt models against the teacher")
     return {"crop": crop, "panels": {p.title: {"psnr": p.psnr, "mac_ratio": p.mac_ratio}
                                      for p in panels}}
@@ -239,10 +237,11 @@ def read_recovery(path: str | os.PathLike) -> tuple[list[int], list[float]]:
 
 
 def plot_recovery(results_dir: str | os.PathLike, out: str | os.PathLike,
-                  layout: Mapping[str, Sequence[str]] | None = None) -> Path:
+                  layout: Mapping[str, Sequence[str]] | None = None,
+                  arch: str = DEFAULT_ARCH) -> Path:
     """Validation PSNR against iteration for every method (colour) and budget (line style)."""
-    root = Path(results_dir)
-    layout = discover(root) if layout is None else layout
+    paths = RunPaths(str(results_dir), arch)
+    layout = discover(results_dir) if layout is None else layout
     colors = method_colors(layout)
     budgets = list(dict.fromkeys(b for bs in layout.values() for b in bs))
     styles = ["-", "--", ":", "-."]
@@ -250,7 +249,7 @@ def plot_recovery(results_dir: str | os.PathLike, out: str | os.PathLike,
     ax = fig.subplots()
     for method, method_budgets in layout.items():
         for budget in method_budgets:
-            iters, psnr = read_recovery(root / method / budget / FINETUNE_WORKDIR / "log.csv")
+            iters, psnr = read_recovery(paths.finetune_log(method, budget))
             ax.plot(iters, psnr, marker="o", markersize=3, color=colors[method],
                     linestyle=styles[budgets.index(budget) % len(styles)],
                     label=f"{method} r={budget}")

@@ -1,6 +1,6 @@
 """Recovering a pruned model: feature knowledge distillation with the masks held fixed.
 
-Student: the zeroed teacher (``catanet_pruned.pth``) with its masks applied in every forward.
+Student: the zeroed teacher (``catanet_zeroed.pth``) with its masks applied in every forward.
 Teacher: the original model, frozen, in eval mode. Loss per batch:
 
     w_pix * L1(student, HR) + w_out * L1(student, teacher) + w_feat * sum_blocks D_b

@@ -1,22 +1,22 @@
 """One table and a few figures for a whole run: teacher, bicubic and every pruned stage.
 
-The comparison reads what the workflow wrote under ``results/<run>/`` and never recomputes a
-number differently from the file it comes from:
+The comparison reads what the workflow wrote under ``results/<run>/`` (the paths of
+:mod:`srprune.layout`) and never recomputes a number differently from the file it comes from:
 
 * ``eval/teacher_<dataset>.json`` and ``eval/bicubic_<dataset>.json`` (``srprune evaluate``);
 * ``latency.json`` (``srprune time-models``: the teacher and every rebuilt model timed side by
   side in one process; see :mod:`srprune.latency`), when present;
 * per method and budget ``<method>/<budget>/<arch>_pruning_masks.pth`` (``srprune
-  search-masks``), ``<method>/<budget>/eval_<stage>_<dataset>.json`` for the stages ``pruned``
-  (the zeroed teacher), ``compensated`` (its least-squares refit, ``srprune compensate``),
-  ``finetuned_feature_kd`` and ``rebuilt``, and, when present,
+  search-masks``), ``<method>/<budget>/eval_<stage>_<dataset>.json`` for the stages ``zeroed``
+  (the teacher with the removed units set to zero), ``compensated`` (its least-squares refit),
+  ``finetuned`` (feature KD) and ``rebuilt``, and, when present,
   ``<method>/<budget>/sparsity.json`` (``srprune inspect``).
 
 Rows: one per (stage, method, budget, dataset); the ``teacher`` and ``bicubic`` rows have no
 method or budget. Columns (:data:`COLUMNS`), empty where a number does not exist:
 
 ``run``                 name of the results folder (``results/<run>``)
-``stage``               teacher, bicubic, pruned, compensated, finetuned_feature_kd or rebuilt
+``stage``               teacher, bicubic, zeroed, compensated, finetuned or rebuilt
 ``method``, ``budget``  unit scores (optin, magnitude, random) and MAC budget (the folder name)
 ``dataset``             evaluation data set
 ``params_total``        parameters of the evaluated file (eval JSON ``params``)
@@ -57,7 +57,7 @@ All counts are for one image at the reference LR size (output 1280x720) and foll
 * ``teacher``: ``macs_full`` is the dense teacher's count; ``effective_macs_full`` is the same
   number and ``mac_ratio`` is 1.
 * ``bicubic``: no model, no MACs counted (``macs_*`` empty, ``mac_ratio`` empty).
-* ``pruned``, ``compensated`` and ``finetuned_feature_kd``: these files are the teacher's
+* ``zeroed``, ``compensated`` and ``finetuned``: these files are the teacher's
   architecture with the removed heads and neurons set to zero, so they still compute dense arithmetic and their eval
   JSON ``macs_full`` is the teacher's count; that is what ``macs_full`` reports (what running the
   file costs). What the *pruned structure* costs is the masks artifact's ``macs_pruned`` (the

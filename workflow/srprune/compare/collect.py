@@ -11,16 +11,12 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
+from ..layout import DENSE_STAGES, MODEL_STAGES, NOT_METHODS, TEACHER, RunPaths, latency_label
 from ..models import DEFAULT_ARCH
+from ..pruning.methods import METHODS
 
-MODEL_STAGES = ("pruned", "compensated", "finetuned_feature_kd", "rebuilt")  # <arch>_<stage>.pth
-ZEROED_STAGES = ("pruned", "compensated", "finetuned_feature_kd")  # dense, masked units set to 0
-STAGES = ("teacher", "bicubic", *MODEL_STAGES)
-METHOD_ORDER = ("optin", "magnitude", "random")
-NOT_METHODS = {"eval", "logs"}
-MASKS_STAGE = "pruning_masks"  # <arch>_pruning_masks.pth
-SPARSITY_FILE = "sparsity.json"
-LATENCY_FILE = "latency.json"
+STAGES = (TEACHER, "bicubic", *MODEL_STAGES)
+METHOD_ORDER = METHODS  # the registry's order
 MEASURED, DENSE = "measured", "dense (teacher's)"
 
 COLUMNS = ("run", "stage", "method", "budget", "dataset", "params_total", "params_nonzero",
@@ -72,8 +68,8 @@ def discover(results_dir: str | os.PathLike) -> dict[str, list[str]]:
     """``{method: [budget folder names]}`` found under ``results_dir``.
 
     A method is a sub-folder (not ``eval``/``logs``/hidden) holding at least one folder whose name
-    is a number (the budget). Methods come in the order optin, magnitude, random, then others
-    alphabetically; budgets from the largest to the smallest.
+    is a number (the budget). Methods come in the registry's order (obs, optin, magnitude,
+    random), then others alphabetically; budgets from the largest to the smallest.
     """
     root = Path(results_dir)
     found: dict[str, list[str]] = {}
@@ -129,32 +125,23 @@ def read_masks(path: str | os.PathLike) -> dict[str, Any]:
     return artifact
 
 
-def artifact_file(arch: str, stage: str) -> str:
-    """The file name of a budget's artifact: ``<arch>_<stage>.pth`` (``catanet_rebuilt.pth``)."""
-    return f"{arch}_{stage}.pth"
-
-
 def load_masks(results_dir: str | os.PathLike,
                layout: Mapping[str, Sequence[str]] | None = None, arch: str = DEFAULT_ARCH
                ) -> dict[tuple[str, str], dict[str, Any]]:
     """``{(method, budget): masks artifact}`` for every budget folder (``layout``: which)."""
-    root = Path(results_dir)
-    layout = discover(root) if layout is None else layout
-    return {(method, budget): read_masks(root / method / budget / artifact_file(arch, MASKS_STAGE))
+    paths = RunPaths(str(results_dir), arch)
+    layout = discover(results_dir) if layout is None else layout
+    return {(method, budget): read_masks(paths.masks(method, budget))
             for method, budgets in layout.items() for budget in budgets}
 
 
-def _datasets(root: Path) -> list[str]:
-    eval_dir = root / "eval"
-    names = sorted(p.name[len("teacher_"):-len(".json")] for p in eval_dir.glob("teacher_*.json"))
+def _datasets(paths: RunPaths) -> list[str]:
+    pattern = Path(paths.reference_eval(TEACHER, "*"))
+    prefix, suffix = pattern.name.split("*")
+    names = sorted(p.name[len(prefix):-len(suffix)] for p in pattern.parent.glob(pattern.name))
     if not names:
-        raise MissingResultError(eval_dir / "teacher_<dataset>.json", _PRODUCERS["teacher"])
+        raise MissingResultError(paths.reference_eval(TEACHER, "<dataset>"), _PRODUCERS["teacher"])
     return names
-
-
-def latency_label(method: str, budget: str) -> str:
-    """The ``latency.json`` label of a budget's rebuilt model (what the workflow passes)."""
-    return f"{method}/{budget}"
 
 
 def read_latency(path: str | os.PathLike) -> dict[str, Any]:
@@ -180,11 +167,11 @@ def _latency_setup(data: Mapping[str, Any]) -> dict[str, Any]:
 
 def _set_latency(row: dict[str, Any], data: Mapping[str, Any] | None) -> None:
     """Latency columns of one row from ``latency.json`` (None: not measured)."""
-    if data is None or row["stage"] not in ("teacher", *MODEL_STAGES):
+    if data is None or row["stage"] not in (TEACHER, *MODEL_STAGES):
         return
     timed = {r["label"]: r for r in data["models"] if r.get("backend") == "pytorch"}
-    dense = row["stage"] in ZEROED_STAGES
-    label = data["reference"] if dense or row["stage"] == "teacher" else \
+    dense = row["stage"] in DENSE_STAGES
+    label = data["reference"] if dense or row["stage"] == TEACHER else \
         latency_label(row["method"], row["budget"])
     if label not in timed:
         warnings.warn(f"latency.json has no row {label!r}; {row['stage']} {label} left untimed",
@@ -238,7 +225,7 @@ def _row(run: str, stage: str, method: str, budget: str, dataset: str,
 
 
 def _relative(row: dict[str, Any], teacher: Mapping[str, Any]) -> None:
-    if row["mac_ratio"] is None and row["stage"] not in ZEROED_STAGES:
+    if row["mac_ratio"] is None and row["stage"] not in DENSE_STAGES:
         row["mac_ratio"] = ratio(row["macs_full"], teacher["macs_full"])
     row["params_ratio"] = ratio(row["params_nonzero"], teacher["params_total"])
     row["delta_psnr"] = _diff(row["psnr"], teacher["psnr"])
@@ -275,53 +262,59 @@ def collect(results_dir: str | os.PathLike, datasets: Sequence[str] | None = Non
     Every named file must exist: a missing one raises :class:`MissingResultError` (a
     FileNotFoundError) naming it; a malformed one :class:`ResultFormatError` (a ValueError).
     Rows come per data set: teacher, baselines, then per method and budget (largest first) the
-    stages pruned, compensated, finetuned_feature_kd, rebuilt.
+    stages zeroed, compensated, finetuned, rebuilt.
     """
     root = Path(results_dir)
     if not root.is_dir():
         raise MissingResultError(root, "the workflow (results folder)")
-    run = root.resolve().name
-    datasets = _datasets(root) if datasets is None else list(datasets)
+    paths = RunPaths(str(root), arch)
+    datasets = _datasets(paths) if datasets is None else list(datasets)
     layout = discover(root) if layout is None else {m: list(b) for m, b in layout.items()}
+    budgets = [(m, b) for m, method_budgets in layout.items() for b in method_budgets]
     masks = load_masks(root, layout, arch)
-    if latency is None and (root / LATENCY_FILE).is_file():
-        latency = root / LATENCY_FILE
+    if latency is None and Path(paths.latency).is_file():
+        latency = paths.latency
     timing = None if latency is None else read_latency(latency)
-    consistency = {(m, b): _masks_consistency(root / m / b / SPARSITY_FILE, arch)
-                   for m, budgets in layout.items() for b in budgets}
+    consistency = {mb: _masks_consistency(Path(paths.sparsity(*mb)), arch) for mb in budgets}
     rows: list[dict[str, Any]] = []
     for dataset in datasets:
-        teacher_path = root / "eval" / f"teacher_{dataset}.json"
-        teacher = _row(run, "teacher", "", "", dataset,
-                       _read_eval(teacher_path, _PRODUCERS["teacher"]))
-        teacher["prunable_mac_ratio"] = 1.0
-        block = [teacher]
-        for baseline in baselines:
-            path = root / "eval" / f"{baseline}_{dataset}.json"
-            block.append(_row(run, baseline, "", "", dataset,
-                              _read_eval(path, _PRODUCERS["bicubic"])))
-        for method, budgets in layout.items():
-            for budget in budgets:
-                folder = root / method / budget
-                artifact = masks[(method, budget)]
-                _check_masks(artifact, folder / artifact_file(arch, MASKS_STAGE), teacher,
-                             teacher_path)
-                for stage in MODEL_STAGES:
-                    path = folder / f"eval_{stage}_{dataset}.json"
-                    row = _row(run, stage, method, budget, dataset,
-                               _read_eval(path, _PRODUCERS["stage"]))
-                    row["prunable_mac_ratio"] = artifact.get("prunable_mac_ratio")
-                    if stage in ZEROED_STAGES:
-                        row["effective_macs_full"] = artifact["macs_pruned"]
-                        row["mac_ratio"] = artifact["achieved_mac_ratio"]
-                        row["masks_consistent"] = consistency[(method, budget)].get(stage)
-                    elif row["macs_full"] != artifact["macs_pruned"]:
-                        warnings.warn(f"{path}: rebuilt macs_full {row['macs_full']} differs "
-                                      f"from the masks' macs_pruned {artifact['macs_pruned']}",
-                                      stacklevel=2)
-                    block.append(row)
+        block = _reference_rows(paths, root.resolve().name, dataset, baselines)
+        teacher, teacher_path = block[0], paths.reference_eval(TEACHER, dataset)
+        for method, budget in budgets:
+            _check_masks(masks[(method, budget)], Path(paths.masks(method, budget)), teacher,
+                         teacher_path)
+            block += [_stage_row(paths, teacher["run"], stage, method, budget, dataset,
+                                 masks[(method, budget)], consistency[(method, budget)])
+                      for stage in MODEL_STAGES]
         for row in block:
             _relative(row, teacher)
             _set_latency(row, timing)
         rows.extend(block)
     return rows
+
+
+def _reference_rows(paths: RunPaths, run: str, dataset: str,
+                    baselines: Sequence[str]) -> list[dict[str, Any]]:
+    """The teacher's row and the baselines' of one data set."""
+    teacher = _row(run, TEACHER, "", "", dataset,
+                   _read_eval(Path(paths.reference_eval(TEACHER, dataset)), _PRODUCERS[TEACHER]))
+    teacher["prunable_mac_ratio"] = 1.0
+    return [teacher] + [_row(run, who, "", "", dataset,
+                             _read_eval(Path(paths.reference_eval(who, dataset)),
+                                        _PRODUCERS["bicubic"])) for who in baselines]
+
+
+def _stage_row(paths: RunPaths, run: str, stage: str, method: str, budget: str, dataset: str,
+               artifact: Mapping[str, Any], consistency: Mapping[str, Any]) -> dict[str, Any]:
+    """One model stage's row; the dense stages take their MACs from the masks artifact."""
+    path = Path(paths.stage_eval(method, budget, stage, dataset))
+    row = _row(run, stage, method, budget, dataset, _read_eval(path, _PRODUCERS["stage"]))
+    row["prunable_mac_ratio"] = artifact.get("prunable_mac_ratio")
+    if stage in DENSE_STAGES:
+        row.update(effective_macs_full=artifact["macs_pruned"],
+                   mac_ratio=artifact["achieved_mac_ratio"],
+                   masks_consistent=consistency.get(stage))
+    elif row["macs_full"] != artifact["macs_pruned"]:
+        warnings.warn(f"{path}: rebuilt macs_full {row['macs_full']} differs from the masks' "
+                      f"macs_pruned {artifact['macs_pruned']}", stacklevel=3)
+    return row

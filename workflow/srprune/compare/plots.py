@@ -8,14 +8,15 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 
 from ..fileio import atomic_path
-from .collect import MODEL_STAGES, method_key
+from ..layout import COMPENSATED, FINETUNED, MODEL_STAGES, REBUILT, TEACHER, ZEROED
+from .collect import method_key
 
 
 STAGE_STYLE = {  # marker, filled, line style joining the budgets, legend label
-    "pruned": ("v", True, ":", "pruned (zeroed, no fine-tuning)"),
-    "compensated": ("D", True, "--", "compensated (least squares, no training)"),
-    "finetuned_feature_kd": ("o", True, "-", "finetuned_feature_kd (zeroed)"),
-    "rebuilt": ("s", False, "", "rebuilt (physically smaller)"),
+    ZEROED: ("v", True, ":", "zeroed (no fine-tuning)"),
+    COMPENSATED: ("D", True, "--", "compensated (least squares, no training)"),
+    FINETUNED: ("o", True, "-", "finetuned (feature KD, zeroed units stay zero)"),
+    REBUILT: ("s", False, "", "rebuilt (physically smaller)"),
 }
 
 
@@ -68,7 +69,7 @@ def plot_psnr_vs_macs(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike
                     markeredgecolor=colors[method], markeredgewidth=1.4, alpha=0.9,
                     zorder=2 + i)
     handles = []
-    model_psnr = [r["psnr"] for r in part if r["stage"] in (*MODEL_STAGES, "teacher")]
+    model_psnr = [r["psnr"] for r in part if r["stage"] in (*MODEL_STAGES, TEACHER)]
     lo, hi = min(model_psnr, default=0.0), max(model_psnr, default=1.0)
     pad = max(0.05, 0.08 * (hi - lo))
     if teacher is not None:
@@ -79,7 +80,7 @@ def plot_psnr_vs_macs(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike
         handles.append(Line2D([], [], color="black", marker="*", markersize=12, linestyle="--",
                               label=f"teacher ({teacher['psnr']:.3f} dB)"))
     off_scale = []
-    references = [r for r in part if r["stage"] not in (*MODEL_STAGES, "teacher")]
+    references = [r for r in part if r["stage"] not in (*MODEL_STAGES, TEACHER)]
     for j, row in enumerate(references):
         style = (0, (1, 1.5)) if j == 0 else (0, (4, 1, 1, 1))
         label = f"{row['stage']} ({row['psnr']:.3f} dB, no MACs)"

@@ -69,7 +69,7 @@ _ONNX_HEADERS = {"ONNX Runtime (ms)", "ONNX speedup"}
 _MD_NOTES = """\
 MACs are per image at the reference LR size (output 1280x720), 1 MAC = one multiply-add,
 attention included (`macs_full`). *MACs run*: what the evaluated file computes as it is; the
-zeroed (`pruned`), compensated and fine-tuned (`finetuned_feature_kd`) files keep the teacher's
+zeroed, compensated and fine-tuned files keep the teacher's
 dense shapes, so theirs is the teacher's count. *MACs effective*: what the pruned structure
 costs: for zeroed, compensated and fine-tuned rows the masks artifact's `macs_pruned` (analytic count with only the kept heads
 and neurons), for the rebuilt model its own measured count. *MAC ratio*: effective MACs over the

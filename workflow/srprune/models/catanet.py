@@ -35,19 +35,17 @@ narrower blocks. Heads and channels are pruned as if zeroed, so the softmax scal
 from __future__ import annotations
 
 import math
-import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..settings import from_mapping
 from .catanet_macs import catanet_macs
+from .common import DictConfig, SRNet, SwitchableAttention, linear, scale_units
 from .registry import Arch, register_arch
 
-ATTENTION_IMPLS = ("fast", "reference")
 
 
 # --------------------------------------------------------------------------- configuration
@@ -61,8 +59,10 @@ def _per_block(value: int | list[int] | tuple[int, ...], n: int, name: str) -> l
 
 
 @dataclass
-class CATANetConfig:
+class CATANetConfig(DictConfig):
     """Hyper-parameters of CATANet; defaults are the released model (x2)."""
+
+    what = "CATANet config"
 
     dim: int = 40
     block_num: int = 8
@@ -124,12 +124,6 @@ class CATANetConfig:
         """v channels of one head."""
         return self.dim // self.heads
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "CATANetConfig":
-        return from_mapping(cls, values, "CATANet config")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -213,29 +207,6 @@ def add_rows(x: Tensor, index: Tensor, n: int) -> Tensor:
     return out.index_add_(0, batch_rows(index, n), x.flatten(0, 1)).unflatten(0, (b, n))
 
 
-def linear(n_in: int, n_out: int, bias: bool = True) -> nn.Linear:
-    """nn.Linear that also accepts zero width (a fully pruned module) without a warning."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Initializing zero-element tensors")
-        return nn.Linear(n_in, n_out, bias=bias)
-
-
-def apply_unit_mask(x: Tensor, mask: Tensor | None, width: int) -> Tensor:
-    """Multiply unit u (channels [u*width, (u+1)*width) of the last axis) by its mask value.
-
-    ``mask`` is (units,) for every sample, or (B, units) with one row per sample; the leading
-    axis of ``x`` is then B times any number of sub-items (e.g. the patches of each image).
-    """
-    if mask is None:
-        return x
-    units = x.unflatten(-1, (-1, width))
-    if mask.dim() == 1:
-        return (units * mask[:, None].to(x)).flatten(-2)
-    per_sample = units.unflatten(0, (mask.shape[0], -1))
-    rows = mask.reshape(mask.shape[0], *[1] * (per_sample.dim() - 3), mask.shape[1], 1).to(x)
-    return (per_sample * rows).flatten(0, 1).flatten(-2)
-
-
 def tokens_to_map(x: Tensor, h: int, w: int) -> Tensor:
     """(B, h*w, C) tokens -> B x C x h x w map; contiguous tokens give a channels-last map.
 
@@ -281,7 +252,7 @@ class ConvFFN(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.hidden = hidden
-        self.unit_mask: Tensor | None = None  # neuron mask, see apply_unit_mask
+        self.unit_mask: Tensor | None = None  # neuron mask, see scale_units
         self.fc1 = linear(dim, hidden)
         self.dwconv = DWConv(hidden) if hidden else None
         self.fc2 = linear(hidden, dim)
@@ -292,14 +263,14 @@ class ConvFFN(nn.Module):
         x = F.gelu(self.fc1(x))
         x = x + self.dwconv(x, h, w)
         # Masking after the depthwise branch removes GELU(dw bias) too: exact removal.
-        return self.fc2(apply_unit_mask(x, self.unit_mask, 1))
+        return self.fc2(scale_units(x, self.unit_mask))
 
 
-class HeadProjections(nn.Module):
+class HeadProjections(SwitchableAttention):
     """q/k/v/proj of ``kept`` heads of ``dqk`` q/k and ``dv`` v channels each.
 
     Pruned heads and channels act as if zeroed, so the softmax scale stays the full head's.
-    Masks (see :func:`apply_unit_mask`): ``unit_mask`` per head; ``qk_mask`` per q/k channel
+    Masks (see :func:`.common.scale_units`): ``unit_mask`` per head; ``qk_mask`` per q/k channel
     (on q: zeroing a q channel removes its term from every dot product); ``v_mask`` per v
     channel (on the attention output before ``proj``).
     """
@@ -309,7 +280,6 @@ class HeadProjections(nn.Module):
         self.kept, self.dqk, self.dv = kept, dqk, dv
         self.width = fast_width(dqk, dv)
         self.scale = cfg.head_qk ** -0.5
-        self.impl = "fast"
         self.unit_mask: Tensor | None = None
         self.qk_mask: Tensor | None = None
         self.v_mask: Tensor | None = None
@@ -320,7 +290,7 @@ class HeadProjections(nn.Module):
 
     def query(self, x: Tensor) -> Tensor:
         """q projection with the q/k channel mask applied."""
-        return apply_unit_mask(self.to_q(x), self.qk_mask, 1)
+        return scale_units(self.to_q(x), self.qk_mask)
 
     def qkv(self, x: Tensor) -> Tensor:
         """q, k and v of every head from one matmul, zero-padded to ``width``: (..., N, 3, h, width).
@@ -335,12 +305,12 @@ class HeadProjections(nn.Module):
         if self.qk_mask is not None:  # ones on k and v
             mask = pad_heads(self.qk_mask, self.dqk, w)
             mask = torch.cat([mask, mask.new_ones(*mask.shape[:-1], 2 * mask.shape[-1])], -1)
-            qkv = apply_unit_mask(qkv, mask, 1)
+            qkv = scale_units(qkv, mask)
         return qkv.unflatten(-1, (3, self.kept, w))
 
     def project(self, out: Tensor) -> Tensor:
         """``proj`` of the merged head outputs, with the head and v channel masks applied."""
-        out = apply_unit_mask(apply_unit_mask(out, self.unit_mask, self.dv), self.v_mask, 1)
+        out = scale_units(scale_units(out, self.unit_mask, width=self.dv), self.v_mask)
         return self.proj(out)
 
     def project_padded(self, out: Tensor) -> Tensor:
@@ -604,16 +574,12 @@ class LRSA(nn.Module):
 
 
 # --------------------------------------------------------------------------- network
-class CATANet(nn.Module):
+class CATANet(SRNet):
     """CATANet for x1/x2/x3/x4 super-resolution; input B x 3 x H x W in [0, 1]."""
 
     def __init__(self, cfg: CATANetConfig | None = None, **overrides: Any):
         super().__init__()
-        if cfg is None:
-            cfg = CATANetConfig(**overrides)
-        elif overrides:
-            cfg = CATANetConfig.from_dict({**cfg.to_dict(), **overrides})
-        self.cfg = cfg
+        self.cfg = cfg = CATANetConfig.with_overrides(cfg, overrides)
         dim, s = cfg.dim, cfg.upscale
         self.first_conv = nn.Conv2d(3, dim, 3, padding=1)
         self.blocks = nn.ModuleList(
@@ -625,19 +591,6 @@ class CATANet(nn.Module):
         else:
             self.upconv = nn.Conv2d(dim, dim * s * s, 3, padding=1)
         self.last_conv = nn.Conv2d(dim, 3, 3, padding=1)
-
-    @property
-    def scale(self) -> int:
-        """The upscaling factor."""
-        return self.cfg.upscale
-
-    def set_attention_impl(self, impl: str) -> None:
-        """Choose ``fast`` (default) or the authors' ``reference`` attention formulation."""
-        if impl not in ATTENTION_IMPLS:
-            raise ValueError(f"attention impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
-        for module in self.modules():
-            if isinstance(module, HeadProjections):
-                module.impl = impl
 
     def embed(self, x: Tensor) -> Tensor:
         """First conv; its features are made channels-last (token rows), as they stay after it.
@@ -724,4 +677,6 @@ register_arch(Arch(
     shape_hint=PLAIN_STATE_HINT,
     # an LRSA patch, and a tile of at least one IASA group of tokens
     min_tile=lambda cfg: max(*cfg.patch_size, math.isqrt(max(cfg.group_size) - 1) + 1),
+    tiny=dict(dim=8, block_num=2, qk_dim=8, mlp_dim=12, heads=2, patch_size=[8, 6],
+              num_tokens=[4, 8], group_size=[16, 8], n_iters=[2, 2]),
 ))

@@ -22,7 +22,9 @@ class Arch:
     ``macs(config, (H, W))`` returns ``{"total", "per_module", "per_layer"}`` (see
     :func:`srprune.complexity.macs_full`). ``float_buffers`` keeps buffers such as CATANet's
     token centres out of the weight counts of ``srprune inspect``. The built model must expose ``cfg`` (an instance of
-    ``config_class`` with ``to_dict()``) and ``scale`` (its upscaling factor).
+    ``config_class`` with ``to_dict()``) and ``scale`` (its upscaling factor). ``tiny`` is a
+    config of a few hundred parameters that still has every kind of prunable unit (the adapter
+    conformance suite, tests/pruning/test_adapter_conformance.py, runs every architecture at it).
     """
 
     name: str
@@ -36,6 +38,7 @@ class Arch:
     shape_hint: str = ""  # added to the error when a file that does not describe itself misfits
     # smallest LR tile side (of a config) that tiled inference accepts: windows, patches, groups
     min_tile: Callable[[Any], int] = lambda config: 1
+    tiny: dict[str, Any] = field(default_factory=dict)
 
 
 ARCHS: dict[str, Arch] = {}

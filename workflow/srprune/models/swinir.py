@@ -28,31 +28,31 @@ keeps its width (``embed_dim / num_heads``), so the softmax scale stays the full
 from __future__ import annotations
 
 import math
-import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..settings import from_mapping
+from .common import DictConfig, SRNet, SwitchableAttention, linear, scale_units, zero_width_ok
 from .registry import Arch, register_arch
 
-ATTENTION_IMPLS = ("fast", "reference")
 RGB_MEAN = (0.4488, 0.4371, 0.4040)
 MASK_VALUE = -100.0  # the authors' value between tokens of different regions of a shifted window
 
 
 # --------------------------------------------------------------------------- configuration
 @dataclass
-class SwinIRConfig:
+class SwinIRConfig(DictConfig):
     """Hyper-parameters of lightweight SwinIR; defaults are the released x4 model (SwinIR-S).
 
     ``layer_heads`` and ``layer_mlp`` hold one width per Swin layer, all layers of all residual
     groups in order (``sum(depths)`` entries); None means the full width (``num_heads`` of the
     layer's group, ``int(embed_dim * mlp_ratio)``).
     """
+
+    what = "SwinIR config"
 
     upscale: int = 4
     img_size: int = 64
@@ -118,12 +118,6 @@ class SwinIRConfig:
         """Cyclic shift of layer ``layer`` (its index inside its group): half a window if odd."""
         return self.window // 2 if layer % 2 and self.img_size > self.window_size else 0
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "SwinIRConfig":
-        return from_mapping(cls, values, "SwinIR config")
 
 
 # --------------------------------------------------------------------------- window helpers
@@ -162,27 +156,8 @@ def shift_mask(h: int, wd: int, w: int, shift: int, device: torch.device | None 
     return torch.zeros(same.shape, device=device).masked_fill_(~same, MASK_VALUE)
 
 
-def scale_units(x: Tensor, mask: Tensor | None, axis: int) -> Tensor:
-    """Multiply the units along ``axis`` of ``x`` by ``mask``: (units,), or (B, units) with one
-    row per sample of ``x``'s leading batch axis."""
-    if mask is None:
-        return x
-    shape = [1] * x.dim()
-    shape[axis] = mask.shape[-1]
-    if mask.dim() == 2:
-        shape[0] = mask.shape[0]
-    return x * mask.view(shape).to(x)
-
-
-def quiet_linear(n_in: int, n_out: int) -> nn.Linear:
-    """nn.Linear with bias whose width may be 0 (every unit pruned) without an init warning."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Initializing zero-element tensors")
-        return nn.Linear(n_in, n_out)
-
-
 # --------------------------------------------------------------------------- building blocks
-class WindowAttention(nn.Module):
+class WindowAttention(SwitchableAttention):
     """Multi-head attention inside w x w windows with a relative position bias per head.
 
     ``unit_mask`` (heads,) or (B, heads) multiplies each head's output before ``proj``; a head
@@ -193,15 +168,13 @@ class WindowAttention(nn.Module):
         super().__init__()
         self.heads, self.head_width, self.window = heads, head_width, window
         self.scale = head_width ** -0.5
-        self.impl = "fast"
         self.unit_mask: Tensor | None = None
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+        with zero_width_ok():
             self.relative_position_bias_table = nn.Parameter(
                 nn.init.trunc_normal_(torch.empty((2 * window - 1) ** 2, heads), std=0.02))
         self.register_buffer("relative_position_index", relative_position_index(window))
-        self.qkv = quiet_linear(dim, 3 * heads * head_width)
-        self.proj = quiet_linear(heads * head_width, dim)
+        self.qkv = linear(dim, 3 * heads * head_width)
+        self.proj = linear(heads * head_width, dim)
 
     def bias(self) -> Tensor:
         """heads x w*w x w*w relative position bias."""
@@ -251,8 +224,8 @@ class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.unit_mask: Tensor | None = None
-        self.fc1 = quiet_linear(dim, hidden)
-        self.fc2 = quiet_linear(hidden, dim)
+        self.fc1 = linear(dim, hidden)
+        self.fc2 = linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(scale_units(F.gelu(self.fc1(x)), self.unit_mask, -1))
@@ -337,16 +310,12 @@ class Features:
     size: tuple[int, int]
 
 
-class SwinIR(nn.Module):
+class SwinIR(SRNet):
     """Lightweight SwinIR for x1-x4 super-resolution; input B x 3 x H x W in [0, 1]."""
 
     def __init__(self, cfg: SwinIRConfig | None = None, **overrides: Any):
         super().__init__()
-        if cfg is None:
-            cfg = SwinIRConfig(**overrides)
-        elif overrides:
-            cfg = SwinIRConfig.from_dict({**cfg.to_dict(), **overrides})
-        self.cfg = cfg
+        self.cfg = cfg = SwinIRConfig.with_overrides(cfg, overrides)
         dim = cfg.embed_dim
         self.mean = torch.tensor(RGB_MEAN).view(1, 3, 1, 1)  # plain attribute, as the authors'
         self.conv_first = nn.Conv2d(3, dim, 3, padding=1)
@@ -357,19 +326,6 @@ class SwinIR(nn.Module):
         self.upsample = nn.Sequential(nn.Conv2d(dim, 3 * cfg.upscale ** 2, 3, padding=1),
                                       nn.PixelShuffle(cfg.upscale))
         self.apply(_init_weights)
-
-    @property
-    def scale(self) -> int:
-        """The upscaling factor."""
-        return self.cfg.upscale
-
-    def set_attention_impl(self, impl: str) -> None:
-        """Choose ``fast`` (default) or the authors' ``reference`` attention formulation."""
-        if impl not in ATTENTION_IMPLS:
-            raise ValueError(f"attention impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
-        for module in self.modules():
-            if isinstance(module, WindowAttention):
-                module.impl = impl
 
     def pad(self, x: Tensor) -> Tensor:
         """Reflect-pad bottom and right to multiples of the window (the model's own padding)."""
@@ -409,8 +365,7 @@ def _init_weights(module: nn.Module) -> None:
     """The authors' initialisation: Linear weights truncated normal (std 0.02), biases 0,
     LayerNorms 1 and 0 (convs keep PyTorch's default)."""
     if isinstance(module, nn.Linear):
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+        with zero_width_ok():
             nn.init.trunc_normal_(module.weight, std=0.02)
         nn.init.zeros_(module.bias)
     elif isinstance(module, nn.LayerNorm):
@@ -539,4 +494,6 @@ register_arch(Arch(
     macs=swinir_macs,
     float_buffers=("attn_mask",),  # the shifted layers' stored masks (the forward recomputes them)
     min_tile=lambda cfg: cfg.window,  # one attention window
+    tiny=dict(embed_dim=8, depths=[2, 2], num_heads=[2, 2], window_size=4, img_size=8,
+              mlp_ratio=2.0, upscale=2),  # window 4 at img_size 8: odd layers shifted
 ))

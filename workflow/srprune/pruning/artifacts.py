@@ -30,6 +30,6 @@ def masks_of(model: nn.Module, source: str | Path) -> dict[str, Tensor]:
     meta = getattr(model, "checkpoint_meta", {})
     if "masks" not in meta:
         raise CheckpointError(f"{source} records no masks: give the zeroed model written by "
-                              f"`srprune export-zeroed` (<arch>_pruned.pth)")
+                              f"`srprune export-zeroed` (<arch>_zeroed.pth)")
     check_artifact(adapter_for(model).groups(model), meta, meta["masks"], source)
     return meta["masks"]

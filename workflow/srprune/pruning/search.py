@@ -257,8 +257,10 @@ def search_masks(teacher_path: str | Path, scores_path: str | Path, budget: floa
         student, record = measure.students[masks_key(chosen.masks)]
         save_model(student.cpu(), compensated_out, {
             **zeroed_meta(artifact, adapter, model), "stage": "compensated",
-            "compensation": {**record, "calibration": scores.get("calibration"),
-                             "teacher": str(teacher_path), "source": "search-masks"}})
+            "compensation": {**record, "teacher": str(teacher_path),
+                             "calibration": asdict(calibration) if calibration
+                             else scores.get("calibration"),
+                             "source": "search-masks (compensated selection)"}})
     return artifact
 
 
