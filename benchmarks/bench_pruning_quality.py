@@ -99,7 +99,7 @@ def run_budget(teacher: Path, scores: Path, budget: float, selection: str,
                stem: str, steps: int) -> dict[str, Any]:
     """Masks, zeroed and compensated model of one budget (cached); their paths and times."""
     masks_path, search_s = cached(
-        workdir / f"masks_{stem}_s{steps}.pth",
+        workdir / f"masks_{stem}.pth",
         lambda: search_masks(teacher, scores, budget, selection, calibration=calibration,
                              compensation=compensation, steps=steps),
         save_artifact)
@@ -211,7 +211,8 @@ def main() -> None:
             print(f"scores {method} {unit_set}: {fmt_seconds(score_s)}", flush=True)
             for budget in args.budgets:
                 stem = f"{method}_{unit_set}_r{budget:g}_{key}" + (
-                    "" if args.selection == "measured" else f"_{args.selection}")
+                    "" if args.selection == "measured" else f"_{args.selection}") + (
+                    f"_s{args.search_steps}" if args.search_steps else "")
                 done = run_budget(teacher, scores, budget, args.selection, calibration,
                                   compensation, args.workdir, stem, args.search_steps)
                 compensated[(method, unit_set, budget)] = done["compensated"]
