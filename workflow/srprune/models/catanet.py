@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from .catanet_macs import catanet_macs
 from .common import DictConfig, SRNet, SwitchableAttention, linear, scale_units
+from .catanet_sort import token_order
 from .registry import Arch, register_arch
 
 
@@ -417,9 +418,6 @@ class TAB(nn.Module):
         self.num_tokens = cfg.num_tokens[index]
         self.group_size = cfg.group_size[index]
         self.n_iters = cfg.n_iters[index]
-        # torch's default (unstable) sort orders tokens of one centre as the authors' code does;
-        # ONNX TopK orders them by index: set True for what an ONNX export computes.
-        self.stable_sort = False
         self.dqk, self.dv = cfg.tab_qk[index], cfg.tab_v[index]
         heads = (cfg.tab_heads[index], self.dqk, self.dv)
         self.norm = nn.LayerNorm(cfg.dim)
@@ -484,8 +482,7 @@ class TAB(nn.Module):
     def assign(self, t: Tensor, g: Tensor) -> Tensor:
         """Token order (B, N): tokens sorted by the centre they are most similar to."""
         score = F.normalize(t, dim=-1) @ F.normalize(g, dim=-1).transpose(-1, -2)
-        owner = score.argmax(dim=-1)  # no stable= argument unless set: ONNX export has no stable sort
-        return owner.argsort(dim=-1, stable=True) if self.stable_sort else owner.argsort(dim=-1)
+        return token_order(score.argmax(dim=-1))  # the authors' tie order, also when exported
 
     def _attention(self, t: Tensor, g: Tensor) -> Tensor:
         k_g = split_heads(self.irca_attn.to_k(g), self.dqk).expand(t.shape[0], -1, -1, -1)
