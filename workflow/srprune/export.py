@@ -3,9 +3,10 @@
 ONNX goes through ``torch.export`` and ``torch.onnx.export(..., dynamo=True)``: the model's
 shape arithmetic (IASA groups, LRSA patch grid) is written with symbolic-friendly ops, so one
 graph serves every input of at least 2x2 pixels. Boolean flag buffers (CATANet's ``initted``)
-become Python constants in the exported copy. Token sorting becomes ONNX ``TopK``, which orders
-equal keys by index (a stable sort) while torch's default CPU sort leaves them in another order:
-the ONNX graph computes what the PyTorch model computes with ``stable_sort`` set on its TABs.
+become Python constants in the exported copy. CATANet's token sort is traced as the tensor-op form
+of torch's CPU sort (``models/catanet_sort.py``), so the graph orders tokens of one centre as the
+PyTorch model does. Every ONNX file is checked against the model on the (tie-rich, random) trace
+input with ONNX Runtime before it is written: a file that computes something else is an error.
 
 TorchScript is a ``torch.jit.trace``: the shape arithmetic becomes constants, so the file runs
 one LR size (a tile, by default 64x64) at any batch size, and refuses other sizes with an error.
@@ -25,7 +26,7 @@ from .fileio import atomic_path, check_output_path
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".ts"}
-ONNX_PACKAGES = ("onnx", "onnxscript")
+ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 INPUT_NAME, OUTPUT_NAME = "lr", "sr"
 MIN_SIDE = 2  # the exported graph assumes no side of 1 (a runtime check says so)
 
@@ -76,6 +77,17 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, size: tuple[int, int]
                                      output_names=[OUTPUT_NAME], verbose=False)
     with atomic_path(path) as tmp:
         onnx_program.save(str(tmp))
+        check_onnx(frozen, tmp, x)
+
+
+def check_onnx(model: nn.Module, path: str | os.PathLike, x: Tensor, tol: float = 1e-4) -> None:
+    """Raise an ExportError unless ONNX Runtime's output of ``path`` on ``x`` equals the model's."""
+    with torch.no_grad():
+        expected = model(x)
+    diff = float((onnx_runner(path)(x) - expected).abs().max())
+    if not diff <= tol:  # also catches NaN
+        raise ExportError(f"the ONNX graph differs from the PyTorch model by {diff:.3g} (max abs) on "
+                          f"the trace input (tolerance {tol:g}): not written")
 
 
 class FixedSize(nn.Module):
