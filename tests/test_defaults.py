@@ -15,7 +15,7 @@ from srprune.pruning.calibration import SCORE_CROP_SIZE, SCORE_CROPS, Calibratio
 from srprune.pruning.compensate import TARGETS, CompensationSettings
 from srprune.pruning.importance import OptinSettings
 from srprune.pruning.methods import METHODS
-from srprune.pruning.search import SCORERS
+from srprune.pruning.methods import SCORERS
 from srprune.pruning.selection import DEFAULT_SELECTION, SELECTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
