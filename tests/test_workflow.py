@@ -48,9 +48,10 @@ def test_split_scoring_and_the_compensate_job(tmp_path):
     plan = dry_run("-p", "--forceall", "--cores", "2", "--configfile",
                    str(write_config(tmp_path, config, "split.yaml")))
     jobs = jobs_of(plan)
-    assert len(jobs["score_units"]) == 2 * 3 and len(jobs["gather_scores"]) == 3
+    methods, budgets = len(config["prune"]["methods"]), len(config["prune"]["budgets"])
+    assert len(jobs["score_units"]) == 2 * methods and len(jobs["gather_scores"]) == methods
     assert all("--part" in b for b in jobs["score_units"])
-    assert len(jobs["compensate"]) == 6
+    assert len(jobs["compensate"]) == methods * budgets
     assert not any("--compensated-out" in b for b in jobs["search_masks"])
 
 
@@ -127,8 +128,9 @@ def test_swinir_release_config_says_where_to_get_the_checkpoint(workflow_copy):
 
 
 def test_optin_settings_reach_score_units(tmp_path):
-    """prune.optin's scorer, probes, lam and scoring crops appear on the score-units command
-    line; search-masks and compensate keep prune.calibration's crops."""
+    """prune.optin's scorer, probes, lam and scoring crops appear on OPTIN's score-units command
+    line; the other methods score, and search-masks and compensate measure, on
+    prune.calibration's crops."""
     config = default_config()
     config["prune"]["optin"].update(scorer="sketch", probes=3, lam=0.25, num_crops=3,
                                     crop_size=24)
@@ -138,11 +140,15 @@ def test_optin_settings_reach_score_units(tmp_path):
                    str(write_config(tmp_path, config, "optin.yaml")))
     assert "--lam 0.25" in text and "--scorer sketch --probes 3" in text
     lines = text.splitlines()
-    for command, crops in (("score-units", "--num-crops 3 --crop-size 24"),
+    for command, crops in (("score-units --teacher", "--num-crops 3 --crop-size 24"),
                            ("search-masks", "--num-crops 9 --crop-size 40"),
                            ("srprune compensate", "--num-crops 9 --crop-size 40")):
-        assert all(crops in line for line in lines if command in line), command
-        assert any(command in line for line in lines), command
+        mine = [line for line in lines if command in line
+                and ("--method optin" in line or "score-units" not in command)]
+        assert mine and all(crops in line for line in mine), command
+    others = [line for line in lines if "score-units --teacher" in line
+              and "--method optin" not in line]
+    assert others and all("--num-crops 9 --crop-size 40" in line for line in others)
     config["prune"]["optin"]["scorer"] = "fast"
     bad = snakemake("-n", "--cores", "1", "--configfile",
                     str(write_config(tmp_path, config, "bad.yaml")), cwd=ROOT)
