@@ -86,16 +86,13 @@ def masks_of(groups, removal):
 
 def predictions(removals, quads, scores):
     """Per method: the predicted damage of every removal."""
-    out = {"obs": []}
-    for removal in removals:
-        total = 0.0
-        for name, units in removal.items():
-            if units:
-                quad, width = quads[name]
-                inverse = torch.linalg.pinv(quad.a, hermitian=True)
-                owned = unit_columns(quad.columns // width, width)
-                total += removal_error(inverse, inverse @ quad.b, torch.cat([owned[u] for u in units]))
-        out["obs"].append(total)
+    solved = {}
+    for name, (quad, width) in quads.items():   # A^-1, theta* and unit columns, once per module
+        inverse = torch.linalg.pinv(quad.a, hermitian=True)
+        solved[name] = (inverse, inverse @ quad.b, unit_columns(quad.columns // width, width))
+    out = {"obs": [sum(removal_error(solved[n][0], solved[n][1],
+                                     torch.cat([solved[n][2][u] for u in units]))
+                       for n, units in removal.items() if units) for removal in removals]}
     for method, per_group in scores.items():
         out[method] = [sum(float(per_group[n][units].sum()) for n, units in r.items())
                        for r in removals]

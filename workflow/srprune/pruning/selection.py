@@ -380,9 +380,8 @@ class Selector:
         if any(same_masks(cand.masks, t.proposed) for t in tried):
             return False
         result = measure(cand.masks)
-        cand.proposed = cand.masks
-        cand.distortion, masks = result if isinstance(result, tuple) else (result, cand.masks)
-        cand.distortion, cand.masks = float(cand.distortion), masks
+        distortion, masks = result if isinstance(result, tuple) else (result, cand.masks)
+        cand.proposed, cand.masks, cand.distortion = cand.masks, masks, float(distortion)
         tried.append(cand)
         return True
 
