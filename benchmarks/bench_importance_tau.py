@@ -39,6 +39,7 @@ from srprune.checkpoint import read_checkpoint
 from srprune.data import load_pairs
 from srprune.evaluate import score_model
 from srprune.fileio import save_json
+from srprune.progress import progress_bar
 from srprune.pruning.calibration import Calibration
 from srprune.pruning.compensate import CompensationSettings, compensate_model
 from srprune.pruning.importance import OptinSettings
@@ -147,7 +148,7 @@ def main() -> None:
     for kind, removals in (("units", singles), ("sets", sets)):
         losses = []
         start = time.perf_counter()
-        for removal in removals:
+        for removal in progress_bar(removals, desc=f"measure {kind}", unit="removal"):
             masks = masks_of(groups, removal)
             student = copy.deepcopy(teacher)
             adapter.zero_units(student, masks)

@@ -190,6 +190,23 @@ def test_restarts_follow_the_trajectory(case):
             assert torch.allclose(output[2:], alone, atol=1e-5), group.name
 
 
+@pytest.mark.parametrize("size", [0, 1])
+def test_the_compensation_blocks_make_up_the_forward(case, size):
+    """enter, every run_block in turn and leave give the model's output, masked or not (what
+    the compensation's streams and its output rely on)."""
+    x = case.x(size=size)
+    group = case.groups()[0]
+    mask = torch.ones(group.count)
+    mask[0] = 0
+    for masks in ({}, {group.name: mask}):
+        with torch.no_grad(), masked(case.adapter, case.model, masks):
+            stream = case.adapter.enter(case.model, x)
+            for i in range(case.adapter.block_count(case.model)):
+                stream = case.adapter.run_block(case.model, i, stream)
+            assert torch.allclose(case.adapter.leave(case.model, x, stream), case.model(x),
+                                  atol=1e-6)
+
+
 def test_magnitudes_and_mask_errors(case):
     groups = case.groups()
     for g in groups:

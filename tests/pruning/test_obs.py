@@ -10,8 +10,8 @@ import srprune
 from srprune.cli import main
 from srprune.pruning.adapter import masked
 from srprune.pruning.catanet import CATANetAdapter
-from srprune.pruning.compensate import (CompensationSettings, compensate_model, consumers,
-                                        reselect_and_compensate)
+from srprune.pruning.compensate import (CompensationSettings, compensate_model,
+                                        compensated_copy, consumers)
 from srprune.pruning.methods import METHOD_CLASSES, METHODS, teacher_curves
 from srprune.pruning.obs import Quadratic, removal_curve, removal_error, single_errors
 from srprune.pruning.selection import Selector
@@ -117,7 +117,8 @@ def test_the_reselecting_compensation_removes_what_the_refit_absorbs():
     masks[group][5] = 0          # a unit the refit cannot replace
     x = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     settings = CompensationSettings(ridge=1e-6, target="output")
-    student, chosen, fit = reselect_and_compensate(ADAPTER, teacher, masks, x, settings, False)
+    refit = compensated_copy(ADAPTER, teacher, masks, x, settings, True, False)
+    student, chosen, fit = refit.student, refit.masks, refit.fit
     assert int(chosen[group].sum()) == int(masks[group].sum())      # same count, same MACs
     assert chosen[group][0] + chosen[group][1] == 1 and chosen[group][5] == 1
     weight = f"{group}.fc2.weight"
@@ -133,6 +134,8 @@ def test_the_reselecting_compensation_removes_what_the_refit_absorbs():
     compensate_model(ADAPTER, again, teacher, chosen, x, settings, progress=False)
     for key, value in student.state_dict().items():
         assert torch.allclose(value, again.state_dict()[key], atol=1e-5), key
+    with torch.no_grad():                    # the output from the refit's own streams
+        assert torch.allclose(refit.output, student(x), atol=1e-5)
 
 
 def test_curves_predict_the_refit_of_the_teacher_layer():
@@ -245,11 +248,12 @@ def test_obs_runs_through_the_adapter_interface_of_another_architecture():
     curves, scores = teacher_curves(adapter, model, x, groups, CompensationSettings(), False)
     assert set(curves) == {g.name for g in groups}
     masks = {g.name: curves[g.name]["keep"][max(1, g.count // 2)] for g in groups}
-    student, chosen, _ = reselect_and_compensate(adapter, model, masks, x, CompensationSettings(),
-                                                 False)
+    refit = compensated_copy(adapter, model, masks, x, CompensationSettings(), True, False)
+    student, chosen = refit.student, refit.masks
     assert {k: int(v.sum()) for k, v in chosen.items()} == {k: int(v.sum()) for k, v in masks.items()}
     with torch.no_grad(), masked(adapter, student, chosen):
         assert torch.isfinite(student(x)).all()
+        assert torch.allclose(refit.output, student(x), atol=1e-5)
     assert consumers(adapter, student, chosen)
 
 

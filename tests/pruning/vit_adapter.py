@@ -166,6 +166,9 @@ class TinyViTAdapter(Adapter):
     def run_block(self, model: TinyViT, i: int, stream: Tensor) -> Tensor:
         return model.blocks[i](stream)
 
+    def leave(self, model: TinyViT, x: Tensor, stream: Tensor) -> Tensor:
+        return model.to_image(stream, x.shape[-2:])
+
     def block_of(self, weight: str) -> int:
         return self._block(weight)
 

@@ -210,6 +210,10 @@ class Adapter(ABC):
         """Block i on ``stream`` (with the masks :meth:`set_masks` applied); the next stream."""
 
     @abstractmethod
+    def leave(self, model: nn.Module, x: Tensor, stream: Tensor) -> Tensor:
+        """The model's output for inputs ``x`` from the stream after the last block."""
+
+    @abstractmethod
     def block_of(self, weight: str) -> int:
         """The block whose forward uses parameter ``weight``."""
 

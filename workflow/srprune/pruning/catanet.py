@@ -231,6 +231,10 @@ class CATANetAdapter(Adapter):
         y, z = stream
         return y + model.mid_convs[block](lrsa(z, model.cfg.patch_size[block]))
 
+    def leave(self, model: CATANet, x: Tensor, stream: Tensor) -> Tensor:
+        """The global residual (the first conv's features again) and the upsampler."""
+        return model.reconstruct(stream + model.embed(x), x)
+
     def block_of(self, weight: str) -> int:
         block, suffix = _split(weight)
         return 2 * block + int(suffix.startswith("1."))

@@ -17,7 +17,7 @@ from normal equations summed batch by batch (float64, so memory does not grow wi
 crops; the bias is not regularised; X_t is the teacher's input to the layer, so the penalty is one
 constant per layer whatever the units kept, and :mod:`.obs` predicts the refit of any kept set
 exactly). The equations cover every input column (the layer's own groups unmasked while its
-inputs are recorded) and are solved over the kept ones; :func:`reselect_and_compensate` also
+inputs are recorded) and are solved over the kept ones; :func:`compensated_copy` can also
 chooses, per module, which units to keep from them. The ridge pulls towards the zeroed model's own weights W0,
 not towards zero, so a large ridge gives back the zeroed model and a small budget cut (r = 0.9)
 is not overfitted to the crops. The solve is a pseudo-inverse: with ``ridge = 0`` and fewer
@@ -248,14 +248,15 @@ class Streams:
                    _memo(memo, ("block", 0), lambda: [adapter.enter(teacher, x) for x in batches]),
                    memo)
 
-    def advance(self, adapter: Adapter, student: nn.Module, teacher: nn.Module,
+    def advance(self, adapter: Adapter, student: nn.Module, teacher: nn.Module | None,
                 masks: dict[str, Tensor], block: int) -> None:
-        """Run both models (the student masked) up to the input of ``block``."""
+        """Run both models (the student masked) up to the input of ``block``; the student only
+        when ``teacher`` is None (its streams are then dropped)."""
         while self.block < block:
             with masked(adapter, student, masks):
                 self.student = [adapter.run_block(student, self.block, s) for s in self.student]
             teacher_in, i = self.teacher, self.block
-            self.teacher = _memo(self.memo, ("block", i + 1), lambda: [
+            self.teacher = [] if teacher is None else _memo(self.memo, ("block", i + 1), lambda: [
                 adapter.run_block(teacher, i, t) for t in teacher_in])
             self.block += 1
 
@@ -350,15 +351,17 @@ def _reselect(adapter: Adapter, model: nn.Module, masks: dict[str, Tensor], name
 
 def _compensate(adapter: Adapter, student: nn.Module, teacher: nn.Module,
                 masks: dict[str, Tensor], x: Tensor, settings: CompensationSettings,
-                progress: bool, memo: TeacherMemo | None, reselect: bool
-                ) -> tuple[dict[str, dict[str, float]], dict[str, Tensor]]:
+                progress: bool, memo: TeacherMemo | None, reselect: bool, run_out: bool = False
+                ) -> tuple[dict[str, dict[str, float]], dict[str, Tensor], Tensor | None]:
+    """(fit record, masks, and with ``run_out`` the masked student's output on ``x``: its
+    streams run on through the blocks after the last consumer, so no second forward is needed)."""
     student.eval()
     teacher.eval()
     device = next(student.parameters()).device
     masks = {name: mask.to(device) for name, mask in masks.items()}
     parents = {g.parent for g in adapter.groups(student) if g.parent and g.name in masks}
-    streams = Streams.start(adapter, student, teacher, list(x.to(device).split(settings.batch_size)),
-                            memo)
+    batches = list(x.to(device).split(settings.batch_size))
+    streams = Streams.start(adapter, student, teacher, batches, memo)
     fit = {}
     for consumer in progress_bar(consumers(adapter, student, masks), desc="compensate",
                                  unit="layer", disable=not progress):
@@ -372,7 +375,12 @@ def _compensate(adapter: Adapter, student: nn.Module, teacher: nn.Module,
                                      settings, group)
         if result is not None:
             fit[consumer.weight] = result
-    return fit, masks
+    if not run_out:
+        return fit, masks, None
+    streams.advance(adapter, student, None, masks, adapter.block_count(student))
+    with masked(adapter, student, masks):
+        out = torch.cat([adapter.leave(student, b, s) for b, s in zip(batches, streams.student)])
+    return fit, masks, out
 
 
 @torch.no_grad()
@@ -392,23 +400,38 @@ def compensate_model(adapter: Adapter, student: nn.Module, teacher: nn.Module,
     return _compensate(adapter, student, teacher, masks, x, settings, progress, memo, False)[0]
 
 
-@torch.no_grad()
-def reselect_and_compensate(adapter: Adapter, teacher: nn.Module, masks: dict[str, Tensor],
-                            x: Tensor, settings: CompensationSettings, progress: bool = True,
-                            memo: TeacherMemo | None = None
-                            ) -> tuple[nn.Module, dict[str, Tensor], dict[str, dict[str, float]]]:
-    """Compensate with each module's kept units chosen by what its refit leaves.
+@dataclass
+class Refit:
+    """A compensated copy of the teacher (zeroed), its masks, its fit record and its output on
+    the calibration inputs."""
 
-    Keeps each group's kept count of ``masks`` but, module by module in forward order, chooses
-    the units whose removal the refit of their consumer absorbs best, from the inputs of the
-    already pruned and compensated student and the teacher's targets (:func:`fit_consumer`).
-    Groups with channel groups inside them, and consumers of several groups, keep the units
-    ``masks`` gives. Returns (the zeroed, compensated student; the masks; the fit record).
+    student: nn.Module
+    masks: dict[str, Tensor]
+    fit: dict[str, dict[str, float]]
+    output: Tensor
+
+
+@torch.no_grad()
+def compensated_copy(adapter: Adapter, teacher: nn.Module, masks: dict[str, Tensor], x: Tensor,
+                     settings: CompensationSettings, reselect: bool = False,
+                     progress: bool = True, memo: TeacherMemo | None = None) -> Refit:
+    """The teacher with ``masks`` applied, compensated on ``x``, and its output on ``x``.
+
+    With ``reselect``, each group keeps its kept count of ``masks`` but, module by module in
+    forward order, the units whose removal the refit of their consumer absorbs best, from the
+    inputs of the already pruned and compensated student and the teacher's targets
+    (:func:`fit_consumer`); groups with channel groups inside them, and consumers of several
+    groups, keep the units ``masks`` gives. The output comes from the compensation's own
+    streams (the student is not run again).
     """
     student = copy.deepcopy(teacher)
-    fit, masks = _compensate(adapter, student, teacher, masks, x, settings, progress, memo, True)
-    adapter.zero_units(student, masks)
-    return student, masks, fit
+    if not reselect:
+        adapter.zero_units(student, masks)
+    fit, masks, out = _compensate(adapter, student, teacher, masks, x, settings, progress, memo,
+                                  reselect, run_out=True)
+    if reselect:
+        adapter.zero_units(student, masks)
+    return Refit(student, masks, fit, out)
 
 
 def compensate_checkpoint(teacher_path: str | Path, model_path: str | Path, out: str | Path,

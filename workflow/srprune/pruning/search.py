@@ -13,7 +13,6 @@ Artifacts hold plain types and tensors only (``torch.load(..., weights_only=True
 """
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,8 +30,7 @@ from .adapter import (UNIT_KINDS_DEFAULT, Adapter, UnitGroup, check_unit_kinds,
                       groups_of_kinds, kept_counts, masked)
 from .artifacts import check_artifact
 from .calibration import Calibration
-from .compensate import (CompensationSettings, TeacherMemo, compensate_model,
-                         reselect_and_compensate)
+from .compensate import CompensationSettings, TeacherMemo, compensated_copy
 from .importance import OptinSettings
 from .methods import ScoringJob
 from .methods import method as get_method
@@ -167,18 +165,13 @@ class Compensated:
 
     def __call__(self, masks: dict[str, Tensor]) -> tuple[float, dict[str, Tensor]]:
         start = time.perf_counter()
-        if self.reselect:
-            student, masks, fit = reselect_and_compensate(self.adapter, self.teacher, masks,
-                                                          self.x, self.settings, False, self.memo)
-        else:
-            student = copy.deepcopy(self.teacher)
-            self.adapter.zero_units(student, masks)
-            fit = compensate_model(self.adapter, student, self.teacher, masks, self.x,
-                                   self.settings, progress=False, memo=self.memo)
-        self.students[masks_key(masks)] = (student, {
-            "settings": asdict(self.settings), "fit": fit, "reselected": self.reselect,
+        refit = compensated_copy(self.adapter, self.teacher, masks, self.x, self.settings,
+                                 self.reselect, False, self.memo)
+        self.students[masks_key(refit.masks)] = (refit.student, {
+            "settings": asdict(self.settings), "fit": refit.fit, "reselected": self.reselect,
             "seconds": time.perf_counter() - start})
-        return output_distortion(self.adapter, student, self.x, self.reference, masks), masks
+        distortion = float((refit.output - self.reference).pow(2).mean())
+        return distortion, refit.masks
 
 
 def masks_key(masks: dict[str, Tensor]) -> bytes:

@@ -152,6 +152,10 @@ class SwinIRAdapter(Adapter):
     def run_block(self, model: SwinIR, i: int, stream: Tensor) -> Tensor:
         return model.layers[i](stream)
 
+    def leave(self, model: SwinIR, x: Tensor, stream: Tensor) -> Tensor:
+        """The reconstruction, with the first conv's features computed again (one conv)."""
+        return model.reconstruct(stream, model.embed(x)[1], x.shape[-2:])
+
     def block_of(self, weight: str) -> int:
         return int(weight.split(".")[1])
 
