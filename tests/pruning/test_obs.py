@@ -12,7 +12,7 @@ from srprune.pruning.adapter import masked
 from srprune.pruning.catanet import CATANetAdapter
 from srprune.pruning.compensate import (CompensationSettings, compensate_model,
                                         compensated_copy, consumers)
-from srprune.pruning.methods import METHOD_CLASSES, METHODS, teacher_curves
+from srprune.pruning.methods import METHOD_CLASSES, METHODS, teacher_curves, teacher_quadratics
 from srprune.pruning.obs import Quadratic, removal_curve, removal_error, single_errors
 from srprune.pruning.selection import Selector
 from tiny_catanet import owned_slices, tiny_catanet, unit_index
@@ -209,15 +209,13 @@ def test_local_moves_measure_new_candidates_and_keep_the_best():
         assert not all(torch.equal(a.proposed[k], b.proposed[k]) for k in a.proposed)
 
 
-def test_obs_is_a_registered_method_and_refuses_channels(tmp_path, make_images, capsys):
+def test_obs_is_a_registered_method(tmp_path, make_images):
     assert "obs" in METHODS and METHOD_CLASSES["obs"].reselects
     teacher = tmp_path / "teacher.pth"
     srprune.save_model(tiny_catanet(upscale=1), teacher)
     make_images(tmp_path / "train", 2, (20, 22))
     common = ["score-units", "--teacher", str(teacher), "--method", "obs", "--calib-hr",
               str(tmp_path / "train"), "--num-crops", "3", "--crop-size", "12"]
-    assert main([*common, "--units", "head,v_channel", "--out", str(tmp_path / "c.pth")]) == 2
-    assert "softmax" in capsys.readouterr().err and not (tmp_path / "c.pth").exists()
     assert main([*common, "--out", str(tmp_path / "s.pth")]) == 0
     out = tmp_path / "masks.pth"
     comp = tmp_path / "comp.pth"
@@ -265,3 +263,49 @@ def test_the_workflow_scores_each_method_on_the_crops_its_class_names():
     listed = re.search(r"OWN_CROPS_METHODS = \(([^)]*)\)", rules).group(1)
     names = {n.strip().strip("\"'") for n in listed.split(",") if n.strip()}
     assert names == {name for name, cls in METHOD_CLASSES.items() if cls.scoring_crops}
+
+
+def test_obs_scores_channels_by_the_refit_and_q_k_by_the_fallback(tmp_path, make_images, caplog):
+    """v channels: the error the refit of proj leaves without that column; q/k channels (through
+    the softmax): magnitudes, scaled to their heads' errors; curves only for whole modules."""
+    teacher_model = tiny_catanet(upscale=1).eval()
+    teacher = tmp_path / "teacher.pth"
+    srprune.save_model(teacher_model, teacher)
+    make_images(tmp_path / "train", 2, (20, 22))
+    scores = tmp_path / "s.pth"
+    calib = ["--calib-hr", str(tmp_path / "train"), "--num-crops", "3", "--crop-size", "12"]
+    with caplog.at_level("WARNING"):
+        assert main(["score-units", "--teacher", str(teacher), "--method", "obs", *calib,
+                     "--units", "head,neuron,qk_channel,v_channel", "--out", str(scores)]) == 0
+    assert "softmax" in caplog.text
+    artifact = torch.load(scores, weights_only=True)
+    groups = {g.name: g for g in ADAPTER.groups(teacher_model)}
+    parents = {g.parent for g in groups.values() if g.parent}
+    assert set(artifact["curves"]) == {n for n, g in groups.items()
+                                       if g.kind == "neuron" or (g.kind == "head" and n not in parents)}
+    x = artifact["calibration_crops"]
+    v = next(g for g in groups.values() if g.kind == "v_channel")
+    quads = teacher_quadratics(ADAPTER, teacher_model, x, [v], CompensationSettings(), False)
+    quad, width = quads[v.name]
+    assert width == 1
+    best = quad.value(quad.solve())
+    for unit in (0, v.count - 1):                   # the refit without that column, measured
+        keep = torch.ones(quad.columns, dtype=torch.bool)
+        keep[unit] = False
+        sub = quad.keep(keep)
+        left = sub.value(sub.solve()) - best
+        assert float(artifact["scores"][v.name][unit]) == pytest.approx(left, rel=1e-3)
+    qk = next(g for g in groups.values() if g.kind == "qk_channel")
+    magnitude = ADAPTER.unit_magnitude(teacher_model, qk)
+    ratio = artifact["scores"][qk.name].double() / magnitude.double()
+    assert torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-5)     # magnitude order
+    assert float(artifact["scores"][qk.name].double().mean()) == pytest.approx(
+        float(artifact["scores"][qk.parent].double().mean()) / qk.per_parent, rel=1e-5)
+    masks = tmp_path / "masks.pth"
+    assert main(["search-masks", "--teacher", str(teacher), "--scores", str(scores),
+                 "--mac-constraint", "0.7", *calib, "--search-steps", "1", "--out",
+                 str(masks)]) == 0
+    chosen = torch.load(masks, weights_only=True)
+    assert chosen["achieved_mac_ratio"] <= 0.7
+    assert any(not bool(chosen["masks"][n].all()) for n, g in groups.items()
+               if g.kind in ("qk_channel", "v_channel"))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -12,8 +13,8 @@ from srprune.pruning.adapter import (KINDS, UNIT_KINDS_DEFAULT, UnitGroup, full_
                                      groups_of_kinds, kept_counts)
 from srprune.pruning.catanet import CATANetAdapter
 from srprune.pruning.importance import OptinSettings, combine, optin_terms
-from srprune.pruning.selection import (ALPHAS, BudgetError, Family, Selector, families, knapsack,
-                                       same_masks)
+from srprune.pruning.selection import (SWEEP_LIMIT, BudgetError, Candidate, Family, Selector,
+                                       families, knapsack, same_masks)
 from tiny_catanet import tiny_catanet
 from vit_adapter import TinyViT, TinyViTAdapter, ViTConfig
 
@@ -243,7 +244,7 @@ def test_measured_keeps_the_least_distorting_candidate(setup):
     assert len(candidates) >= 2
     assert all(not same_masks(a.masks, b.masks) for a, b in itertools.combinations(candidates, 2))
     assert chosen.distortion == min(c.distortion for c in candidates)
-    assert {c.alpha for c in candidates} <= set(ALPHAS)
+    assert {c.alpha for c in candidates} <= {2.0 ** k for k in range(-SWEEP_LIMIT, SWEEP_LIMIT + 1)}
     # the knapsack's own answer is among the candidates
     alone = selector.select(0.6, "knapsack")[0]
     assert any(same_masks(alone.masks, c.masks) for c in candidates)
@@ -285,3 +286,27 @@ def test_whole_search_on_the_vit():
     assert total == macs_full(model, lr)["total"]  # the ViT's analytic count is exact
     chosen, _ = Selector(groups, scores, lambda k: adapter.macs(model, k, lr)).select(0.6, "knapsack")
     assert adapter.macs(model, kept_counts(chosen.masks), lr) <= 0.6 * total
+
+
+@pytest.mark.parametrize("target", [-13, -5, 0, 3, 7, 20])
+def test_the_head_weight_sweep_finds_the_best_weight_coarse_to_fine(setup, target):
+    """A distortion unimodal in log2(alpha): the sweep ends on its minimum (or the limit) in
+    about half the measurements of every integer -8..8."""
+    adapter, model, groups, scores, macs = setup
+    selector = Selector(groups, scores, macs)
+
+    def candidate(budget, alpha=1.0, weights=None):   # one distinct answer per head weight
+        k = round(math.log2(alpha))
+        return Candidate(alpha, {"k": torch.tensor([float(k)])}, 0.0, 0, [alpha])
+
+    selector.candidate = candidate
+    measured = []
+
+    def measure(masks):
+        k = float(masks["k"])
+        measured.append(k)
+        return (k - target) ** 2
+
+    chosen, tried = selector.select(0.5, "measured", measure, steps=0)
+    assert round(math.log2(chosen.alpha)) == max(-SWEEP_LIMIT, min(SWEEP_LIMIT, target))
+    assert len(measured) == len(set(measured)) <= (11 if abs(target) <= 8 else 13)

@@ -11,6 +11,7 @@ schema, the workflow and the comparison take the list of names from :data:`METHO
 """
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
@@ -25,6 +26,8 @@ from .compensate import CompensationSettings, NormalEquations, layer_theta, reco
 from .importance import OptinSettings, combine, optin_terms, random_scores
 from .obs import Quadratic, removal_curve, single_errors
 from .sketch import hybrid_terms, sketch_terms
+
+log = logging.getLogger(__name__)
 
 SCORERS = {"exact": optin_terms, "sketch": sketch_terms, "hybrid": hybrid_terms}
 
@@ -89,7 +92,15 @@ def _crops(job: ScoringJob) -> Tensor:
 
 @register_method
 class Obs(Importance):
-    """Post-refit damage: each module's error curve after least-squares compensation."""
+    """Post-refit damage: each module's error curve after least-squares compensation.
+
+    Heads, neurons and v channels are absorbed by a linear consumer (``proj``, ``fc2``), whose
+    refit predicts their damage: heads and neurons get error curves (whole-module options), a
+    head group with channel groups inside and its v channels get single-unit errors. q/k
+    channels act through the softmax, where no refit predicts the damage: they fall back to
+    their weight magnitudes (:func:`softmax_fallback`), and the compensated check, which
+    measures every candidate, decides.
+    """
 
     name = "obs"
     summary = ("what the least-squares refit of each module leaves after removing units "
@@ -97,22 +108,36 @@ class Obs(Importance):
     distortion = True
     curves = True
     reselects = True
-    part_key = "curves"
-    KINDS: ClassVar[tuple[str, ...]] = ("head", "neuron")
 
     def score(self, job: ScoringJob) -> dict[str, Any]:
-        other = sorted({g.kind for g in job.all_groups} - set(self.KINDS))
-        if other:
-            raise ValueError(
-                f"obs scores heads and neurons, whose removal the refit of a linear consumer "
-                f"(fc2, proj) absorbs; {other} act through the softmax or inside heads, where "
-                f"no refit predicts the damage: score them with optin or magnitude (the "
-                f"compensated check then measures every candidate)")
         x = _crops(job)
-        curves, scores = teacher_curves(job.adapter, job.model, x, job.groups, job.compensation,
-                                        job.progress)
-        return {"curves": curves, "scores": scores, "calibration": asdict(job.calibration),
+        parents = {g.parent for g in job.all_groups if g.parent}
+        linear = [g for g in job.groups if g.kind != "qk_channel"]
+        curved = {g.name for g in linear if g.parent is None and g.name not in parents}
+        curves, scores = teacher_curves(job.adapter, job.model, x, linear, job.compensation,
+                                        job.progress, curved)
+        softmax = [g for g in job.groups if g.kind == "qk_channel"]
+        if softmax:
+            log.warning("obs: q/k channels act through the softmax, where no refit predicts "
+                        "their damage; they are ranked by weight magnitude (scaled to their "
+                        "heads' post-refit error) and the compensated check measures every "
+                        "candidate")
+        for group in softmax:
+            scores[group.name] = softmax_fallback(job.adapter, job.model, group,
+                                                  scores[group.parent])
+        return {"curves": curves, "scores": {g.name: scores[g.name] for g in job.groups},
+                "calibration": asdict(job.calibration),
                 "calibration_crops": x.cpu(), "compensation": asdict(job.compensation)}
+
+
+def softmax_fallback(adapter: Adapter, model: nn.Module, group: UnitGroup,
+                     head_errors: Tensor) -> Tensor:
+    """Scores of q/k channels for obs: their magnitudes, rescaled so that the group's mean is
+    its heads' mean post-refit error shared among each head's q/k channels."""
+    magnitude = adapter.unit_magnitude(model, group).double()
+    share = float(head_errors.double().mean()) / group.per_parent
+    mean = float(magnitude.mean())
+    return (magnitude * (share / mean) if mean > 0 else torch.full_like(magnitude, share)).float()
 
 
 @register_method
@@ -213,16 +238,18 @@ def teacher_quadratics(adapter: Adapter, model: nn.Module, x: Tensor, groups: li
 
 
 def teacher_curves(adapter: Adapter, model: nn.Module, x: Tensor, groups: list[UnitGroup],
-                   settings: CompensationSettings, progress: bool = True
+                   settings: CompensationSettings, progress: bool = True,
+                   curved: set[str] | None = None
                    ) -> tuple[dict[str, dict[str, Tensor]], dict[str, Tensor]]:
-    """Error curves (:func:`.obs.removal_curve`) and single-unit errors of ``groups`` on the
-    teacher's own inputs (:func:`teacher_quadratics`). Budget-free: one artifact serves every
-    budget."""
+    """Error curves (:func:`.obs.removal_curve`) of the groups named in ``curved`` (default:
+    all) and single-unit errors of every group of ``groups`` on the teacher's own inputs
+    (:func:`teacher_quadratics`). Budget-free: one artifact serves every budget."""
     quads = teacher_quadratics(adapter, model, x, groups, settings, progress)
     curves, scores = {}, {}
     for group in progress_bar(groups, desc="obs curves", unit="module", disable=not progress):
         quad, width = quads[group.name]
-        err, keep = removal_curve(quad, group.count, width)
-        curves[group.name] = {"err": err, "keep": keep}
+        if curved is None or group.name in curved:
+            err, keep = removal_curve(quad, group.count, width)
+            curves[group.name] = {"err": err, "keep": keep}
         scores[group.name] = single_errors(quad, group.count, width).float()
     return curves, scores

@@ -102,15 +102,16 @@ def gather_scores(paths: list[str | Path]) -> dict[str, Any]:
                       and not torch.equal(other["calibration_crops"], first["calibration_crops"])):
             raise CheckpointError(f"{path} was scored differently from {paths[0]}: "
                                   f"{differ or ['calibration_crops']}")
-    keys = {get_method(first["method"]).part_key, "scores"} & set(first)
+    whole = get_method(first["method"]).part_key
+    keys = {whole, "scores", "curves"} & set(first)
     joined = {key: {name: value for part in parts for name, value in part[key].items()}
               for key in keys}
     expected = [g["name"] for g in first["groups"]]
-    for key, values in joined.items():
-        if sorted(values) != sorted(expected) or sum(len(p[key]) for p in parts) != len(expected):
-            raise CheckpointError(f"the parts do not cover every group exactly once: "
-                                  f"missing {sorted(set(expected) - set(values))}")
-    artifact = {**first, **{key: {name: values[name] for name in expected}
+    values = joined[whole]
+    if sorted(values) != sorted(expected) or sum(len(p[whole]) for p in parts) != len(expected):
+        raise CheckpointError(f"the parts do not cover every group exactly once: "
+                              f"missing {sorted(set(expected) - set(values))}")
+    artifact = {**first, **{key: {name: values[name] for name in expected if name in values}
                             for key, values in joined.items()}, "part": None}
     return finish_scores(artifact)
 
